@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Builds the local control plane and helper tools from the Go module proxy, once per version.
+#
+# Binaries land in $RLHF_TOOLS_DIR/bin (default ~/.cache/rlhf-operator/tools/bin), never in the repo.
+# Each tool is rebuilt only when its binary is missing or reports another version, so a warm run
+# takes seconds. A failed build names the tool and keeps its log.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-3.6.16}
+KWOK_VERSION=${KWOK_VERSION:-0.8.0}
+HELM_VERSION=${HELM_VERSION:-3.22.0}
+
+TOOLS=${RLHF_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlhf-operator/tools}
+BIN=$TOOLS/bin
+LOGS=$TOOLS/logs
+mkdir -p "$BIN" "$LOGS"
+
+export GOPROXY=${GOPROXY:-https://proxy.golang.org}
+export CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -trimpath"
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# run_build TOOL CMD...: runs a build step with its output in a log, and on failure says which tool broke.
+run_build() {
+  local tool=$1; shift
+  local logfile=$LOGS/$tool.log
+  if ! "$@" >>"$logfile" 2>&1; then
+    log "FAILED to build $tool (command: $*)"
+    log "last lines of $logfile:"
+    tail -n 25 "$logfile" >&2
+    exit 1
+  fi
+}
+
+# has_version BINARY PATTERN ARGS...: true when BINARY exists and its version output contains PATTERN.
+has_version() {
+  local binary=$1 pattern=$2; shift 2
+  local out
+  [ -x "$BIN/$binary" ] && out=$("$BIN/$binary" "$@" 2>/dev/null) && [[ $out == *"$pattern"* ]]
+}
+
+need_go() {
+  command -v go >/dev/null || { log "Go is required to build the tools (https://go.dev/doc/install)"; exit 1; }
+}
+
+install_etcd() {
+  if has_version etcd "etcd Version: $ETCD_VERSION" --version && has_version etcdctl "$ETCD_VERSION" version; then
+    log "etcd $ETCD_VERSION: cached"; return
+  fi
+  need_go; log "etcd $ETCD_VERSION: building"
+  local dir=$TOOLS/build/etcd; rm -rf "$dir"; mkdir -p "$dir"; : >"$LOGS/etcd.log"
+  cat >"$dir/go.mod" <<MOD
+module local.build/etcd
+
+go 1.25.0
+
+require (
+	go.etcd.io/etcd/server/v3 v$ETCD_VERSION
+	go.etcd.io/etcd/etcdctl/v3 v$ETCD_VERSION
+)
+
+tool (
+	go.etcd.io/etcd/server/v3
+	go.etcd.io/etcd/etcdctl/v3
+)
+MOD
+  (cd "$dir" && run_build etcd go mod tidy)
+  local ldf="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=v$ETCD_VERSION"
+  (cd "$dir" && run_build etcd go build -ldflags "$ldf" -o "$BIN/etcd" go.etcd.io/etcd/server/v3 \
+    && run_build etcd go build -ldflags "$ldf" -o "$BIN/etcdctl" go.etcd.io/etcd/etcdctl/v3)
+}
+
+install_kubernetes() {
+  if has_version kube-apiserver "v$K8S_VERSION" --version && has_version kubectl "v$K8S_VERSION" version --client \
+    && has_version kube-controller-manager "v$K8S_VERSION" --version && has_version kube-scheduler "v$K8S_VERSION" --version; then
+    log "kubernetes $K8S_VERSION: cached"; return
+  fi
+  need_go; log "kubernetes $K8S_VERSION: building (cold builds take 10-30 minutes on 2 cores)"
+  local dir=$TOOLS/build/kubernetes minor=${K8S_VERSION#1.}
+  rm -rf "$dir"; mkdir -p "$dir"; : >"$LOGS/kubernetes.log"
+  cd "$dir"
+  run_build kubernetes go mod init local.build/kubernetes
+  # k8s.io/kubernetes requires its staging modules at v0.0.0; each is replaced by its published twin.
+  local upstream
+  upstream=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  grep -E '^\s*k8s\.io/[A-Za-z0-9._-]+ => \./staging/' "$upstream" | awk '{print $1}' | sort -u >staging.txt
+  [ -s staging.txt ] || { log "FAILED to build kubernetes: no staging modules found in $upstream"; exit 1; }
+  while read -r module; do go mod edit -replace "$module=$module@v0.$minor"; done <staging.txt
+  local godebug; godebug=$(awk '/^godebug/{print $2; exit}' "$upstream")
+  [ -z "$godebug" ] || go mod edit -godebug "$godebug"
+  local cmds="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  local tools=""; for c in $cmds; do tools="$tools $c@v$K8S_VERSION"; done
+  # shellcheck disable=SC2086
+  run_build kubernetes go get -tool $tools
+  run_build kubernetes go mod tidy
+  local ldf="-s -w" date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldf="$ldf -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+    ldf="$ldf -X $p.gitTreeState=clean -X $p.gitCommit=gomod-v$K8S_VERSION -X $p.buildDate=$date"
+  done
+  # shellcheck disable=SC2086
+  run_build kubernetes go build -tags selinux,notest,grpcnotrace -ldflags "$ldf" -o "$BIN/" $cmds
+  cd - >/dev/null
+}
+
+install_kwok() {
+  if has_version kwokctl "$KWOK_VERSION" --version && has_version kwok "$KWOK_VERSION" --version; then
+    log "kwok $KWOK_VERSION: cached"; return
+  fi
+  need_go; log "kwok $KWOK_VERSION: building"; : >"$LOGS/kwok.log"
+  GOBIN=$BIN run_build kwok go install -ldflags "-s -w" \
+    "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@v$KWOK_VERSION"
+  # kwok's own stage definitions (node lifecycle) come from the same module.
+  local src; src=$(go list -m -f '{{.Dir}}' "sigs.k8s.io/kwok@v$KWOK_VERSION" 2>/dev/null || true)
+  [ -n "$src" ] || src=$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION
+  rm -rf "$TOOLS/kwok-stages"; mkdir -p "$TOOLS/kwok-stages"
+  cp -r "$src/kustomize/stage/." "$TOOLS/kwok-stages/"; chmod -R u+w "$TOOLS/kwok-stages"
+}
+
+install_helm() {
+  if has_version helm "v$HELM_VERSION" version --short; then
+    log "helm $HELM_VERSION: cached"; return
+  fi
+  need_go; log "helm $HELM_VERSION: building"; : >"$LOGS/helm.log"
+  local v; v=$(echo "$HELM_VERSION" | cut -d. -f1)
+  local ldf="-s -w -X helm.sh/helm/v$v/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v$v/internal/version.gitTreeState=clean"
+  GOBIN=$BIN run_build helm go install -ldflags "$ldf" "helm.sh/helm/v$v/cmd/helm@v$HELM_VERSION"
+}
+
+want=${*:-etcd kwok helm kubernetes}
+for tool in $want; do
+  start=$SECONDS
+  "install_$tool"
+  log "$tool ready in $((SECONDS - start))s"
+done
+# Writes the versions the cluster launcher reads, so one place pins them.
+printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" >"$TOOLS/versions"
+log "tools in $BIN"
