@@ -1,0 +1,75 @@
+"""Where each stage reads and writes its artifacts, under a job's artifact root.
+
+The root is a local path (a mounted volume) or an s3:// URI, so paths are joined with "/" and never
+with os.path (which would mangle the URI scheme on some platforms and is not what S3 means).
+"""
+
+from __future__ import annotations
+
+from rlhf_operator.api.v1alpha1 import StorageSpec
+
+PRECOMPUTE_DIR = "precompute"
+RANKING_DIR = "ranking"
+REWARD_MODEL_DIR = "reward-model"
+POLICY_DIR = "policy"
+EVALUATION_DIR = "evaluation"
+JOBS_DIR = "rlhf-jobs"
+
+
+def join(root: str, *parts: str) -> str:
+    """`root/part/...` for a path or a URI, without doubled slashes."""
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def job_root(storage: StorageSpec, namespace: str, name: str, uid: str) -> str:
+    """The artifact root of one RLHFJob; the uid keeps a re-created job of the same name apart."""
+    if storage.volume is not None:
+        base = storage.volume.mount_path
+    elif storage.s3 is not None:
+        base = storage.s3.prefix
+    else:  # the API refuses this, but callers may build specs by hand
+        raise ValueError("storage must set `volume` or `s3`")
+    return join(base, JOBS_DIR, namespace, name, uid)
+
+
+def precompute_shard(root: str, index: int, count: int) -> str:
+    """Responses of one precompute shard (JSON lines)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} must be in [0, {count})")
+    return join(root, PRECOMPUTE_DIR, f"responses-{index:05d}-of-{count:05d}.jsonl")
+
+
+def precompute_shards(root: str, count: int) -> list[str]:
+    return [precompute_shard(root, i, count) for i in range(count)]
+
+
+def precompute_manifest(root: str) -> str:
+    """Written last by precompute: which shards exist and how many responses each holds."""
+    return join(root, PRECOMPUTE_DIR, "manifest.json")
+
+
+def ranking_pairs(root: str) -> str:
+    """Preference pairs (JSON lines: prompt, chosen, rejected)."""
+    return join(root, RANKING_DIR, "pairs.jsonl")
+
+
+def reward_model_dir(root: str) -> str:
+    """Trained reward model (Hugging Face directory)."""
+    return join(root, REWARD_MODEL_DIR)
+
+
+def policy_model_dir(root: str) -> str:
+    """Trained policy (Hugging Face directory)."""
+    return join(root, POLICY_DIR, "model")
+
+
+def policy_checkpoints_dir(root: str) -> str:
+    return join(root, POLICY_DIR, "checkpoints")
+
+
+def evaluation_report(root: str) -> str:
+    return join(root, EVALUATION_DIR, "report.json")
+
+
+def evaluation_plot(root: str) -> str:
+    return join(root, EVALUATION_DIR, "rewards.png")

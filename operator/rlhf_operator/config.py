@@ -1,0 +1,89 @@
+"""The operator's configuration, read once from the environment (the Helm chart sets it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rlhf_operator import __version__
+
+ENV_PREFIX = "RLHF_OPERATOR_"
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/rlhf-operator"
+
+
+class Role(StrEnum):
+    """What a stage's pods need from the cluster; each role has a node group and an image."""
+
+    CPU = "cpu"
+    REWARD = "reward"
+    POLICY = "policy"
+
+
+class OperatorConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespaces: tuple[str, ...] = Field(
+        (), description="Namespaces to watch; empty watches the whole cluster (NAMESPACES, comma separated)."
+    )
+    node_group_label: str = Field(
+        "eks.amazonaws.com/nodegroup", description="Node label that names the node group."
+    )
+    node_group_cpu: str = Field(
+        "cpu", description="Node group of CPU stages (precompute, ranking, evaluation)."
+    )
+    node_group_reward: str = Field("reward-gpu", description="Node group of the reward model and its server.")
+    node_group_policy: str = Field("policy-gpu", description="Node group of the policy.")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource that counts GPUs.")
+    gpu_taint_key: str = Field("nvidia.com/gpu", description="Taint on GPU nodes that GPU stages tolerate.")
+    image_worker: str = Field(
+        f"{DEFAULT_IMAGE_REPOSITORY}/worker:{__version__}", description="Image of the CPU stages."
+    )
+    image_trainer: str = Field(
+        f"{DEFAULT_IMAGE_REPOSITORY}/trainer:{__version__}", description="Image of the GPU stages."
+    )
+    image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
+    stage_service_account: str | None = Field(
+        None, description="Service account of stage pods that name none (e.g. one with IRSA for S3)."
+    )
+    progress_interval_seconds: float = Field(
+        5.0, gt=0, le=300, description="How often a running policy's progress is read from its log."
+    )
+    metrics_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
+    )
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    def node_group(self, role: Role) -> str:
+        return {
+            Role.CPU: self.node_group_cpu,
+            Role.REWARD: self.node_group_reward,
+            Role.POLICY: self.node_group_policy,
+        }[role]
+
+    def image(self, role: Role) -> str:
+        return self.image_worker if role is Role.CPU else self.image_trainer
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
+        """Each field from RLHF_OPERATOR_<FIELD IN UPPER CASE>; unknown RLHF_OPERATOR_* names are an error."""
+        values = {
+            key[len(ENV_PREFIX) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(ENV_PREFIX) and value != ""
+        }
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            known = ", ".join(ENV_PREFIX + name.upper() for name in cls.model_fields)
+            raise ValueError(
+                f"unknown setting(s) {', '.join(ENV_PREFIX + u.upper() for u in unknown)}; known: {known}"
+            )
+        return cls.model_validate(values)

@@ -1,0 +1,61 @@
+"""`rlhf-operator operator`: runs the controller with Kopf (in the cluster or against a kubeconfig)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from typing import Any
+
+import kopf
+from kubernetes import config as kube_config
+from prometheus_client import start_http_server
+
+from rlhf_operator import handlers
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.kube import Kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Handlers are synchronous (the Kubernetes client blocks); give them threads.
+    settings.execution.max_workers = 16
+    # Only watch-event handlers are used: Kopf stores no progress and adds no finalizers.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    controller = handlers.controller()
+    threading.Thread(target=controller.sweep_forever, name="sweep", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    handlers.controller().stop()
+
+
+def load_kubernetes_config() -> None:
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-operator operator", description=__doc__)
+    parser.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="Kopf liveness endpoint URL"
+    )
+    args = parser.parse_args(argv)
+    config = OperatorConfig.from_env(os.environ)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_kubernetes_config()
+    handlers.CONTROLLER = handlers.Controller(config, Kube())
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+    kopf.run(
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=args.liveness,
+    )
+    return 0

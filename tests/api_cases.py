@@ -1,0 +1,301 @@
+"""Invalid RLHFJob manifests and what must be said about them.
+
+One table drives two tests: the pydantic models must refuse each manifest (unit) and so must the
+real API server with the generated CRD (integration). `expect` holds substrings that both messages
+contain (compared case-insensitively): the field path for schema errors, the CEL message for rules.
+An `update` case creates `before` first, then changes it into `manifest` (transition rules).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+Manifest = dict[str, Any]
+
+BASE: Manifest = {
+    "apiVersion": "rlhf-operator.dev/v1alpha1",
+    "kind": "RLHFJob",
+    "metadata": {"name": "case"},
+    "spec": {
+        "baseModel": {"source": "/data/models/tiny-gpt2"},
+        "dataset": {"prompts": {"source": "/data/datasets/tiny-task/prompts.jsonl"}},
+        "storage": {"volume": {"claimName": "rlhf-data"}},
+        "stages": {"ranking": {"method": "rule", "rule": {"name": "keywords", "keywords": ["good"]}}},
+    },
+}
+
+
+def merged(base: Manifest, patch: Manifest) -> Manifest:
+    """JSON merge patch (RFC 7386): maps merge recursively, None deletes, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def spec(patch: Manifest) -> Manifest:
+    return merged(BASE, {"spec": patch})
+
+
+def stage(name: str, patch: Manifest) -> Manifest:
+    return spec({"stages": {name: patch}})
+
+
+def pod(stage_name: str, patch: Manifest) -> Manifest:
+    return stage(stage_name, {"pod": patch})
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    manifest: Manifest
+    expect: tuple[str, ...]
+    before: Manifest | None = field(default=None)  # set for update cases
+
+    @property
+    def update(self) -> bool:
+        return self.before is not None
+
+
+def update(case_id: str, before: Manifest, after_patch: Manifest, *expect: str) -> Case:
+    return Case(case_id, merged(before, after_patch), expect, before=before)
+
+
+GPU_MESSAGE = "a GPU stage must request at least one GPU"
+HUMAN_MESSAGE = "`stages.ranking.human.source` must be set when `stages.ranking.method` is human"
+
+CASES: list[Case] = [
+    # unknown and missing fields
+    Case("unknown-spec-field", spec({"bogusField": 1}), ("bogusField",)),
+    Case("unknown-stage-field", stage("policy", {"learningrate": 0.1}), ("learningrate",)),
+    Case("missing-base-model", spec({"baseModel": None}), ("spec.baseModel", "required")),
+    Case("missing-prompts", spec({"dataset": {"prompts": None}}), ("spec.dataset.prompts", "required")),
+    Case("wrong-type-steps", stage("policy", {"steps": "many"}), ("spec.stages.policy.steps", "string")),
+    # enums
+    Case("enum-algorithm", stage("policy", {"algorithm": "dpo"}), ("spec.stages.policy.algorithm", "rloo")),
+    Case("enum-dtype", spec({"baseModel": {"dtype": "fp8"}}), ("spec.baseModel.dtype", "bfloat16")),
+    Case(
+        "enum-format",
+        spec({"dataset": {"prompts": {"format": "txt"}}}),
+        ("spec.dataset.prompts.format", "parquet"),
+    ),
+    Case(
+        "enum-ranking-method", stage("ranking", {"method": "vote"}), ("spec.stages.ranking.method", "aiJudge")
+    ),
+    Case(
+        "enum-toleration-operator",
+        pod("policy", {"tolerations": [{"key": "k", "operator": "In"}]}),
+        ("Exists",),
+    ),
+    # numeric bounds
+    Case("policy-zero-gpus", pod("policy", {"resources": {"gpus": 0}}), (GPU_MESSAGE,)),
+    Case("reward-model-zero-gpus", pod("rewardModel", {"resources": {"gpus": 0}}), (GPU_MESSAGE,)),
+    Case(
+        "too-many-gpus",
+        pod("policy", {"resources": {"gpus": 65}}),
+        ("resources.gpus", "less than or equal to 64"),
+    ),
+    Case(
+        "one-response-per-prompt",
+        stage("precompute", {"responsesPerPrompt": 1}),
+        ("spec.stages.precompute.responsesPerPrompt", "greater than or equal to 2"),
+    ),
+    Case(
+        "negative-kl-coef",
+        stage("policy", {"klCoef": -0.1}),
+        ("spec.stages.policy.klCoef", "greater than or equal to 0"),
+    ),
+    Case(
+        "zero-temperature",
+        stage("policy", {"temperature": 0}),
+        ("spec.stages.policy.temperature", "greater than 0"),
+    ),
+    Case(
+        "top-p-above-one",
+        stage("precompute", {"topP": 1.5}),
+        ("spec.stages.precompute.topP", "less than or equal to 1"),
+    ),
+    Case(
+        "zero-shards",
+        stage("precompute", {"shards": 0}),
+        ("spec.stages.precompute.shards", "greater than or equal to 1"),
+    ),
+    Case(
+        "negative-backoff-limit",
+        pod("ranking", {"backoffLimit": -1}),
+        ("backoffLimit", "greater than or equal to 0"),
+    ),
+    Case(
+        "zero-serving-replicas",
+        stage("rewardModel", {"serving": {"replicas": 0}}),
+        ("serving.replicas", "greater than"),
+    ),
+    Case(
+        "held-out-fraction-too-big",
+        spec({"dataset": {"heldOut": {"fraction": 0.95}}}),
+        ("heldOut.fraction", "0.9"),
+    ),
+    # strings: sizes and patterns
+    Case("oversized-source", spec({"baseModel": {"source": "x" * 3000}}), ("spec.baseModel.source", "2048")),
+    Case(
+        "oversized-rubric",
+        stage("ranking", {"method": "aiJudge", "aiJudge": {"model": "judge", "rubric": "x" * 20_000}}),
+        ("rubric", "16384"),
+    ),
+    Case("empty-queue-name", spec({"queueName": ""}), ("spec.queueName", "at least 1")),
+    Case(
+        "bad-cpu-quantity",
+        pod("precompute", {"resources": {"cpu": "lots"}}),
+        ("resources.cpu", "should match"),
+    ),
+    Case(
+        "bad-memory-quantity",
+        pod("policy", {"resources": {"memory": "16 GB"}}),
+        ("resources.memory", "should match"),
+    ),
+    Case("bad-node-group", pod("policy", {"nodeGroup": "gpu large"}), ("nodeGroup", "should match")),
+    Case(
+        "bad-service-account",
+        pod("policy", {"serviceAccountName": "Bad_SA"}),
+        ("serviceAccountName", "should match"),
+    ),
+    Case(
+        "bad-mount-path", spec({"storage": {"volume": {"mountPath": "data"}}}), ("mountPath", "should match")
+    ),
+    # lists and maps
+    Case(
+        "too-many-env",
+        pod("policy", {"env": [{"name": f"V{i}", "value": "1"} for i in range(65)]}),
+        ("spec.stages.policy.pod.env", "64"),
+    ),
+    Case(
+        "too-many-node-selector-labels",
+        pod("precompute", {"nodeSelector": {f"k{i}": "v" for i in range(17)}}),
+        ("nodeSelector", "16"),
+    ),
+    Case(
+        "long-node-selector-value",
+        pod("policy", {"nodeSelector": {"pool": "x" * 64}}),
+        ("nodeSelector", "63"),
+    ),
+    # cross-field rules (CEL)
+    Case(
+        "no-storage", spec({"storage": {"volume": None}}), ("at least one of `volume` or `s3` must be set",)
+    ),
+    Case(
+        "s3-prefix-not-s3",
+        spec({"storage": {"volume": None, "s3": {"prefix": "https://b/x"}}}),
+        ("must start with s3://",),
+    ),
+    Case(
+        "held-out-both",
+        spec({"dataset": {"heldOut": {"fraction": 0.1, "source": "/data/held-out.jsonl"}}}),
+        ("exactly one of `fraction` or `source` must be set",),
+    ),
+    Case(
+        "held-out-neither",
+        spec({"dataset": {"heldOut": {}}}),
+        ("exactly one of `fraction` or `source` must be set",),
+    ),
+    Case(
+        "human-without-source",
+        stage("ranking", {"method": "human", "human": {"waitTimeoutSeconds": 60}}),
+        (HUMAN_MESSAGE,),
+    ),
+    Case("human-without-section", stage("ranking", {"method": "human"}), (HUMAN_MESSAGE,)),
+    Case(
+        "ai-judge-without-section",
+        stage("ranking", {"method": "aiJudge"}),
+        ("`stages.ranking.aiJudge` must be set when `stages.ranking.method` is aiJudge",),
+    ),
+    Case(
+        "rule-without-section",
+        stage("ranking", {"rule": None}),
+        ("`stages.ranking.rule` must be set when `stages.ranking.method` is rule",),
+    ),
+    Case(
+        "keywords-rule-without-keywords",
+        stage("ranking", {"rule": {"name": "keywords", "keywords": []}}),
+        ("`keywords` must list at least one keyword",),
+    ),
+    Case(
+        "length-rule-without-target",
+        stage("evaluation", {"trueRule": {"name": "length"}}),
+        ("`targetLength` must be set when `name` is length",),
+    ),
+    Case(
+        "grpo-batch-not-multiple",
+        stage("policy", {"algorithm": "grpo", "batchSize": 30, "numGenerations": 4}),
+        ("`batchSize` must be a multiple of `numGenerations`",),
+    ),
+    Case(
+        "mini-batch-above-batch",
+        stage("policy", {"batchSize": 16, "miniBatchSize": 32}),
+        ("`miniBatchSize` must not be greater than `batchSize`",),
+    ),
+    Case(
+        "kl-target-without-kl-coef",
+        stage("policy", {"klCoef": 0, "klTarget": 6}),
+        ("`klCoef` must be greater than 0",),
+    ),
+    Case(
+        "parallelism-above-shards",
+        stage("precompute", {"shards": 2, "parallelism": 4}),
+        ("`parallelism` must not be greater than `shards`",),
+    ),
+    Case(
+        "toleration-exists-with-value",
+        pod("policy", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+        ("`value` must be empty when `operator` is Exists",),
+    ),
+    # changes after creation (CEL transition rules); only `suspend` may change
+    update(
+        "change-base-model",
+        BASE,
+        {"spec": {"baseModel": {"source": "/data/models/other"}}},
+        "`baseModel` must not change",
+    ),
+    update(
+        "change-dataset",
+        BASE,
+        {"spec": {"dataset": {"heldOut": {"fraction": 0.3}}}},
+        "`dataset` must not change",
+    ),
+    update(
+        "change-storage",
+        BASE,
+        {"spec": {"storage": {"volume": {"claimName": "other"}}}},
+        "`storage` must not change",
+    ),
+    update(
+        "change-stage-setting",
+        BASE,
+        {"spec": {"stages": {"policy": {"steps": 10}}}},
+        "`stages` must not change",
+    ),
+    update(
+        "change-queue-name",
+        spec({"queueName": "team-a"}),
+        {"spec": {"queueName": "team-b"}},
+        "`queueName` must not change once set",
+    ),
+    update(
+        "remove-queue-name",
+        spec({"queueName": "team-a"}),
+        {"spec": {"queueName": None}},
+        "`queueName` must not change",
+    ),
+]
+
+# Changes that must be accepted by both.
+ALLOWED_UPDATES: list[tuple[str, Manifest, Manifest]] = [
+    ("suspend", BASE, merged(BASE, {"spec": {"suspend": True}})),
+    ("set-queue-name", BASE, merged(BASE, {"spec": {"queueName": "team-a"}})),
+]

@@ -1,0 +1,185 @@
+"""Suspension, Kueue, the remote reward server and operator restarts, on the real local cluster."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Kube
+from tests.integration.operator_harness import (
+    SIM,
+    OperatorProcess,
+    apply,
+    children,
+    create_pvc,
+    rlhfjob,
+    set_stage_annotations,
+    stage_record,
+    status,
+    wait_phase,
+)
+
+
+def patch_spec(cluster: Kube, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    cluster.kubectl(
+        "patch", "rlhfjob", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def job_named(cluster: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return next((j for j in children(cluster, namespace, "jobs") if j["metadata"]["name"] == name), None)
+
+
+def running_pods(cluster: Kube, namespace: str, component: str) -> list[dict[str, Any]]:
+    return [
+        p for p in children(cluster, namespace, "pods")
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        and p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+
+
+def test_suspend_in_the_middle_of_a_stage_then_resume_and_finish(cluster: Kube, op_namespace: str) -> None:
+    create_pvc(cluster, op_namespace)
+    job = rlhfjob("pausable", op_namespace)
+    set_stage_annotations(job, "policy", {f"{SIM}/run-duration": "5s"})
+    apply(cluster, job)
+    cluster.wait_for(
+        lambda: running_pods(cluster, op_namespace, "policy"), timeout=60, what="a running policy pod"
+    )
+
+    patch_spec(cluster, op_namespace, "pausable", {"suspend": True})
+    suspended = wait_phase(cluster, op_namespace, "pausable", "Suspended", timeout=30)
+    assert suspended["currentStage"] == "policy"
+    assert [s["state"] for s in suspended["stages"][:3]] == ["Succeeded"] * 3
+    assert next(c for c in suspended["conditions"] if c["type"] == "Suspended")["status"] == "True"
+    cluster.wait_for(
+        lambda: job_named(cluster, op_namespace, "pausable-policy")["spec"]["suspend"], what="suspend"
+    )
+    cluster.wait_for(
+        lambda: not running_pods(cluster, op_namespace, "policy"), timeout=30, what="policy pods gone"
+    )
+
+    patch_spec(cluster, op_namespace, "pausable", {"suspend": False})
+    final = wait_phase(cluster, op_namespace, "pausable", "Succeeded")
+    assert stage_record(final, "policy")["state"] == "Succeeded"
+    reasons = cluster.kubectl("get", "events", "-n", op_namespace, "-o", "jsonpath={.items[*].reason}").stdout
+    assert "Suspended" in reasons.split() and "Resumed" in reasons.split()
+
+
+def admit_like_kueue(cluster: Kube, namespace: str) -> list[str]:
+    """Unsuspends the Jobs carrying Kueue's queue label, as Kueue does when it admits them."""
+    admitted = []
+    for job in children(cluster, namespace, "jobs"):
+        if job["spec"].get("suspend") and job["metadata"]["labels"].get("kueue.x-k8s.io/queue-name"):
+            cluster.kubectl("patch", "job", job["metadata"]["name"], "-n", namespace, "--type=merge",
+                            "-p", '{"spec":{"suspend":false}}')  # fmt: skip
+            admitted.append(job["metadata"]["name"])
+    return admitted
+
+
+def test_with_a_queue_children_are_created_suspended_for_kueue(cluster: Kube, op_namespace: str) -> None:
+    create_pvc(cluster, op_namespace)
+    apply(cluster, rlhfjob("queued", op_namespace, spec={"queueName": "gpu-queue"}))
+    first = cluster.wait_for(
+        lambda: job_named(cluster, op_namespace, "queued-precompute"), what="precompute Job"
+    )
+    assert first["spec"]["suspend"] is True
+    assert first["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert status(cluster, op_namespace, "queued")["phase"] == "Running"
+
+    def finished() -> bool:
+        admit_like_kueue(cluster, op_namespace)
+        return status(cluster, op_namespace, "queued").get("phase") == "Succeeded"
+
+    cluster.wait_for(finished, timeout=90, what="the queued job to finish")
+    jobs = children(cluster, op_namespace, "jobs")
+    assert len(jobs) == 5
+    assert all(j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue" for j in jobs)
+
+
+def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_after(
+    cluster: Kube, op_namespace: str
+) -> None:
+    create_pvc(cluster, op_namespace)
+    job = rlhfjob("remote", op_namespace, spec={"stages": {"policy": {"rewardPlacement": "remote"},
+                                                         "rewardModel": {"serving": {"replicas": 2}}}})  # fmt: skip
+    set_stage_annotations(job, "policy", {f"{SIM}/run-duration": "3s"})
+    apply(cluster, job)
+
+    def server_and_policy() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        deployments = children(cluster, op_namespace, "deployments")
+        policy = job_named(cluster, op_namespace, "remote-policy")
+        return (deployments[0], policy) if deployments and policy else None
+
+    deployment, policy = cluster.wait_for(server_and_policy, timeout=60, what="reward server and policy Job")
+    assert deployment["status"].get("readyReplicas") == 2
+    server_pods = [p for p in children(cluster, op_namespace, "pods")
+                   if p["metadata"]["labels"]["app.kubernetes.io/component"] == "reward-server"]  # fmt: skip
+    assert len(server_pods) == 2
+    for pod in server_pods:
+        node = cluster.get_json("node", pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] == "reward-gpu"
+        ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["lastTransitionTime"] <= policy["metadata"]["creationTimestamp"]
+    env = {e["name"]: e.get("value") for e in policy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RLHF_REWARD_TOKEN_FILE"].endswith("/token")
+    config = cluster.get_json("configmap", "remote-policy-config", "-n", op_namespace)
+    assert json.loads(config["data"]["stage.json"])["rewardEndpoint"] == (
+        f"http://remote-reward-server.{op_namespace}.svc:8080"
+    )
+
+    wait_phase(cluster, op_namespace, "remote", "Succeeded")
+    cluster.wait_for(
+        lambda: not children(cluster, op_namespace, "deployments"), what="the reward server removed"
+    )
+    assert not [
+        s for s in children(cluster, op_namespace, "services") if "reward-server" in s["metadata"]["name"]
+    ]
+
+
+@pytest.fixture
+def own_operator(crd_installed: Kube, tmp_path: Path) -> Iterator[tuple[str, OperatorProcess]]:
+    """An operator of this test's own, on a namespace the session operator does not watch."""
+    namespace = f"t-kill-{uuid.uuid4().hex[:8]}"
+    crd_installed.kubectl("create", "namespace", namespace)
+    process = OperatorProcess(crd_installed.kubeconfig, namespace, tmp_path / "operator.log")
+    process.start()
+    yield namespace, process
+    process.stop()
+    crd_installed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_operator_killed_at_several_points_makes_no_duplicates_and_the_job_finishes(
+    cluster: Kube, own_operator: tuple[str, OperatorProcess]
+) -> None:
+    namespace, operator = own_operator
+    create_pvc(cluster, namespace)
+    job = rlhfjob("survivor", namespace)
+    for stage in ("precompute", "ranking", "rewardModel", "policy", "evaluation"):
+        set_stage_annotations(job, stage, {f"{SIM}/run-duration": "2s"})
+    apply(cluster, job)
+
+    def stage_is(stage: str, state: str) -> bool:
+        records = status(cluster, namespace, "survivor").get("stages", [])
+        return any(r["name"] == stage and r["state"] == state for r in records)
+
+    # During a stage, right after one finished, and while the operator is away for a whole stage.
+    for stage, state in (("precompute", "Running"), ("ranking", "Succeeded"), ("policy", "Running")):
+        cluster.wait_for(lambda s=stage, t=state: stage_is(s, t), timeout=60, what=f"{stage} {state}")  # type: ignore[misc]
+        operator.kill()
+        operator.start()
+
+    final = wait_phase(cluster, namespace, "survivor", "Succeeded", timeout=120)
+    assert [s["state"] for s in final["stages"]] == ["Succeeded"] * 5
+    jobs = [j["metadata"]["name"] for j in children(cluster, namespace, "jobs")]
+    assert sorted(jobs) == sorted(f"survivor-{s}" for s in ("precompute", "ranking", "reward-model", "policy",
+                                                             "evaluation"))  # fmt: skip
+    config_maps = [c["metadata"]["name"] for c in children(cluster, namespace, "configmaps")]
+    assert len(config_maps) == len(set(config_maps)) == 5
+    pods = children(cluster, namespace, "pods")
+    assert len(pods) == 6  # no stage ran twice
