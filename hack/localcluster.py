@@ -36,12 +36,12 @@ DEFAULT_NAME = "rlhf"
 NODEGROUP_LABEL = "eks.amazonaws.com/nodegroup"
 GPU_RESOURCE = "nvidia.com/gpu"
 # kwok's own node lifecycle and the pod stages we keep from it; pod completion is ours.
-UPSTREAM_STAGES = (
+NODE_STAGES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    "pod/fast/pod-ready.yaml",
-    "pod/fast/pod-delete.yaml",
 )
+POD_READY_STAGE = "pod/fast/pod-ready.yaml"
+POD_DELETE_STAGE = "pod/fast/pod-delete.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 
 
@@ -148,8 +148,16 @@ def read_versions(tools: Path) -> dict[str, str]:
 
 
 class LocalCluster:
-    def __init__(self, name: str = DEFAULT_NAME, home: Path | None = None, tools: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str = DEFAULT_NAME,
+        home: Path | None = None,
+        tools: Path | None = None,
+        executed: bool = False,
+    ) -> None:
+        """`executed`: kwok leaves pods alone once scheduled, for the local pod executor to run them."""
         self.name = name
+        self.executed = executed
         self.home = (home or clusters_home()) / name
         self.tools = tools or tools_dir()
         self.bin = self.tools / "bin"
@@ -280,16 +288,24 @@ class LocalCluster:
                 "kubeVersion": f"v{versions['k8s']}",
                 "etcdVersion": versions["etcd"],
                 "components": list(COMPONENTS),
+                # Per-pod Logs objects let `kubectl logs` read the files the local pod executor writes.
+                "enableCRDs": ["Logs"],
             },
         }
         stages_dir = self.tools / "kwok-stages"
         documents = [yaml.safe_dump(options, sort_keys=False)]
-        for stage in UPSTREAM_STAGES:
+        stages = (
+            [*NODE_STAGES, POD_DELETE_STAGE]
+            if self.executed
+            else [*NODE_STAGES, POD_READY_STAGE, POD_DELETE_STAGE]
+        )
+        for stage in stages:
             path = stages_dir / stage
             if not path.exists():
                 raise ClusterError(f"kwok stage {path} is missing: run `make tools` to reinstall kwok")
             documents.append(path.read_text())
-        documents.append(POD_STAGES_FILE.read_text())
+        if not self.executed:
+            documents.append(POD_STAGES_FILE.read_text())
         return "\n---\n".join(documents)
 
     def _ensure_nodes(self, wait_s: float) -> None:
@@ -330,8 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
     parser.add_argument("--name", default=os.environ.get("RLHF_CLUSTER_NAME", DEFAULT_NAME))
+    parser.add_argument(
+        "--executed",
+        action="store_true",
+        help="leave pods to the local pod executor instead of simulating them",
+    )
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.name)
+    cluster = LocalCluster(args.name, executed=args.executed)
     try:
         if args.command == "up":
             started = time.monotonic()

@@ -86,6 +86,8 @@ class Controller:
             plan = reconcile(job, status, observed, self.config, now)
         for manifest in plan.create:
             created = self.kube.create(manifest)
+            if created:
+                self.store.put_created(manifest["kind"], manifest)
             if created and manifest["kind"] == "Job":
                 self._observe_transition(uid, manifest)
             if manifest["kind"] == "Secret":

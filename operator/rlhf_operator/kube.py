@@ -10,12 +10,28 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from rlhf_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from rlhf_operator.pipeline import Event
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
+# Every request this class sends (kopf's own list and watch requests are not counted here).
+API_REQUESTS = Counter(
+    "rlhf_operator_api_requests_total",
+    "Kubernetes API requests the operator sent (excluding kopf's watches), by verb and resource.",
+    ["verb", "resource"],
+)
+RESOURCES = {
+    "Job": "jobs",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Secret": "secrets",
+    "Deployment": "deployments",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "ServiceAccount": "serviceaccounts",
+}
 
 
 class Kube:
@@ -38,6 +54,7 @@ class Kube:
             "Secret": self.core.create_namespaced_secret,
             "Deployment": self.apps.create_namespaced_deployment,
         }
+        API_REQUESTS.labels("create", RESOURCES[manifest["kind"]]).inc()
         try:
             creators[manifest["kind"]](namespace, manifest)
         except ApiException as err:
@@ -51,6 +68,7 @@ class Kube:
             "Job": self.batch.patch_namespaced_job,
             "Deployment": self.apps.patch_namespaced_deployment,
         }
+        API_REQUESTS.labels("patch", RESOURCES[kind]).inc()
         try:
             patchers[kind](name, namespace, body)
         except ApiException as err:
@@ -63,6 +81,7 @@ class Kube:
             "Service": self.core.delete_namespaced_service,
             "Job": self.batch.delete_namespaced_job,
         }
+        API_REQUESTS.labels("delete", RESOURCES[kind]).inc()
         try:
             deleters[kind](name, namespace, propagation_policy="Background")
         except ApiException as err:
@@ -72,6 +91,7 @@ class Kube:
     # ------------------------------------------------------------------------------ the RLHFJob
     def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
         """Merge-patches the status subresource; returns the updated object."""
+        API_REQUESTS.labels("patch", f"{PLURAL}/status").inc()
         updated: Manifest = self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}
         )
@@ -92,6 +112,7 @@ class Kube:
                 api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
             ),
         )
+        API_REQUESTS.labels("create", "events").inc()
         try:
             self.events.create_namespaced_event(namespace, body)
         except ApiException as err:  # events are best effort: never fail a reconcile for one
@@ -107,6 +128,7 @@ class Kube:
         }
         absent = []
         for kind, name in needed:
+            API_REQUESTS.labels("get", RESOURCES[kind]).inc()
             try:
                 readers[kind](name, namespace)
             except ApiException as err:
@@ -118,9 +140,11 @@ class Kube:
         return tuple(absent)
 
     def log_tail(self, namespace: str, pod: str, lines: int = 20) -> str | None:
+        API_REQUESTS.labels("get", "pods/log").inc()
         try:
-            text: str = self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines)
+            # Unparsed: the client otherwise hands back the repr of the bytes, not the text.
+            response = self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False)
         except ApiException as err:
             log.debug("no log for %s/%s: %s", namespace, pod, err.reason)
             return None
-        return text
+        return bytes(response.data).decode(errors="replace")

@@ -80,6 +80,9 @@ def stage_result(pods: list[Manifest]) -> StageResult:
             result.artifacts.update({k: v for k, v in artifacts.items() if isinstance(v, str)})
         if isinstance(data.get("message"), str):
             result.message = data["message"]
+    if len(outcomes) > 1:
+        # Each shard speaks for itself only; the stage's message speaks for all of them.
+        result.message = f"All {len(outcomes)} shards succeeded."
     return result
 
 

@@ -97,6 +97,19 @@ class Store:
                     children.finished_at[name] = time.monotonic()
         return uid  # type: ignore[no-any-return]
 
+    def put_created(self, kind: str, manifest: Manifest) -> None:
+        """Records a child the operator has just created, unless its watch event came first.
+
+        Until the watch delivers the object, a reconcile of the same RLHFJob (e.g. on the event of
+        its own status write) would otherwise plan to create it again and get a 409.
+        """
+        uid = (manifest["metadata"].get("labels") or {}).get(LABEL_JOB_UID)
+        if not uid:
+            return
+        with self._lock:
+            objects = self._children.setdefault(uid, _Children()).by_kind.setdefault(kind, {})
+            objects.setdefault(manifest["metadata"]["name"], manifest)
+
     def finished_at(self, uid: str, job_name: str) -> float | None:
         with self._lock:
             children = self._children.get(uid)
