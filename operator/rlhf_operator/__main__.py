@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("rlhf_operator.operator_main", "run the controller (Kopf)"),
     "run-local": ("rlhf_operator.local_runner", "run every stage of an RLHFJob on this machine"),
     "crd": ("rlhf_operator.api.crdgen", "print or write the CRD generated from the API models"),
+    "cleanup-artifacts": ("rlhf_operator.cleanup", "delete one job's artifacts (run by the operator)"),
 }
 
 

@@ -24,6 +24,7 @@ from rlhf_operator.config import OperatorConfig, Role
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
     child_name,
+    cleanup_job_name,
     config_map_name,
     labels,
     token_secret_name,
@@ -178,6 +179,7 @@ def pod_spec(
     restart_policy: str = "Never",
     ports: list[Manifest] | None = None,
     readiness_probe: Manifest | None = None,
+    with_config: bool = True,
 ) -> Manifest:
     settings = pod_settings(spec, stage)
     role = ROLE_OF_STAGE[stage]
@@ -193,14 +195,11 @@ def pod_spec(
         *(extra_env or []),
         *({"name": e.name, "value": e.value} for e in settings.env),
     ]
-    volumes: list[Manifest] = [
-        {"name": "config", "configMap": {"name": config_map_name(job.name, stage)}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts: list[Manifest] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if with_config:
+        volumes.append({"name": "config", "configMap": {"name": config_map_name(job.name, stage)}})
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
     if spec.storage.volume is not None:
         volume = spec.storage.volume
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": volume.claim_name}})
@@ -423,3 +422,25 @@ def reward_server_service(job: JobIdentity, spec: RLHFJobSpec) -> Manifest:
             "ports": [{"name": "http", "port": spec.stages.reward_model.serving.port, "targetPort": "http"}],
         },
     }
+
+
+def cleanup_job(job: JobIdentity, spec: RLHFJobSpec, config: OperatorConfig, artifact_root: str) -> Manifest:
+    """Deletes the job's artifacts (artifactRetention: Delete) on the CPU node group, with the
+    evaluation stage's pod settings (service account, credentials) since it touches the same storage."""
+    stage = StageName.EVALUATION
+    name = cleanup_job_name(job.name)
+    metadata = job.metadata(name, stage)
+    metadata["labels"]["app.kubernetes.io/component"] = "cleanup"
+    settings = pod_settings(spec, stage)
+    command = ["python", "-m", "rlhf_operator", "cleanup-artifacts", artifact_root]
+    pod = pod_spec(job, spec, stage, config, command=command, with_config=False)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": settings.backoff_limit,
+            "template": {"metadata": {"labels": dict(metadata["labels"]), "annotations": dict(settings.annotations)},
+                         "spec": pod},
+        },
+    }  # fmt: skip

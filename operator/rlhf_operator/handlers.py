@@ -27,8 +27,8 @@ from rlhf_operator.api.v1alpha1 import (
 from rlhf_operator.children import Manifest
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.kube import Kube
-from rlhf_operator.naming import LABEL_MANAGED_BY, MANAGED_BY, child_name
-from rlhf_operator.pipeline import Observed, dependencies, reconcile
+from rlhf_operator.naming import CLEANUP_FINALIZER, LABEL_MANAGED_BY, MANAGED_BY, child_name
+from rlhf_operator.pipeline import Observed, dependencies, reconcile, retention
 from rlhf_operator.store import Key, Store
 from rlhf_operator.workloads.progress import last_progress
 
@@ -51,10 +51,13 @@ class Controller:
     def reconcile(self, key: Key) -> None:
         with self.store.job_lock(key):
             body = self.store.job(key)
-            if body is None or body["metadata"].get("deletionTimestamp"):
+            if body is None:
                 return
             try:
-                self._reconcile(key, body)
+                if body["metadata"].get("deletionTimestamp"):
+                    self._finalize(key, body)
+                else:
+                    self._reconcile(key, body)
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
                 log.exception("reconcile of %s/%s failed; it is retried on the next event or sweep", *key)
@@ -77,6 +80,7 @@ class Controller:
             return
         uid = body["metadata"]["uid"]
         observed = self.store.observed(uid)
+        self._apply_retention(key, body, job, observed, deleting=False)
         observed = self._with_progress(key, status, observed)
         now = datetime.now(UTC)
         plan = reconcile(job, status, observed, self.config, now)
@@ -103,6 +107,35 @@ class Controller:
             self._observe_stage_durations(status, plan.status)
         for event in plan.events:
             self.kube.post_event(namespace, name, uid, event)
+
+    def _finalize(self, key: Key, body: Manifest) -> None:
+        """A deleted RLHFJob: delete its artifacts first if its retention says so."""
+        if not body["metadata"].get("finalizers"):
+            return
+        try:
+            job = RLHFJob.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
+        except ValidationError:
+            job = None
+        if job is None:  # nothing sensible to clean up with: let it go
+            self.kube.set_finalizers(
+                *key, [f for f in body["metadata"]["finalizers"] if f != CLEANUP_FINALIZER]
+            )
+            return
+        self._apply_retention(key, body, job, self.store.observed(body["metadata"]["uid"]), deleting=True)
+
+    def _apply_retention(
+        self, key: Key, body: Manifest, job: RLHFJob, observed: Observed, deleting: bool
+    ) -> None:
+        plan = retention(job, list(body["metadata"].get("finalizers") or []), deleting, observed, self.config)
+        for manifest in plan.create:
+            if self.kube.create(manifest):
+                self.store.put_created(manifest["kind"], manifest)
+        if plan.finalizers is not None:
+            updated = self.kube.set_finalizers(*key, plan.finalizers)
+            if updated is not None:
+                self.store.put_job(updated)
+        for event in plan.events:
+            self.kube.post_event(key[0], key[1], body["metadata"]["uid"], event)
 
     def _write_invalid(self, key: Key, body: Manifest, err: ValidationError) -> None:
         """An object the API server let through but the models refuse (e.g. stored by an older CRD)."""

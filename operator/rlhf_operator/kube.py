@@ -97,6 +97,18 @@ class Kube:
         )
         return updated
 
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> Manifest | None:
+        """Replaces the RLHFJob's finalizers; None when it is already gone."""
+        try:
+            updated: Manifest = self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"finalizers": finalizers}}
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return updated
+
     def post_event(self, namespace: str, name: str, uid: str, event: Event) -> None:
         now = datetime.now(UTC)
         body = client.EventsV1Event(
@@ -143,7 +155,9 @@ class Kube:
         API_REQUESTS.labels("get", "pods/log").inc()
         try:
             # Unparsed: the client otherwise hands back the repr of the bytes, not the text.
-            response = self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False)
+            response = self.core.read_namespaced_pod_log(
+                pod, namespace, tail_lines=lines, _preload_content=False
+            )
         except ApiException as err:
             log.debug("no log for %s/%s: %s", namespace, pod, err.reason)
             return None

@@ -17,6 +17,8 @@ LABEL_JOB_UID = f"{GROUP}/job-uid"
 LABEL_JOB_NAME = f"{GROUP}/job-name"
 LABEL_STAGE = f"{GROUP}/stage"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Held while artifacts must be deleted before the RLHFJob goes (artifactRetention: Delete).
+CLEANUP_FINALIZER = f"{GROUP}/artifact-cleanup"
 
 # A Job's name ends up in its pods' `job-name` label (at most 63 characters) and its pods' names
 # add an index and a random suffix, so children keep well below that.
@@ -45,6 +47,10 @@ def child_name(job_name: str, stage: StageName, suffix: str = "") -> str:
     digest = hashlib.sha256(job_name.encode()).hexdigest()[:8]
     keep = MAX_CHILD_NAME - len(tail) - len(digest) - 2
     return f"{job_name[:keep].rstrip('-.')}-{digest}-{tail}"
+
+
+def cleanup_job_name(job_name: str) -> str:
+    return child_name(job_name, StageName.EVALUATION, "cleanup").replace("-evaluation-cleanup", "-cleanup")
 
 
 def config_map_name(job_name: str, stage: StageName) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from rlhf_operator.api import artifacts
 from rlhf_operator.api.v1alpha1 import (
     PIPELINE_STAGES,
+    ArtifactRetention,
     ConditionType,
     Phase,
     RLHFJob,
@@ -25,6 +26,7 @@ from rlhf_operator.api.v1alpha1 import (
 from rlhf_operator.children import (
     JobIdentity,
     Manifest,
+    cleanup_job,
     config_map,
     policy_headless_service,
     reward_server_deployment,
@@ -35,7 +37,14 @@ from rlhf_operator.children import (
     stage_job,
 )
 from rlhf_operator.config import OperatorConfig
-from rlhf_operator.naming import LABEL_STAGE, child_name, config_map_name, token_secret_name
+from rlhf_operator.naming import (
+    CLEANUP_FINALIZER,
+    LABEL_STAGE,
+    child_name,
+    cleanup_job_name,
+    config_map_name,
+    token_secret_name,
+)
 from rlhf_operator.results import failure_message, stage_result
 
 TERMINAL = {StageState.SUCCEEDED, StageState.FAILED, StageState.SKIPPED}
@@ -453,3 +462,52 @@ def reconcile(
 
 def status_changed(old: Manifest | None, new: Manifest) -> bool:
     return (old or {}) != new
+
+
+@dataclass
+class RetentionPlan:
+    create: list[Manifest] = field(default_factory=list)
+    finalizers: list[str] | None = None  # the RLHFJob's new finalizers, when they change
+    events: list[Event] = field(default_factory=list)
+
+
+def retention(
+    job: RLHFJob, finalizers: list[str], deleting: bool, observed: Observed, config: OperatorConfig
+) -> RetentionPlan:
+    """Artifact retention: with `Delete`, a finalizer holds the RLHFJob until a Job removed its artifacts."""
+    meta = job.metadata
+    assert meta.name and meta.namespace and meta.uid
+    plan = RetentionPlan()
+    wants_cleanup = job.spec.artifact_retention == ArtifactRetention.DELETE
+    held = CLEANUP_FINALIZER in finalizers
+    if not deleting:
+        if wants_cleanup and not held:
+            plan.finalizers = [*finalizers, CLEANUP_FINALIZER]
+        return plan
+    if not held:
+        return plan
+    release = [f for f in finalizers if f != CLEANUP_FINALIZER]
+    if not wants_cleanup:
+        plan.finalizers = release
+        return plan
+    root = artifacts.job_root(job.spec.storage, meta.namespace, meta.name, meta.uid)
+    cleanup = observed.jobs.get(cleanup_job_name(meta.name))
+    if cleanup is None:
+        plan.create.append(
+            cleanup_job(JobIdentity(meta.namespace, meta.name, meta.uid), job.spec, config, root)
+        )
+        return plan
+    finished = _job_finished(cleanup)
+    if finished is None:
+        return plan
+    plan.finalizers = release
+    if finished[0] == "Complete":
+        plan.events.append(Event("Normal", "ArtifactsDeleted", f"Deleted the artifacts under {root}."))
+    else:
+        detail = failure_message(observed.pods_of(StageName.EVALUATION)) or finished[1].get("message", "")
+        plan.events.append(
+            Event(
+                "Warning", "ArtifactCleanupFailed", f"Could not delete the artifacts under {root}: {detail}"
+            )
+        )
+    return plan

@@ -156,3 +156,41 @@ def test_concurrent_jobs_do_not_interfere_and_deleting_one_keeps_the_other(
         len([j for j in children(cluster, op_namespace, "jobs") if j["metadata"]["name"].startswith("beta-")])
         == 5
     )
+
+
+def test_artifact_retention_delete_cleans_up_before_the_job_goes(cluster: Kube, op_namespace: str) -> None:
+    create_pvc(cluster, op_namespace)
+    job = rlhfjob("ephemeral", op_namespace, spec={"artifactRetention": "Delete"})
+    set_stage_annotations(job, "evaluation", {f"{SIM}/run-duration": "3s"})
+    apply(cluster, job)
+    wait_phase(cluster, op_namespace, "ephemeral", "Succeeded")
+    stored = cluster.get_json("rlhfjob", "ephemeral", "-n", op_namespace)
+    assert "rlhf-operator.dev/artifact-cleanup" in stored["metadata"]["finalizers"]
+
+    cluster.kubectl("delete", "rlhfjob", "ephemeral", "-n", op_namespace, "--wait=false")
+    cleanup = cluster.wait_for(
+        lambda: next((j for j in children(cluster, op_namespace, "jobs") if j["metadata"]["name"] == "ephemeral-cleanup"),
+                     None),
+        what="the cleanup Job",
+    )  # fmt: skip
+    command = cleanup["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-2:] == [
+        "cleanup-artifacts",
+        f"/data/rlhf-jobs/{op_namespace}/ephemeral/{stored['metadata']['uid']}",
+    ]
+    gone = cluster.kubectl(
+        "wait", "--for=delete", "rlhfjob/ephemeral", "-n", op_namespace, "--timeout=60s", check=False
+    )
+    assert gone.returncode == 0, gone.stderr
+    reasons = cluster.kubectl(
+        "get", "events", "-n", op_namespace, "-o", "jsonpath={.items[*].reason}"
+    ).stdout.split()
+    assert "ArtifactsDeleted" in reasons
+
+
+def test_retained_artifacts_need_no_finalizer(cluster: Kube, op_namespace: str) -> None:
+    create_pvc(cluster, op_namespace)
+    apply(cluster, rlhfjob("kept", op_namespace))
+    wait_phase(cluster, op_namespace, "kept", "Succeeded")
+    assert not cluster.get_json("rlhfjob", "kept", "-n", op_namespace)["metadata"].get("finalizers")
+    cluster.kubectl("delete", "rlhfjob", "kept", "-n", op_namespace, "--timeout=30s")

@@ -216,3 +216,34 @@ def test_operator_config_from_environment_refuses_unknown_settings() -> None:
     assert config.namespaces == ("a", "b") and config.node_group_policy == "p5"
     with pytest.raises(ValueError, match=r"unknown setting.*RLHF_OPERATOR_NODEGROUP"):
         OperatorConfig.from_env({"RLHF_OPERATOR_NODEGROUP": "x"})
+
+
+def test_retention_delete_holds_a_finalizer_until_the_cleanup_job_succeeds() -> None:
+    from rlhf_operator.pipeline import retention
+
+    job = tiny(artifactRetention="Delete")
+    assert retention(job, [], False, Observed(), CONFIG).finalizers == ["rlhf-operator.dev/artifact-cleanup"]
+    held = ["other", "rlhf-operator.dev/artifact-cleanup"]
+    plan = retention(job, held, True, Observed(), CONFIG)
+    assert plan.finalizers is None
+    [cleanup] = plan.create
+    assert cleanup["metadata"]["name"] == "tiny-cleanup"
+    assert (
+        cleanup["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "/data/rlhf-jobs/ml/tiny/u-1"
+    )
+    done = retention(job, held, True, Observed(jobs={"tiny-cleanup": finished_job()}), CONFIG)
+    assert done.finalizers == ["other"] and done.events[0].reason == "ArtifactsDeleted"
+    assert retention(tiny(), held, True, Observed(), CONFIG).finalizers == ["other"]
+
+
+def test_cleanup_deletes_only_a_job_root(tmp_path: Path) -> None:
+    from rlhf_operator.cleanup import is_job_root, main
+
+    root = tmp_path / "rlhf-jobs" / "ml" / "tiny" / "u-1"
+    (root / "policy").mkdir(parents=True)
+    (root / "policy" / "model.safetensors").write_text("weights")
+    assert main([str(root)]) == 0 and not root.exists() and (tmp_path / "rlhf-jobs" / "ml").exists()
+    assert main([str(tmp_path / "rlhf-jobs")]) == 78
+    assert is_job_root("s3://bucket/prefix/rlhf-jobs/ml/tiny/u-1") and not is_job_root(
+        "s3://bucket/rlhf-jobs/ml"
+    )
