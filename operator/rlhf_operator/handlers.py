@@ -46,21 +46,39 @@ class Controller:
         self.store = Store()
         self._last_progress_read: dict[Key, float] = {}
         self._stop = threading.Event()
+        # Coalescing: one reconcile per RLHFJob at a time; events arriving meanwhile ask for one more
+        # pass instead of holding a worker thread on a lock.
+        self._guard = threading.Lock()
+        self._running: set[Key] = set()
+        self._again: set[Key] = set()
 
     # ------------------------------------------------------------------------------ reconcile
     def reconcile(self, key: Key) -> None:
-        with self.store.job_lock(key):
-            body = self.store.job(key)
-            if body is None:
+        with self._guard:
+            if key in self._running:
+                self._again.add(key)
                 return
-            try:
-                if body["metadata"].get("deletionTimestamp"):
-                    self._finalize(key, body)
-                else:
-                    self._reconcile(key, body)
-            except Exception:
-                metrics.RECONCILE_ERRORS.inc()
-                log.exception("reconcile of %s/%s failed; it is retried on the next event or sweep", *key)
+            self._running.add(key)
+        while True:
+            self._reconcile_once(key)
+            with self._guard:
+                if key not in self._again:
+                    self._running.discard(key)
+                    return
+                self._again.discard(key)
+
+    def _reconcile_once(self, key: Key) -> None:
+        body = self.store.job(key)
+        if body is None:
+            return
+        try:
+            if body["metadata"].get("deletionTimestamp"):
+                self._finalize(key, body)
+            else:
+                self._reconcile(key, body)
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            log.exception("reconcile of %s/%s failed; it is retried on the next event or sweep", *key)
 
     def _reconcile(self, key: Key, body: Manifest) -> None:
         namespace, name = key

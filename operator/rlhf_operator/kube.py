@@ -99,6 +99,7 @@ class Kube:
 
     def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> Manifest | None:
         """Replaces the RLHFJob's finalizers; None when it is already gone."""
+        API_REQUESTS.labels("patch", PLURAL).inc()
         try:
             updated: Manifest = self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"finalizers": finalizers}}

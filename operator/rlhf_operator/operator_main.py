@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = OperatorConfig.from_env(os.environ)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Kopf logs every handled watch event at INFO; with many jobs that is most of the operator's work.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     load_kubernetes_config()
     handlers.CONTROLLER = handlers.Controller(config, Kube())
     if config.metrics_port:

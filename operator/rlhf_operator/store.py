@@ -37,7 +37,7 @@ class Store:
         self._lock = threading.Lock()
         self._jobs: dict[Key, Manifest] = {}
         self._children: dict[str, _Children] = {}
-        self._job_locks: dict[Key, threading.Lock] = {}
+        self._key_by_uid: dict[str, Key] = {}
 
     # ------------------------------------------------------------------------------ RLHFJobs
     def put_job(self, body: Manifest) -> Key:
@@ -50,6 +50,7 @@ class Store:
             # A watch event may arrive after our own, newer, status write: keep the newer object.
             if not (same_object and _resource_version(current or {}) > _resource_version(body)):
                 self._jobs[key] = body
+                self._key_by_uid[body["metadata"].get("uid", "")] = key
         return key
 
     def drop_job(self, key: Key) -> None:
@@ -57,6 +58,7 @@ class Store:
             body = self._jobs.pop(key, None)
             if body is not None:
                 self._children.pop(body["metadata"].get("uid", ""), None)
+                self._key_by_uid.pop(body["metadata"].get("uid", ""), None)
 
     def job(self, key: Key) -> Manifest | None:
         with self._lock:
@@ -68,33 +70,29 @@ class Store:
 
     def key_of_uid(self, uid: str) -> Key | None:
         with self._lock:
-            for key, body in self._jobs.items():
-                if body["metadata"].get("uid") == uid:
-                    return key
-        return None
-
-    def job_lock(self, key: Key) -> threading.Lock:
-        with self._lock:
-            return self._job_locks.setdefault(key, threading.Lock())
+            return self._key_by_uid.get(uid)
 
     # ------------------------------------------------------------------------------ children
     def put_child(self, kind: str, body: Manifest, deleted: bool = False) -> str | None:
-        """Records a child; returns its owner's uid (None when it carries no owner label)."""
+        """Records a child; returns its owner's uid when what the pipeline reads of it changed."""
         meta = body.get("metadata", {})
         uid = (meta.get("labels") or {}).get(LABEL_JOB_UID)
         if not uid:
             return None
         name = meta["name"]
+        slim = slim_child(kind, body)
         with self._lock:
             children = self._children.setdefault(uid, _Children())
             objects = children.by_kind.setdefault(kind, {})
             if deleted:
                 objects.pop(name, None)
                 children.finished_at.pop(name, None)
-            else:
-                objects[name] = body
-                if kind == "Job" and name not in children.finished_at and _finished(body):
-                    children.finished_at[name] = time.monotonic()
+                return uid  # type: ignore[no-any-return]
+            if objects.get(name) == slim:
+                return None  # e.g. a pod's heartbeat-like status update: nothing to reconcile
+            objects[name] = slim
+            if kind == "Job" and name not in children.finished_at and _finished(slim):
+                children.finished_at[name] = time.monotonic()
         return uid  # type: ignore[no-any-return]
 
     def put_created(self, kind: str, manifest: Manifest) -> None:
@@ -108,7 +106,7 @@ class Store:
             return
         with self._lock:
             objects = self._children.setdefault(uid, _Children()).by_kind.setdefault(kind, {})
-            objects.setdefault(manifest["metadata"]["name"], manifest)
+            objects.setdefault(manifest["metadata"]["name"], slim_child(kind, manifest))
 
     def finished_at(self, uid: str, job_name: str) -> float | None:
         with self._lock:
@@ -126,6 +124,52 @@ class Store:
                 secrets=frozenset(kinds.get("Secret", {})),
                 pods=tuple(kinds.get("Pod", {}).values()),
             )
+
+
+# What the pipeline and the handlers read of each kind of child; the rest (pod templates, managed
+# fields) is dropped so memory stays small with many jobs, and updates that change none of it are
+# not reconciled at all.
+_SPEC_FIELDS = {"Job": ("suspend",), "Deployment": ("replicas",)}
+_META_FIELDS = ("name", "labels", "annotations", "deletionTimestamp")
+
+
+def slim_child(kind: str, body: Manifest) -> Manifest:
+    meta = body.get("metadata") or {}
+    slim: Manifest = {"metadata": {k: meta[k] for k in _META_FIELDS if meta.get(k) is not None}}
+    if kind in _SPEC_FIELDS:
+        spec = body.get("spec") or {}
+        slim["spec"] = {k: spec[k] for k in _SPEC_FIELDS[kind] if k in spec}
+    if kind in ("Job", "Deployment", "Pod") and body.get("status"):
+        slim["status"] = _slim_status(kind, body["status"])
+    return slim
+
+
+def _slim_status(kind: str, status: Manifest) -> Manifest:
+    if kind == "Pod":
+        return {
+            "phase": status.get("phase"),
+            "reason": status.get("reason"),
+            "message": status.get("message"),
+            "conditions": [
+                {"type": c.get("type"), "status": c.get("status")}
+                for c in status.get("conditions") or []
+                if c.get("type") == "DisruptionTarget"
+            ],
+            "containerStatuses": [
+                {"state": {"terminated": (c.get("state") or {}).get("terminated")}}
+                for c in status.get("containerStatuses") or []
+                if (c.get("state") or {}).get("terminated")
+            ],
+        }
+    if kind == "Job":
+        keep = ("active", "succeeded", "failed", "startTime", "completionTime")
+        out = {k: status[k] for k in keep if status.get(k) is not None}
+        out["conditions"] = [
+            {k: c.get(k) for k in ("type", "status", "reason", "message", "lastTransitionTime")}
+            for c in status.get("conditions") or []
+        ]
+        return out
+    return {"readyReplicas": status.get("readyReplicas")}
 
 
 def _finished(job: Manifest) -> bool:
