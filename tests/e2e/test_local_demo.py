@@ -29,14 +29,18 @@ def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(tmp_path: Pa
     cluster.up()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/rlhfjobs.rlhf-operator.dev", "--timeout=60s")
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/rlhfjobs.rlhf-operator.dev", "--timeout=60s"
+        )
         namespace, data = "rlhf-e2e", tmp_path / "data"
         prepare_storage(cluster, namespace, data)
         make_tiny_assets(data)
         progress: list[dict[str, Any]] = []
 
         def record(line: str) -> None:
-            status = json.loads(cluster.kubectl("get", "rlhfjob", "tiny", "-n", namespace, "-o", "json").stdout)
+            status = json.loads(
+                cluster.kubectl("get", "rlhfjob", "tiny", "-n", namespace, "-o", "json").stdout
+            )
             metrics = status.get("status", {}).get("metrics", {})
             if status["status"].get("currentStage") == "policy" and "policyStep" in metrics:
                 progress.append(metrics)
@@ -66,7 +70,9 @@ def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(tmp_path: Pa
             node = json.loads(cluster.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
             component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
             assert node["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] == NODE_GROUP_OF_STAGE[component]
-        policy_pod = next(p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy")
+        policy_pod = next(
+            p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
+        )
         logs = cluster.kubectl("logs", "-n", namespace, policy_pod["metadata"]["name"]).stdout
         assert "RLHF_PROGRESS" in logs
         row = cluster.kubectl("get", "rlhfjobs", "-n", namespace, "--no-headers").stdout.split()

@@ -133,7 +133,7 @@ def create_pvc(cluster: Kube, namespace: str, name: str = "rlhf-data") -> None:
 
 
 def status(cluster: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return cluster.get_json("rlhfjob", name, "-n", namespace).get("status") or {}  # type: ignore[no-any-return]
+    return cluster.get_json("rlhfjob", name, "-n", namespace).get("status") or {}
 
 
 def wait_phase(cluster: Kube, namespace: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def test_suspend_in_the_middle_of_a_stage_then_resume_and_finish(cluster: Kube, 
     assert [s["state"] for s in suspended["stages"][:3]] == ["Succeeded"] * 3
     assert next(c for c in suspended["conditions"] if c["type"] == "Suspended")["status"] == "True"
     cluster.wait_for(
-        lambda: job_named(cluster, op_namespace, "pausable-policy")["spec"]["suspend"], what="suspend"
+        lambda: (job_named(cluster, op_namespace, "pausable-policy") or {}).get("spec", {}).get("suspend"),
+        what="suspend",
     )
     cluster.wait_for(
         lambda: not running_pods(cluster, op_namespace, "policy"), timeout=30, what="policy pods gone"

@@ -679,7 +679,8 @@ class Metrics(ApiModel):
         None, description="Share of evaluation prompts where the policy beats the base model."
     )
     reward_gain: float | None = Field(
-        None, description="Policy reward divided by base-model reward in evaluation."
+        None,
+        description="Mean evaluation reward of the policy minus that of the base model (reward-model units; a ratio is meaningless for scores that can be negative).",
     )
     base_reward: float | None = Field(None, description="Mean evaluation reward of the base model.")
     policy_reward: float | None = Field(None, description="Mean evaluation reward of the policy.")

@@ -22,8 +22,9 @@ def format_progress(step: int, total_steps: int, mean_reward: float, kl: float, 
     return PROGRESS_PREFIX + json.dumps(clean, separators=(",", ":"))
 
 
-def emit_progress(step: int, total_steps: int, mean_reward: float, kl: float, stream: TextIO | None = None,
-                  **extra: float) -> None:
+def emit_progress(
+    step: int, total_steps: int, mean_reward: float, kl: float, stream: TextIO | None = None, **extra: float
+) -> None:
     out = stream or sys.stdout
     out.write(format_progress(step, total_steps, mean_reward, kl, **extra) + "\n")
     out.flush()
@@ -38,7 +39,7 @@ def parse_progress(line: str) -> dict[str, Any] | None:
     if index < 0:
         return None
     try:
-        record = json.loads(line[index + len(PROGRESS_PREFIX):].strip())
+        record = json.loads(line[index + len(PROGRESS_PREFIX) :].strip())
     except json.JSONDecodeError:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("step"), int):

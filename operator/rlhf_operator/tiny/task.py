@@ -1,0 +1,30 @@
+"""The synthetic task: prompts of neutral words; the hidden "human" rule counts positive words.
+
+A random-init model emits positive words rarely (4 of 66 tokens), so an RLHF pipeline that works
+visibly raises their count within seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Final
+
+NEUTRAL_WORDS: Final = tuple(f"w{i:02d}" for i in range(60))
+POSITIVE_WORDS: Final = ("good", "great", "nice", "happy")
+UNK: Final = "<unk>"
+EOS: Final = "<eos>"
+
+
+def make_prompts(count: int, seed: int = 0) -> list[str]:
+    """Prompts of 4-8 neutral words with a trailing space.
+
+    The space matters: TRL joins prompt + completion with no separator (trl-facts gotcha 6), and
+    the word-level tokenizer would merge the last prompt word with the first completion word.
+    """
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(NEUTRAL_WORDS) for _ in range(rng.randint(4, 8))) + " " for _ in range(count)]
+
+
+def count_positive(text: str, keywords: tuple[str, ...] | list[str] = POSITIVE_WORDS) -> int:
+    wanted = set(keywords)
+    return sum(1 for word in text.split() if word in wanted)

@@ -1,0 +1,85 @@
+"""`python -m rlhf_operator.workloads <stage> --config FILE`: run one stage, report, exit with a code.
+
+Exit 0 on success, 78 (EX_CONFIG) when the configuration or input is wrong (the operator fails
+the stage at once), 1 for anything else (Kubernetes may retry). The result or the error goes to
+the termination message so the operator reads it without log scraping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from rlhf_operator.workloads.config import STAGES, load_config
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.exit_codes import EX_CONFIG, EX_OK, EX_RETRYABLE
+from rlhf_operator.workloads.result import failure, write_termination_message
+from rlhf_operator.workloads.runtime import quiet_libraries
+
+MODULES = {
+    "precompute": "rlhf_operator.workloads.precompute",
+    "ranking": "rlhf_operator.workloads.ranking",
+    "reward-model": "rlhf_operator.workloads.reward_model",
+    "serve-reward": "rlhf_operator.workloads.serve_reward",
+    "policy": "rlhf_operator.workloads.policy",
+    "evaluation": "rlhf_operator.workloads.evaluation",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_operator.workloads", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for stage in STAGES:
+        p = sub.add_parser(stage)
+        p.add_argument("--config", required=True, help="StageConfig file (JSON or YAML)")
+        if stage == "serve-reward":
+            p.add_argument("--host", default="0.0.0.0")
+            p.add_argument("--port", type=int, default=None)
+            p.add_argument(
+                "--insecure-no-auth",
+                action="store_true",
+                help="serve without a bearer token (local experiments only)",
+            )
+            p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+            p.add_argument("--max-batch", type=int, default=64)
+            p.add_argument("--max-wait-ms", type=float, default=5.0)
+    tiny = sub.add_parser("make-tiny-assets", help="write the tiny model and the synthetic dataset")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--prompts", type=int, default=96)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    quiet_libraries()
+    if args.stage == "make-tiny-assets":
+        from rlhf_operator.tiny import make_tiny_assets
+
+        print(make_tiny_assets(args.out, args.prompts))
+        return EX_OK
+    try:
+        ctx = load_config(args.config, stage=args.stage)
+        module = importlib.import_module(MODULES[args.stage])
+        payload = module.run(ctx, args) if args.stage == "serve-reward" else module.run(ctx)
+    except StageConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        write_termination_message(failure(exc.message, exc.reason))
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        write_termination_message(failure("the stage was interrupted.", "Interrupted"))
+        return EX_RETRYABLE
+    except Exception as exc:
+        traceback.print_exc()
+        write_termination_message(
+            failure(f"{type(exc).__name__}: {exc}; the stage will be retried.", "StageError")
+        )
+        return EX_RETRYABLE
+    if payload:
+        write_termination_message(payload)
+    return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Dynamic batching: concurrent requests are merged into one forward pass.
+
+Each request puts (texts, future) on a queue; one worker takes the first item, keeps collecting
+until `max_batch` texts or `max_wait_ms` have passed, runs the model once in a thread (so the
+event loop keeps accepting requests) and splits the scores back to the waiting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+ScoreFn = Callable[[list[str]], list[float]]
+
+
+class DynamicBatcher:
+    def __init__(
+        self, score: ScoreFn, max_batch: int = 64, max_wait_ms: float = 5.0, enabled: bool = True
+    ) -> None:
+        self.score = score
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.enabled = enabled
+        self.queue: asyncio.Queue[tuple[list[str], asyncio.Future[list[float]]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.batches = 0
+
+    async def start(self) -> None:
+        if self.enabled and self._worker is None:
+            self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def submit(self, texts: list[str]) -> list[float]:
+        if not self.enabled:
+            # Baseline: one forward pass per request, one at a time.
+            async with self._lock:
+                self.batches += 1
+                return await asyncio.to_thread(self.score, texts)
+        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self.queue.get()]
+            size = len(items[0][0])
+            deadline = time.monotonic() + self.max_wait_s
+            while size < self.max_batch:
+                # Drain what is already queued without waiting; poll briefly (cheaper than a
+                # wait_for task per item) until the batch is full or the deadline passes.
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    await asyncio.sleep(min(remaining, 0.0005))
+                    continue
+                items.append(item)
+                size += len(item[0])
+            texts = [t for chunk, _ in items for t in chunk]
+            self.batches += 1
+            try:
+                scores = await asyncio.to_thread(self.score, texts)
+            except Exception as exc:  # hand the failure to every waiting request
+                for _, fut in items:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            offset = 0
+            for chunk, fut in items:
+                if not fut.done():
+                    fut.set_result(scores[offset : offset + len(chunk)])
+                offset += len(chunk)

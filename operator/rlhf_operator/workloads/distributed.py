@@ -1,0 +1,79 @@
+"""torch.distributed setup for multi-process / multi-node policy training (gloo on CPU, nccl on GPU).
+
+torchrun (or `accelerate launch`) starts the processes and sets RANK/LOCAL_RANK/WORLD_SIZE; a
+single process without them runs undistributed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "RANK" in os.environ
+
+
+def init_distributed() -> DistInfo:
+    cuda = torch.cuda.is_available()
+    if not launched_by_torchrun():
+        return DistInfo(0, 1, 0, torch.device("cuda" if cuda else "cpu"))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= info.world_size
+    return tensor
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Data parallelism by hand: every rank applies the mean gradient, so weights stay identical.
+
+    Flattened into one buffer: one all-reduce per update instead of one per tensor.
+    """
+    if info.world_size <= 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

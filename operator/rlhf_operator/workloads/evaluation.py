@@ -1,0 +1,186 @@
+"""Stage `evaluation`: the trained policy against the base model on held-out prompts.
+
+Mean reward-model score of each, reward gain, win rate judged by the reward model (ties count
+1/2) and by the true rule when one is given, the sequence-level KL of the policy to the base, a
+JSON report and a PNG of the reward distributions.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_operator.workloads import layout, storage
+from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.judges import rule_from_spec
+from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
+from rlhf_operator.workloads.ppo import position_ids, token_logprobs
+from rlhf_operator.workloads.ppo_core import response_mask
+from rlhf_operator.workloads.precompute import held_out_prompts
+from rlhf_operator.workloads.result import success
+from rlhf_operator.workloads.reward_source import make_reward
+
+
+def win_rate(policy: list[float], base: list[float]) -> float:
+    """Share of paired samples where the policy beats the base; a tie counts one half."""
+    if not policy:
+        return float("nan")
+    wins = sum(1.0 if p > b else 0.5 if p == b else 0.0 for p, b in zip(policy, base, strict=True))
+    return wins / len(policy)
+
+
+@torch.no_grad()
+def sample_with_kl(
+    model: PreTrainedModel,
+    ref: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> tuple[list[str], list[float]]:
+    """Completions (samples per prompt, prompt-major) and each one's k1 KL(model || ref) in nats."""
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    generated = model.generate(  # type: ignore[operator]
+        **enc,
+        do_sample=True,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        num_return_sequences=samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    plen = enc["input_ids"].shape[1]
+    response = generated[:, plen:]
+    mask = response_mask(response, int(tokenizer.eos_token_id))
+    attention = torch.cat([enc["attention_mask"].repeat_interleave(samples, 0), mask.long()], dim=1)
+    kw = {"input_ids": generated, "attention_mask": attention, "position_ids": position_ids(attention)}
+    logp = token_logprobs(model(**kw).logits[:, plen - 1 : -1], response, temperature)
+    ref_logp = token_logprobs(ref(**kw).logits[:, plen - 1 : -1], response, temperature)
+    kl = ((logp - ref_logp) * mask).sum(dim=1).tolist()
+    return tokenizer.batch_decode(response, skip_special_tokens=True), kl
+
+
+def plot(base: list[float], policy: list[float], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a pod
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    bins = 30
+    ax.hist(base, bins=bins, alpha=0.6, label=f"base (mean {statistics.fmean(base):.2f})")
+    ax.hist(policy, bins=bins, alpha=0.6, label=f"policy (mean {statistics.fmean(policy):.2f})")
+    ax.set_xlabel("reward-model score")
+    ax.set_ylabel("completions")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    root = ctx.artifact_root
+    policy_uri = layout.policy_dir(root)
+    if not storage.is_complete_dir(policy_uri):
+        raise StageConfigError(
+            f"the trained policy {policy_uri} is missing or incomplete; run the policy stage first.",
+            "PolicyNotFound",
+        )
+    prompts = held_out_prompts(ctx)[: int(ctx.get("stages.evaluation.prompts"))]
+    if not prompts:
+        raise StageConfigError(
+            "there are no held-out prompts to evaluate on; set dataset.heldOut.", "NoHeldOutPrompts"
+        )
+    samples = int(ctx.get("stages.evaluation.samplesPerPrompt"))
+    base_src = ctx.require("baseModel.source")
+    tokenizer = load_tokenizer(
+        ctx.get("baseModel.tokenizer", None) or base_src, ctx.get("baseModel.revision")
+    )
+    base = load_causal_lm(  # type: ignore[no-untyped-call]
+        base_src, ctx.get("baseModel.revision"), ctx.get("baseModel.dtype"), tokenizer, "the base model"
+    ).eval()
+    policy = load_causal_lm(  # type: ignore[no-untyped-call]
+        storage.localize_dir(policy_uri), None, ctx.get("baseModel.dtype"), tokenizer, "the policy"
+    ).eval()
+    length = int(ctx.get("stages.policy.responseLength"))
+    temperature = float(ctx.get("stages.policy.temperature"))
+    sampling: dict[str, Any] = {
+        "samples": samples,
+        "max_new_tokens": length,
+        "temperature": temperature,
+        "seed": ctx.seed + 1,
+    }
+    base_out, _ = sample_with_kl(base, base, tokenizer, prompts, **sampling)
+    pol_out, kls = sample_with_kl(policy, base, tokenizer, prompts, **sampling)
+    # The reward model always scores evaluation locally unless a reward server is configured.
+    reward = make_reward(ctx, "remote" if ctx.reward_endpoint else "colocated")
+    full_prompts = [p for p in prompts for _ in range(samples)]
+    base_r = reward(full_prompts, base_out)
+    pol_r = reward(full_prompts, pol_out)
+    base_mean, pol_mean = statistics.fmean(base_r), statistics.fmean(pol_r)
+    report: dict[str, Any] = {
+        "prompts": len(prompts),
+        "samplesPerPrompt": samples,
+        "baseReward": base_mean,
+        "policyReward": pol_mean,
+        # A difference: reward-model scores can be zero or negative, so a ratio would mislead.
+        "rewardGain": pol_mean - base_mean,
+        "winRate": win_rate(pol_r, base_r),
+        "kl": statistics.fmean(kls),
+        "baseLength": statistics.fmean(len(c.split()) for c in base_out),
+        "policyLength": statistics.fmean(len(c.split()) for c in pol_out),
+        "examples": [
+            {"prompt": p, "base": b, "policy": q}
+            for p, b, q in list(zip(full_prompts, base_out, pol_out, strict=True))[:: max(1, samples)][:5]
+        ],
+    }
+    true_rule = ctx.get("stages.evaluation.trueRule", None)
+    if true_rule:
+        rule = rule_from_spec(true_rule, ctx, "stages.evaluation.trueRule")
+        base_t, pol_t = rule(full_prompts, base_out), rule(full_prompts, pol_out)
+        report.update(
+            trueRuleBase=statistics.fmean(base_t),
+            trueRulePolicy=statistics.fmean(pol_t),
+            trueRuleWinRate=win_rate(pol_t, base_t),
+        )
+        report["trueRuleGain"] = (
+            report["trueRulePolicy"] / report["trueRuleBase"] if report["trueRuleBase"] > 0 else None
+        )
+    storage.write_json_atomic(layout.evaluation_report(root), report)
+    storage.write_bytes_atomic(
+        layout.evaluation_plot(root), plot(base_r, pol_r, "Held-out reward: base vs policy")
+    )
+    metrics: dict[str, float | int] = {
+        "winRate": round(report["winRate"], 4),
+        "baseReward": round(base_mean, 4),
+        "policyReward": round(pol_mean, 4),
+        "kl": round(report["kl"], 4),
+    }
+    metrics["rewardGain"] = round(report["rewardGain"], 4)
+    summary = (
+        f"On {len(prompts)} held-out prompts the policy wins {report['winRate']:.0%} against the base model "
+        f"(mean reward {pol_mean:.2f} vs {base_mean:.2f}"
+    )
+    if true_rule:
+        summary += f"; true rule {report['trueRulePolicy']:.2f} vs {report['trueRuleBase']:.2f}"
+    print("evaluation: " + summary + ")", flush=True)
+    return success(
+        metrics,
+        {"evaluationReport": layout.evaluation_report(root), "evaluationPlot": layout.evaluation_plot(root)},
+        summary + ").",
+    )

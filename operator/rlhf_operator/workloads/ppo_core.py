@@ -1,0 +1,131 @@
+"""The PPO maths, as pure tensor functions (unit-tested on their own).
+
+Conventions: tensors are [batch, response_len]; `mask` is 1 on response tokens up to and
+including the first EOS and 0 after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    # Bessel's correction as in the reference implementations; guards a single-token batch.
+    count = mask.sum()
+    if count > 1:
+        var = var * count / (count - 1)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS, 0 after it (pad = eos, so padding is masked too)."""
+    is_eos = (response_ids == eos_token_id).long()
+    # Number of EOS seen strictly before each position: 0 means the token is still part of the reply.
+    before = torch.cumsum(is_eos, dim=1) - is_eos
+    return (before == 0).to(torch.float32)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.sum(dim=1).long() - 1).clamp(min=0)
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token reward: -kl_coef * k1 KL at every token, plus the sequence score at the last token.
+
+    k1 = log pi(a|s) - log ref(a|s) is the unbiased per-sample KL estimate used by Ziegler et al.
+    Returns (rewards, per_token_kl).
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    rows = torch.arange(scores.shape[0])
+    rewards[rows, last_token_index(mask)] += scores
+    return rewards * mask, kl
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; returns (advantages, returns)."""
+    values = values * mask
+    length = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+@dataclass(frozen=True)
+class LossStats:
+    policy_loss: float
+    value_loss: float
+    clip_fraction: float
+    approx_kl: float
+
+
+def ppo_loss(  # noqa: PLR0917 - mirrors the paper's symbols, all tensors
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    clip_range_value: float = 0.2,
+    vf_coef: float = 0.1,
+) -> tuple[torch.Tensor, LossStats]:
+    """Clipped surrogate policy loss + clipped value loss (PPO, Schulman et al. 2017)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    policy_loss = masked_mean(torch.max(pg1, pg2), mask)
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    with torch.no_grad():
+        stats = LossStats(
+            policy_loss=float(policy_loss),
+            value_loss=float(value_loss),
+            clip_fraction=float(masked_mean((pg2 > pg1).float(), mask)),
+            approx_kl=float(0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask)),
+        )
+    return policy_loss + vf_coef * value_loss, stats
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): scale the KL weight so the observed KL tracks a target.
+
+    beta <- beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n_steps / horizon)
+    """
+
+    def __init__(self, init_coef: float, target: float | None, horizon: int = 10_000) -> None:
+        self.value = init_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        if self.target is not None:
+            error = max(-0.2, min(0.2, current_kl / self.target - 1.0))
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value

@@ -1,0 +1,175 @@
+"""Stage `precompute`: sample K responses per prompt from the base model, one shard per pod.
+
+Deterministic and resumable: the held-out split and the shard boundaries depend only on the
+prompts, the fraction and the seed; a shard whose `.done.json` marker matches the settings is not
+generated again; the manifest is written once every shard is done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rlhf_operator.workloads import data, layout, storage
+from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.modeling import (
+    GenerationSettings,
+    generate_texts,
+    load_causal_lm,
+    load_tokenizer,
+)
+from rlhf_operator.workloads.result import success
+from rlhf_operator.workloads.runtime import completion_index, seed_everything
+
+
+def split_prompts(ctx: StageContext) -> tuple[list[str], list[str], str]:
+    """(train, held_out, prompts_hash) for the job, the same in every shard."""
+    source = ctx.require("dataset.prompts.source")
+    field = str(ctx.get("dataset.prompts.promptField"))
+    prompts = data.read_prompts(source, ctx.get("dataset.prompts.format"), field)
+    held_source = ctx.get("dataset.heldOut.source", None)
+    if held_source:
+        held = data.read_prompts(held_source, ctx.get("dataset.heldOut.format", None), field)
+        train = prompts
+    else:
+        train, held = data.split_held_out(prompts, float(ctx.get("dataset.heldOut.fraction")), ctx.seed)
+    if not train:
+        raise StageConfigError(
+            "no training prompts are left after the held-out split; lower dataset.heldOut.fraction.",
+            "EmptyDataset",
+        )
+    return train, held, data.content_hash([*prompts, "--held--", *held])
+
+
+def settings_of(ctx: StageContext, prompts_hash: str) -> dict[str, Any]:
+    return {
+        "model": ctx.require("baseModel.source"),
+        "revision": ctx.get("baseModel.revision"),
+        "prompts": ctx.get("dataset.prompts.source"),
+        "promptsHash": prompts_hash,
+        "responsesPerPrompt": int(ctx.get("stages.precompute.responsesPerPrompt")),
+        "maxNewTokens": int(ctx.get("stages.precompute.maxNewTokens")),
+        "temperature": float(ctx.get("stages.precompute.temperature")),
+        "topP": float(ctx.get("stages.precompute.topP")),
+        "shards": int(ctx.get("stages.precompute.shards")),
+        "seed": ctx.seed,
+    }
+
+
+def _shard_is_done(ctx: StageContext, index: int, count: int, settings: dict[str, Any]) -> bool:
+    marker = layout.shard_done(ctx.artifact_root, index, count)
+    if not storage.exists(marker) or not storage.exists(layout.shard_file(ctx.artifact_root, index, count)):
+        return False
+    return bool(storage.read_json(marker).get("settings") == settings)
+
+
+def _generate_shard(
+    ctx: StageContext, prompts: list[str], offset: int, settings: dict[str, Any], index: int
+) -> list[dict[str, Any]]:
+    if ctx.get("dataset.responses.source", None):
+        return _imported_responses(ctx, prompts, offset)
+    tokenizer = load_tokenizer(
+        ctx.get("baseModel.tokenizer", None) or settings["model"], settings["revision"]
+    )
+    model = load_causal_lm(
+        settings["model"], settings["revision"], ctx.get("baseModel.dtype"), tokenizer, "the base model"
+    )
+    # Seed per shard: a retried pod produces the same responses as the first attempt.
+    seed_everything(ctx.seed * 1000 + index)
+    gen = GenerationSettings(settings["maxNewTokens"], settings["temperature"], settings["topP"])
+    started = time.perf_counter()
+    outputs = generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        gen,
+        batch_size=int(ctx.get("stages.precompute.batchSize")),
+        num_return_sequences=settings["responsesPerPrompt"],
+    )
+    elapsed = time.perf_counter() - started
+    print(
+        f"precompute shard {index}: {len(prompts)} prompts x {settings['responsesPerPrompt']} in {elapsed:.2f}s",
+        flush=True,
+    )
+    return [
+        {"promptIndex": offset + i, "prompt": p, "responses": r}
+        for i, (p, r) in enumerate(zip(prompts, outputs, strict=True))
+    ]
+
+
+def _imported_responses(ctx: StageContext, prompts: list[str], offset: int) -> list[dict[str, Any]]:
+    """Responses already in the dataset (the seed's "may already be in your ranking dataset")."""
+    from rlhf_operator.workloads.ranking import read_responses_file
+
+    by_prompt: dict[str, list[str]] = {}
+    for row in read_responses_file(
+        ctx.get("dataset.responses.source"), ctx.get("dataset.responses.format", None)
+    ):
+        by_prompt.setdefault(row["prompt"], []).extend(row["responses"])
+    return [
+        {"promptIndex": offset + i, "prompt": p, "responses": by_prompt[p]}
+        for i, p in enumerate(prompts)
+        if p in by_prompt
+    ]
+
+
+def write_manifest_if_complete(ctx: StageContext, settings: dict[str, Any], held_count: int) -> bool:
+    count = settings["shards"]
+    files = [layout.shard_file(ctx.artifact_root, i, count) for i in range(count)]
+    if not all(_shard_is_done(ctx, i, count, settings) for i in range(count)):
+        return False
+    storage.write_json_atomic(
+        layout.responses_manifest(ctx.artifact_root),
+        {
+            **settings,
+            "shardFiles": files,
+            "heldOut": layout.heldout_prompts(ctx.artifact_root),
+            "heldOutCount": held_count,
+            "complete": True,
+        },
+    )
+    return True
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    train, held, prompts_hash = split_prompts(ctx)
+    settings = settings_of(ctx, prompts_hash)
+    count = settings["shards"]
+    index = completion_index()
+    root = ctx.artifact_root
+    # Every shard writes the identical split; writes are atomic, so concurrent pods are harmless.
+    storage.write_jsonl_atomic(layout.heldout_prompts(root), [{"prompt": p} for p in held])
+    storage.write_jsonl_atomic(layout.train_prompts(root), [{"prompt": p} for p in train])
+    mine = data.shard(train, index, count)
+    offset = sum(len(data.shard(train, i, count)) for i in range(index))
+    if _shard_is_done(ctx, index, count, settings):
+        print(f"precompute shard {index}/{count} is already complete; skipping", flush=True)
+        rows = None
+    else:
+        rows = _generate_shard(ctx, mine, offset, settings, index)
+        storage.write_jsonl_atomic(layout.shard_file(root, index, count), rows)
+        storage.write_json_atomic(
+            layout.shard_done(root, index, count), {"settings": settings, "rows": len(rows)}
+        )
+    complete = write_manifest_if_complete(ctx, settings, len(held))
+    produced = len(mine) if rows is None else len(rows)
+    message = f"Shard {index + 1} of {count} holds responses for {produced} prompts" + (
+        "; all shards are complete." if complete else "; other shards are still running."
+    )
+    return success({}, {"responses": layout.precompute_dir(root)}, message)
+
+
+def training_prompts(ctx: StageContext) -> list[str]:
+    """The train split: from the precompute artifact, or recomputed when precompute was skipped."""
+    uri = layout.train_prompts(ctx.artifact_root)
+    if storage.exists(uri):
+        return [r["prompt"] for r in data.read_rows(uri, "jsonl", "training prompts")]
+    return split_prompts(ctx)[0]
+
+
+def held_out_prompts(ctx: StageContext) -> list[str]:
+    uri = layout.heldout_prompts(ctx.artifact_root)
+    if storage.exists(uri):
+        return [r["prompt"] for r in data.read_rows(uri, "jsonl", "held-out prompts")]
+    return split_prompts(ctx)[1]

@@ -1,0 +1,220 @@
+"""Stage `ranking`: turn responses into preference pairs (human file, AI judge, or a rule)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rlhf_operator.workloads import data, layout, storage
+from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.judges import LogProbJudge, rule_from_spec
+from rlhf_operator.workloads.result import success
+
+Pair = dict[str, Any]
+
+
+def load_responses(ctx: StageContext) -> list[dict[str, Any]]:
+    """Rows {prompt, responses}: `dataset.responses` when given (precompute is skipped then),
+    else the precompute artifact (all shards, in input order)."""
+    source = ctx.get("dataset.responses.source", None)
+    if source:
+        return read_responses_file(source, ctx.get("dataset.responses.format", None))
+    manifest_uri = layout.responses_manifest(ctx.artifact_root)
+    if not storage.exists(manifest_uri):
+        raise StageConfigError(
+            f"the precompute manifest {manifest_uri} does not exist: the precompute stage "
+            "has not completed; run it first.",
+            "ResponsesNotFound",
+        )
+    rows: list[dict[str, Any]] = []
+    for shard_uri in storage.read_json(manifest_uri)["shardFiles"]:
+        rows.extend(data.read_rows(shard_uri, "jsonl", "responses shard"))
+    return rows
+
+
+def read_responses_file(source: str, fmt: str | None) -> list[dict[str, Any]]:
+    rows = data.read_rows(source, fmt, "responses dataset")
+    for number, row in enumerate(rows, start=1):
+        responses = row.get("responses")
+        if (
+            not isinstance(row.get("prompt"), str)
+            or not isinstance(responses, list)
+            or not all(isinstance(r, str) for r in responses)
+        ):
+            raise StageConfigError(
+                f"responses dataset {source} row {number} must have a string `prompt` and a "
+                "list of strings `responses`.",
+                "MalformedRow",
+            )
+    return rows
+
+
+def pairs_from_scores(
+    prompt: str, responses: list[str], scores: list[float], pairing: str, provenance: str
+) -> list[Pair]:
+    """Preference pairs for one prompt; equal scores carry no preference and give no pair."""
+    order = sorted(range(len(responses)), key=lambda i: -scores[i])
+    if pairing == "bestVsRest":
+        best = order[0]
+        candidates = [(best, j) for j in order[1:]]
+    elif pairing == "all":
+        candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
+    else:
+        raise StageConfigError(
+            f"stages.ranking.pairs must be all or bestVsRest, not {pairing!r}.", "InvalidPairing"
+        )
+    return [
+        {
+            "prompt": prompt,
+            "chosen": responses[i],
+            "rejected": responses[j],
+            "provenance": {"method": provenance, "chosenScore": scores[i], "rejectedScore": scores[j]},
+        }
+        for i, j in candidates
+        if scores[i] > scores[j] and responses[i] != responses[j]
+    ]
+
+
+def _known_prompts(ctx: StageContext) -> set[str] | None:
+    source = ctx.get("dataset.prompts.source", None)
+    if not source or not storage.exists(source):
+        return None
+    return set(
+        data.read_prompts(
+            source, ctx.get("dataset.prompts.format"), str(ctx.get("dataset.prompts.promptField"))
+        )
+    )
+
+
+def validate_human_row(row: dict[str, Any], number: int, source: str, known: set[str] | None) -> list[Pair]:
+    where = f"rankings file {source} row {number}"
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise StageConfigError(f"{where} has no string `prompt`.", "MalformedRow")
+    if known is not None and prompt not in known:
+        raise StageConfigError(
+            f"{where}: its prompt is not in the prompts dataset; rankings must refer to "
+            "dataset prompts verbatim.",
+            "UnknownPrompt",
+        )
+    if "chosen" in row or "rejected" in row:
+        chosen, rejected = row.get("chosen"), row.get("rejected")
+        if not isinstance(chosen, str) or not isinstance(rejected, str):
+            raise StageConfigError(f"{where} must have string `chosen` and `rejected`.", "MalformedRow")
+        if chosen == rejected:
+            raise StageConfigError(
+                f"{where}: `chosen` and `rejected` are the same text (a tie).", "TiedRanking"
+            )
+        return [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "provenance": {"method": "human"}}]
+    responses, ranking = row.get("responses"), row.get("ranking")
+    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+        raise StageConfigError(
+            f"{where} must have `chosen`/`rejected`, or `responses` (list of strings) and `ranking`.",
+            "MalformedRow",
+        )
+    if len(responses) < 2:
+        raise StageConfigError(
+            f"{where} has fewer than 2 responses; a ranking needs at least 2.", "TooFewResponses"
+        )
+    if (
+        not isinstance(ranking, list)
+        or len(ranking) != len(responses)
+        or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranking)
+    ):
+        raise StageConfigError(
+            f"{where}: `ranking` must be a list of integer ranks (1 = best), one per response.",
+            "MalformedRow",
+        )
+    if len(set(ranking)) != len(ranking):
+        raise StageConfigError(
+            f"{where}: `ranking` has ties ({ranking}); give every response a distinct rank.", "TiedRanking"
+        )
+    # Rank 1 is best: a lower rank is a higher score.
+    return pairs_from_scores(prompt, responses, [-float(r) for r in ranking], "all", "human")
+
+
+def wait_for(source: str, timeout_s: float, poll_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not storage.exists(source):
+        if time.monotonic() >= deadline:
+            raise StageConfigError(
+                f"the rankings file {source} did not appear within {timeout_s:.0f}s; upload "
+                "it or raise stages.ranking.human.waitTimeoutSeconds.",
+                "RankingsNotFound",
+            )
+        time.sleep(min(poll_s, max(0.05, deadline - time.monotonic())))
+
+
+def human_pairs(ctx: StageContext) -> list[Pair]:
+    source = ctx.get("stages.ranking.human.source", None)
+    if not source:
+        raise StageConfigError(
+            "stages.ranking.human.source must name the rankings file for the human method.", "MissingField"
+        )
+    wait_for(source, float(ctx.get("stages.ranking.human.waitTimeoutSeconds")))
+    return read_rankings_file(ctx, source, None)
+
+
+def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[Pair]:
+    """Validated pairs from a human rankings file (also `dataset.rankings`, which skips this stage)."""
+    known = _known_prompts(ctx)
+    pairs: list[Pair] = []
+    for number, row in enumerate(data.read_rows(source, fmt, "rankings file"), start=1):
+        pairs.extend(validate_human_row(row, number, source, known))
+    return pairs
+
+
+def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
+    rows = load_responses(ctx)
+    pairing = str(ctx.get("stages.ranking.pairs"))
+    pairs: list[Pair] = []
+    if method == "rule":
+        rule = ctx.get("stages.ranking.rule", {}) or {}
+        scorer = rule_from_spec(rule, ctx, "stages.ranking.rule")
+        label = f"rule:{rule.get('name', 'keywords')}"
+        for row in rows:
+            scores = scorer([row["prompt"]] * len(row["responses"]), row["responses"])
+            pairs.extend(pairs_from_scores(row["prompt"], row["responses"], scores, pairing, label))
+        return pairs
+    judge_model = ctx.get("stages.ranking.aiJudge.model", None) or ctx.require("baseModel.source")
+    judge = LogProbJudge(
+        judge_model,
+        str(ctx.get("stages.ranking.aiJudge.rubric")),
+        str(ctx.get("stages.ranking.aiJudge.mode")),
+    )
+    for row in rows:
+        scores = judge.rank_group(row["prompt"], row["responses"])
+        pairs.extend(
+            pairs_from_scores(row["prompt"], row["responses"], scores, pairing, f"aiJudge:{judge.mode}")
+        )
+    return pairs
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    method = str(ctx.get("stages.ranking.method"))
+    if method == "human":
+        pairs = human_pairs(ctx)
+    elif method in {"rule", "aiJudge"}:
+        pairs = scored_pairs(ctx, method)
+    else:
+        raise StageConfigError(
+            f"stages.ranking.method must be human, aiJudge or rule, not {method!r}.", "InvalidRankingMethod"
+        )
+    if len(pairs) < 2:
+        raise StageConfigError(
+            f"ranking produced {len(pairs)} preference pairs; at least 2 are needed to train a "
+            "reward model (are all responses scored the same?).",
+            "TooFewPairs",
+        )
+    root = ctx.artifact_root
+    storage.write_jsonl_atomic(layout.pairs_file(root), pairs)
+    storage.write_json_atomic(
+        layout.ranking_manifest(root),
+        {"method": method, "pairs": len(pairs), "file": layout.pairs_file(root), "complete": True},
+    )
+    return success(
+        {},
+        {"rankings": layout.pairs_file(root)},
+        f"Ranking ({method}) produced {len(pairs)} preference pairs.",
+    )

@@ -1,0 +1,61 @@
+"""Scoring texts with a sequence-classification reward model in this process."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_operator.workloads.modeling import load_seq_cls
+
+
+class LocalRewardScorer:
+    """r(x, y) for prompt/completion pairs, the way TRL queries a reward model.
+
+    TRL scores `prompt + completion` (plain concatenation). RewardTrainer appended EOS to the text
+    it trained on; with pad = eos the seq-cls head pools the last non-pad token in both cases.
+    When pad != eos we append EOS ourselves so training and scoring pool the same position.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 64,
+        max_length: int = 1024,
+    ) -> None:
+        self.model = model.eval()  # type: ignore[no-untyped-call]
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.append_eos = tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.eos_token is not None
+        # A model is not safe to call from two threads at once (the server's executor, the batcher).
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_path(cls, source: str, batch_size: int = 64) -> LocalRewardScorer:
+        model, tokenizer = load_seq_cls(source)
+        return cls(model, tokenizer, batch_size)
+
+    @torch.no_grad()
+    def score_texts(self, texts: list[str]) -> list[float]:
+        if self.append_eos:
+            texts = [t + str(self.tokenizer.eos_token) for t in texts]
+        out: list[float] = []
+        with self._lock:
+            for start in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    add_special_tokens=False,
+                )
+                out.extend(self.model(**enc).logits[:, 0].float().tolist())
+        return out
+
+    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return self.score_texts([p + c for p, c in zip(prompts, completions, strict=True)])

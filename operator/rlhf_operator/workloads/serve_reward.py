@@ -1,0 +1,182 @@
+"""Stage `serve-reward`: the reward model over HTTP for remote reward placement (aiohttp).
+
+POST /score      {"prompts": [...], "completions": [...]} or {"texts": [...]} -> {"rewards": [...]}
+POST /get_reward {"query": [...], "prompts": [...]}  (OpenRLHF's remote RM shape) -> {"rewards": [...]}
+GET  /healthz    200 while the process runs;  GET /readyz 200 once the model is loaded.
+Bearer-token auth, body size and item limits (413), dynamic batching, graceful SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from rlhf_operator.workloads.batcher import DynamicBatcher, ScoreFn
+from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.reward_client import read_token
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_ITEMS = 1024
+READY: web.AppKey[dict[str, bool]] = web.AppKey("ready", dict)
+BATCHER: web.AppKey[DynamicBatcher] = web.AppKey("batcher", DynamicBatcher)
+
+
+def _texts(body: Any) -> list[str]:
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text='{"error": "the body must be a JSON object"}', content_type="application/json"
+        )
+    if "texts" in body:
+        texts = body["texts"]
+    elif "completions" in body:
+        prompts, completions = body.get("prompts") or [""] * len(body["completions"]), body["completions"]
+        if (
+            not isinstance(prompts, list)
+            or not isinstance(completions, list)
+            or len(prompts) != len(completions)
+        ):
+            raise web.HTTPBadRequest(
+                text='{"error": "prompts and completions must be lists of the same length"}',
+                content_type="application/json",
+            )
+        texts = [f"{p}{c}" for p, c in zip(prompts, completions, strict=True)]
+    elif "query" in body:
+        # OpenRLHF sends the full text (prompt + response) in `query`.
+        texts = body["query"]
+    else:
+        raise web.HTTPBadRequest(
+            text='{"error": "send texts, prompts+completions, or query"}', content_type="application/json"
+        )
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise web.HTTPBadRequest(
+            text='{"error": "texts must be a list of strings"}', content_type="application/json"
+        )
+    if len(texts) > MAX_ITEMS:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_ITEMS,
+            actual_size=len(texts),
+            text=json.dumps({"error": f"at most {MAX_ITEMS} items per request"}),
+            content_type="application/json",
+        )
+    return texts
+
+
+def make_app(
+    score: ScoreFn | None,
+    token: str | None,
+    *,
+    batching: bool = True,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    max_body: int = MAX_BODY_BYTES,
+) -> web.Application:
+    """The aiohttp app; `score=None` starts not-ready (for the loader to set later)."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if token is not None and request.path not in {"/healthz", "/readyz"}:
+            header = request.headers.get("Authorization", "")
+            given = header[7:] if header.startswith("Bearer ") else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return web.json_response(
+                    {"error": "missing or wrong bearer token"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    app = web.Application(middlewares=[auth], client_max_size=max_body)
+    app[READY] = {"ready": score is not None}
+    app[BATCHER] = DynamicBatcher(score or (lambda texts: []), max_batch, max_wait_ms, batching)
+
+    async def score_handler(request: web.Request) -> web.Response:
+        if not request.app[READY]["ready"]:
+            return web.json_response({"error": "the model is not loaded yet"}, status=503)
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "the body is not JSON"}, status=400)
+        rewards = await request.app[BATCHER].submit(_texts(body))
+        return web.json_response({"rewards": rewards, "scores": rewards})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = request.app[READY]["ready"]
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def on_startup(app: web.Application) -> None:
+        await app[BATCHER].start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await app[BATCHER].stop()
+
+    app.router.add_post("/score", score_handler)
+    app.router.add_post("/get_reward", score_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def serve(
+    app: web.Application, host: str, port: int, load: Any = None, shutdown_timeout: float = 30.0
+) -> None:
+    """Run until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit."""
+    # No access log: one formatted line per scoring request costs more than a tiny forward pass.
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    print(f"reward server listening on {host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if load is not None:
+        # Load after binding so /healthz answers (liveness) while the weights load; /readyz waits.
+        score = await asyncio.to_thread(load)
+        app[BATCHER].score = score
+        app[READY]["ready"] = True
+        print("reward server ready", flush=True)
+    await stop.wait()
+    app[READY]["ready"] = False
+    print("reward server: SIGTERM, draining in-flight requests", flush=True)
+    await runner.cleanup()  # stops accepting, waits for running handlers up to shutdown_timeout
+
+
+def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
+    from rlhf_operator.workloads import storage
+    from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
+    from rlhf_operator.workloads.reward_source import reward_model_uri
+
+    token = read_token()
+    if token is None and not args.insecure_no_auth:
+        raise StageConfigError(
+            "no reward token is configured: set RLHF_REWARD_TOKEN_FILE (a mounted Secret) or "
+            "RLHF_REWARD_TOKEN, or pass --insecure-no-auth for a local experiment.",
+            "RewardTokenMissing",
+        )
+    uri = reward_model_uri(ctx)
+    port = args.port or int(ctx.get("stages.rewardModel.serving.port"))
+
+    def load() -> ScoreFn:
+        return LocalRewardScorer.from_path(storage.localize_dir(uri), batch_size=args.max_batch).score_texts
+
+    app = make_app(
+        None, token, batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms
+    )
+    asyncio.run(serve(app, args.host, port, load))
+    sys.stdout.flush()
+    return None  # a server has no result; its termination message stays empty

@@ -1,0 +1,118 @@
+"""`rloo` and `grpo` policy optimisation with TRL's trainers and our reward as a Python callable."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from rlhf_operator.workloads import layout, storage
+from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.precompute import training_prompts
+from rlhf_operator.workloads.progress import emit_progress
+from rlhf_operator.workloads.reward_source import make_reward
+
+
+def _checkpoint_root(ctx: StageContext) -> str:
+    """HF Trainer checkpoints need a local directory: under the volume, or local scratch for s3."""
+    uri = layout.checkpoints_dir(ctx.artifact_root)
+    if not storage.is_remote(uri):
+        return storage.local_path(uri)
+    return os.path.join(os.environ.get("RLHF_SCRATCH_DIR", tempfile.gettempdir()), "rlhf-trl-checkpoints")
+
+
+def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # type: ignore[attr-defined]
+
+    steps = int(ctx.get("stages.policy.steps"))
+    batch = int(ctx.get("stages.policy.batchSize"))
+    generations = int(ctx.get("stages.policy.numGenerations"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # TRL counts completions per process; the API already checks batchSize % numGenerations.
+    if batch % world:
+        raise StageConfigError(
+            f"stages.policy.batchSize ({batch}) must split evenly over {world} processes "
+            f"and groups of numGenerations ({generations}).",
+            "InvalidBatchSize",
+        )
+    if ctx.get("stages.policy.klTarget", None) is not None:
+        print(f"note: klTarget is used by ppo only; {algorithm} keeps beta = klCoef fixed", flush=True)
+    base = ctx.require("baseModel.source")
+    # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
+    model_path = resolve_model_path(base, "the base model")
+    tokenizer = load_tokenizer(
+        ctx.get("baseModel.tokenizer", None) or model_path, ctx.get("baseModel.revision")
+    )
+    score = make_reward(ctx)
+    last: dict[str, float] = {}
+
+    def reward_model(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return score(prompts, completions)
+
+    class Progress(TrainerCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
+            if not logs or "reward" not in logs or not state.is_world_process_zero:
+                return
+            last.update(meanReward=float(logs["reward"]), kl=float(logs.get("kl", 0.0)))
+            emit_progress(int(state.global_step), steps, last["meanReward"], last["kl"])
+
+    interval = int(ctx.get("stages.policy.checkpointInterval"))
+    out_dir = _checkpoint_root(ctx)
+    common: dict[str, Any] = dict(
+        output_dir=out_dir,
+        max_steps=steps,
+        learning_rate=float(ctx.get("stages.policy.learningRate")),
+        per_device_train_batch_size=batch // world,
+        num_generations=generations,
+        max_completion_length=int(ctx.get("stages.policy.responseLength")),
+        temperature=float(ctx.get("stages.policy.temperature")),
+        beta=float(ctx.get("stages.policy.klCoef")),
+        logging_steps=1,
+        save_strategy="steps" if interval else "no",
+        save_steps=interval or 500,
+        save_total_limit=2,
+        report_to="none",
+        bf16=False,
+        activation_checkpointing=False,
+        seed=ctx.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer_cls: Any
+    if algorithm == "rloo":
+        config: Any = RLOOConfig(**common)
+        trainer_cls = RLOOTrainer
+    else:
+        config = GRPOConfig(**common)
+        trainer_cls = GRPOTrainer
+    dataset = Dataset.from_list([{"prompt": p} for p in training_prompts(ctx)])
+    trainer = trainer_cls(
+        model=model_path,
+        reward_funcs=[reward_model],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Progress()],
+    )
+    # PrinterCallback dumps every log dict to stdout; the progress lines carry what matters.
+    trainer.remove_callback(PrinterCallback)
+    resume = get_last_checkpoint(out_dir) if interval and os.path.isdir(out_dir) else None  # type: ignore[no-untyped-call]
+    if resume:
+        print(f"resumed from checkpoint {resume}", flush=True)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
+            trainer.model.save_pretrained(work)
+            tokenizer.save_pretrained(work)
+            storage.publish_dir(
+                work, layout.policy_dir(ctx.artifact_root), {"steps": steps, "algorithm": algorithm}
+            )
+    return steps, last

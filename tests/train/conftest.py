@@ -1,0 +1,133 @@
+"""Shared fixtures of the training tests: one tiny pipeline run, reused by every test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
+REPO = Path(__file__).resolve().parents[2]
+KEYWORDS = ["good", "great", "nice", "happy"]
+
+
+def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
+    """An RLHFJob for the synthetic task, written as for EKS (paths under the /data volume)."""
+    return {
+        "apiVersion": "rlhf-operator.dev/v1alpha1",
+        "kind": "RLHFJob",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "baseModel": {"source": "/data/models/tiny-gpt2", "dtype": "float32"},
+            "dataset": {
+                "prompts": {"source": "/data/datasets/tiny-task/prompts.jsonl"},
+                "heldOut": {"fraction": 0.25},
+            },
+            "storage": {"volume": {"claimName": "fsx", "mountPath": "/data"}},
+            "stages": {
+                "precompute": {"responsesPerPrompt": 4, "maxNewTokens": 16, "shards": 2},
+                "ranking": {"method": "rule", "rule": {"name": "keywords", "keywords": KEYWORDS}},
+                "rewardModel": {
+                    "model": "/data/models/tiny-rm",
+                    "epochs": 15,
+                    "learningRate": 3e-3,
+                    "batchSize": 32,
+                    "maxLength": 64,
+                    "evalFraction": 0.2,
+                },
+                "policy": {
+                    "algorithm": "ppo",
+                    "steps": 20,
+                    "learningRate": 1e-4,
+                    "batchSize": 32,
+                    "numGenerations": 4,
+                    "responseLength": 16,
+                    "checkpointInterval": 10,
+                    **policy,
+                },
+                "evaluation": {
+                    "prompts": 24,
+                    "samplesPerPrompt": 4,
+                    "trueRule": {"name": "keywords", "keywords": KEYWORDS},
+                },
+            },
+        },
+    }
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    return out
+
+
+def run_cli(
+    args: list[str], cwd: Path | None = None, timeout: float = 600, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+        env={**env(), **(extra_env or {})},
+    )
+
+
+def stage_config(
+    root: str, spec: dict[str, Any], stage: str = "policy", endpoint: str | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "job": {"namespace": "default", "name": "t", "uid": "u"},
+        "stage": stage,
+        "spec": spec,
+        "artifactRoot": root,
+    }
+    if endpoint:
+        body["rewardEndpoint"] = endpoint
+    return body
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The whole local pipeline with PPO (the default), run once per session."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    manifest = workdir / "job.yaml"
+    manifest.write_text(yaml.safe_dump(tiny_manifest()))
+    started = time.monotonic()
+    proc = run_cli(
+        ["-m", "rlhf_operator", "run-local", str(manifest), "--workdir", str(workdir), "--with-tiny-assets"]
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    root = workdir / "rlhf-jobs" / "default" / "tiny" / "local"
+    configs = workdir / "configs"
+    return {
+        "workdir": workdir,
+        "root": root,
+        "elapsed": elapsed,
+        "stdout": proc.stdout,
+        "report": json.loads((root / "evaluation" / "report.json").read_text()),
+        "spec": json.loads((configs / "policy.json").read_text())["spec"],
+    }
+
+
+@pytest.fixture()
+def fresh_root(pipeline: dict[str, Any], tmp_path: Path) -> Iterator[Path]:
+    """A new artifact root holding the pipeline's precompute output and reward model only."""
+    import shutil
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("precompute", "reward-model"):
+        shutil.copytree(pipeline["root"] / name, root / name)
+    yield root

@@ -1,0 +1,138 @@
+"""Bad configuration or input: a clear error, exit 78, and no output that looks complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.train
+
+
+def _run(
+    stage: str, spec: dict[str, Any], root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any]]:
+    from rlhf_operator.workloads.__main__ import main
+    from tests.train.conftest import stage_config
+
+    config = tmp_path / f"{stage}.json"
+    config.write_text(json.dumps(stage_config(str(root), spec, "precompute")))
+    term = tmp_path / "termination"
+    monkeypatch.setenv("RLHF_TERMINATION_MESSAGE_PATH", str(term))
+    code = main([stage, "--config", str(config)])
+    return code, json.loads(term.read_text())
+
+
+def _spec(pipeline: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(json.dumps(pipeline["spec"]))
+    spec["stages"]["precompute"]["shards"] = 1
+    return spec
+
+
+def test_missing_prompts_file(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(pipeline)
+    spec["dataset"]["prompts"]["source"] = str(tmp_path / "nope.jsonl")
+    code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "DatasetNotFound" and "nope.jsonl" in term["error"]
+    assert not (tmp_path / "root" / "precompute" / "manifest.json").exists()
+
+
+def test_malformed_prompt_row(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "w01 "}\n{"prompt": "w02 "}\n{"prompt": \n')
+    spec = _spec(pipeline)
+    spec["dataset"]["prompts"]["source"] = str(prompts)
+    code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "MalformedRow" and "line 3" in term["error"]
+    prompts.write_text('{"prompt": "w01 "}\n{"text": "w02 "}\n')
+    code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and "row 2" in term["error"]
+
+
+def test_wrong_model_path(pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(pipeline)
+    spec["baseModel"]["source"] = str(tmp_path / "no-model")
+    code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "ModelNotFound"
+    assert not list((tmp_path / "root" / "precompute").glob("responses-*"))
+
+
+def test_tokenizer_model_mismatch(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pipeline["spec"]["baseModel"]["source"])
+    tokenizer.add_tokens([f"extra{i}" for i in range(10)])
+    tokenizer.save_pretrained(tmp_path / "big-tokenizer")
+    spec = _spec(pipeline)
+    spec["baseModel"]["tokenizer"] = str(tmp_path / "big-tokenizer")
+    code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "TokenizerModelMismatch"
+
+
+@pytest.mark.parametrize(
+    ("row", "reason", "fragment"),
+    [
+        ({"prompt": "UNKNOWN ", "chosen": "a", "rejected": "b"}, "UnknownPrompt", "row 2"),
+        ({"prompt": "KNOWN", "chosen": "same", "rejected": "same"}, "TiedRanking", "row 2"),
+        ({"prompt": "KNOWN", "responses": ["only one"], "ranking": [1]}, "TooFewResponses", "row 2"),
+        ({"prompt": "KNOWN", "responses": ["a", "b"], "ranking": [1, 1]}, "TiedRanking", "row 2"),
+        ({"prompt": "KNOWN", "chosen": 3}, "MalformedRow", "row 2"),
+    ],
+)
+def test_bad_human_rankings(  # noqa: PLR0917 - pytest parameters
+    pipeline: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    row: dict[str, Any],
+    reason: str,
+    fragment: str,
+) -> None:
+    spec = _spec(pipeline)
+    known = json.loads(Path(spec["dataset"]["prompts"]["source"]).read_text().splitlines()[0])["prompt"]
+    good = {"prompt": known, "chosen": "good great", "rejected": "w01"}
+    row = {k: (known if v == "KNOWN" else v) for k, v in row.items()}
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    spec["stages"]["ranking"] = {"method": "human", "human": {"source": str(rankings)}}
+    code, term = _run("ranking", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == reason and fragment in term["error"], term
+    assert not (tmp_path / "root" / "ranking" / "pairs.jsonl").exists()
+
+
+def test_human_rankings_wait_times_out(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(pipeline)
+    spec["stages"]["ranking"] = {
+        "method": "human",
+        "human": {"source": str(tmp_path / "later.jsonl"), "waitTimeoutSeconds": 1},
+    }
+    code, term = _run("ranking", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "RankingsNotFound"
+
+
+def test_stage_before_its_input(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, term = _run("reward-model", _spec(pipeline), tmp_path / "empty", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "RankingsNotFound"
+    code, term = _run("evaluation", _spec(pipeline), tmp_path / "empty", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "PolicyNotFound"
+
+
+def test_invalid_stage_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlhf_operator.workloads.__main__ import main
+
+    config = tmp_path / "bad.json"
+    config.write_text('{"job": {}, "spec": {}}')
+    monkeypatch.setenv("RLHF_TERMINATION_MESSAGE_PATH", str(tmp_path / "t"))
+    assert main(["policy", "--config", str(config)]) == 78
+    assert main(["policy", "--config", str(tmp_path / "missing.json")]) == 78

@@ -1,0 +1,99 @@
+"""The reward server: auth (401), size limits (413), readiness, scoring shapes, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.train.conftest import env, stage_config
+from tests.train.test_algorithms import _wait_ready
+
+pytestmark = pytest.mark.train
+
+
+def _post(
+    url: str, body: Any, token: str | None = None, raw: bytes | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        url, data=raw if raw is not None else json.dumps(body).encode(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def test_reward_server(pipeline: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps(stage_config(str(pipeline["root"]), pipeline["spec"], "rewardServer")))
+    port = 18900 + (hash(str(tmp_path)) % 90)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlhf_operator.workloads",
+            "serve-reward",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**env(), "RLHF_REWARD_TOKEN": "tok"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url)
+        assert _post(url + "/score", {"texts": ["w01 good"]})[0] == 401
+        assert _post(url + "/score", {"texts": ["w01 good"]}, token="wrong")[0] == 401
+        assert _post(url + "/score", {"texts": ["w01"] * 5000}, token="tok")[0] == 413
+        assert _post(url + "/score", None, token="tok", raw=b"x" * (5 * 1024 * 1024))[0] == 413
+        status, body = _post(
+            url + "/score",
+            {"prompts": ["w01 w02 "] * 2, "completions": ["good great", "w03 w04"]},
+            token="tok",
+        )
+        assert status == 200 and body["rewards"][0] > body["rewards"][1]
+        status, same = _post(
+            url + "/score", {"texts": ["w01 w02 good great", "w01 w02 w03 w04"]}, token="tok"
+        )
+        assert status == 200 and same["rewards"] == pytest.approx(body["rewards"], abs=1e-4)
+        status, openrlhf = _post(url + "/get_reward", {"query": ["w01 w02 good great"]}, token="tok")
+        assert status == 200 and openrlhf["rewards"][0] == pytest.approx(body["rewards"][0], abs=1e-4)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, out[-2000:]
+    assert "draining" in out
+
+
+def test_server_refuses_to_start_without_token(pipeline: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps(stage_config(str(pipeline["root"]), pipeline["spec"], "rewardServer")))
+    clean = {k: v for k, v in env().items() if not k.startswith("RLHF_REWARD_TOKEN")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_operator.workloads", "serve-reward", "--config", str(config)],
+        env={**clean, "RLHF_TERMINATION_MESSAGE_PATH": str(tmp_path / "term")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 78
+    assert json.loads((tmp_path / "term").read_text())["reason"] == "RewardTokenMissing"
