@@ -112,6 +112,8 @@ CASES: list[Case] = [
         stage("policy", {"klCoef": -0.1}),
         ("spec.stages.policy.klCoef", "greater than or equal to 0"),
     ),
+    Case("negative-seed", spec({"seed": -1}), ("spec.seed", "greater than or equal to 0")),
+    Case("unknown-pairing", stage("ranking", {"pairs": "some"}), ("spec.stages.ranking.pairs", "bestVsRest")),
     Case(
         "zero-temperature",
         stage("policy", {"temperature": 0}),
@@ -274,6 +276,7 @@ CASES: list[Case] = [
         {"spec": {"storage": {"volume": {"claimName": "other"}}}},
         "`storage` must not change",
     ),
+    update("change-seed", BASE, {"spec": {"seed": 7}}, "`seed` must not change"),
     update(
         "change-stage-setting",
         BASE,

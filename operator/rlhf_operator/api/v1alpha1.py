@@ -72,6 +72,11 @@ class RuleName(StrEnum):
     CLASSIFIER = "classifier"
 
 
+class Pairing(StrEnum):
+    ALL = "all"
+    BEST_VS_REST = "bestVsRest"
+
+
 class JudgeMode(StrEnum):
     SCORE = "score"
     COMPARE = "compare"
@@ -457,6 +462,10 @@ class RankingStage(ApiModel):
         None, description="A model judges the responses (method aiJudge, RLAIF)."
     )
     rule: RuleSpec | None = Field(None, description="A programmatic rule ranks the responses (method rule).")
+    pairs: Pairing = Field(
+        Pairing.ALL,
+        description="Preference pairs per prompt: all (every pair of differently ranked responses) or bestVsRest.",
+    )
     pod: PodSettings = Field(
         default_factory=PodSettings, description="Pods of the stage (CPU node group by default)."
     )
@@ -595,6 +604,13 @@ class RLHFJobSpec(ApiModel):
     )
 
     suspend: bool = Field(False, description="Pause the job: running stages are stopped and resumed later.")
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2_147_483_647,
+        description="Random seed of every stage (splits, sampling, initialisation), for reproducible runs.",
+        json_schema_extra=immutable("seed"),
+    )
     queue_name: ShortText | None = Field(
         None, description="Kueue LocalQueue the stages are admitted through."
     )
@@ -619,7 +635,7 @@ class RLHFJobSpec(ApiModel):
 
 
 # Rules on changes, checked by the API server (CEL transition rules) and by `validate_update`.
-IMMUTABLE_FIELDS = ("base_model", "dataset", "storage", "stages")
+IMMUTABLE_FIELDS = ("seed", "base_model", "dataset", "storage", "stages")
 QUEUE_NAME_MESSAGE = "`queueName` must not change once set; create a new RLHFJob instead"
 QUEUE_NAME_RULE = "!has(oldSelf.queueName) || (has(self.queueName) && self.queueName == oldSelf.queueName)"
 

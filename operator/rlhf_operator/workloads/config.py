@@ -20,53 +20,11 @@ from rlhf_operator.workloads.errors import StageConfigError
 
 STAGES = ("precompute", "ranking", "reward-model", "serve-reward", "policy", "evaluation")
 
-#: Defaults applied when a field is absent (the CRD's defaults should match these).
+#: Knobs of the stage programs that the API does not expose. Every API field arrives in the config
+#: with its default filled in (the operator validates and dumps the spec with the API models), so
+#: the API's defaults are not repeated here.
 DEFAULTS: dict[str, Any] = {
-    "seed": 42,
-    "baseModel.revision": None,
-    "baseModel.dtype": "auto",
-    "dataset.prompts.format": "jsonl",
-    "dataset.prompts.promptField": "prompt",
-    "dataset.heldOut.fraction": 0.2,
-    "stages.precompute.responsesPerPrompt": 4,
-    "stages.precompute.maxNewTokens": 16,
-    "stages.precompute.temperature": 1.0,
-    "stages.precompute.topP": 1.0,
-    "stages.precompute.shards": 1,
-    "stages.precompute.batchSize": 32,
-    "stages.ranking.method": "rule",
-    "stages.ranking.pairs": "all",
-    "stages.ranking.human.waitTimeoutSeconds": 0,
-    "stages.ranking.aiJudge.mode": "compare",
-    "stages.ranking.aiJudge.rubric": "Prefer the response that is more helpful, honest and harmless.",
-    "stages.ranking.rule.name": "keywords",
-    "stages.ranking.rule.keywords": ["good", "great", "nice", "happy"],
-    "stages.ranking.rule.targetLength": 16,
-    "stages.rewardModel.epochs": 3,
-    "stages.rewardModel.learningRate": 1e-4,
-    "stages.rewardModel.batchSize": 16,
-    "stages.rewardModel.maxLength": 256,
-    "stages.rewardModel.evalFraction": 0.2,
-    "stages.rewardModel.serving.replicas": 1,
-    "stages.rewardModel.serving.port": 8080,
-    "stages.policy.algorithm": "ppo",
-    "stages.policy.klCoef": 0.05,
-    "stages.policy.klTarget": None,
-    "stages.policy.steps": 60,
-    "stages.policy.learningRate": 1e-4,
-    "stages.policy.batchSize": 32,
-    "stages.policy.miniBatchSize": None,
-    "stages.policy.ppoEpochs": 1,
-    "stages.policy.numGenerations": 4,
-    "stages.policy.responseLength": 16,
-    "stages.policy.temperature": 1.0,
-    "stages.policy.rewardPlacement": "colocated",
-    "stages.policy.nodes": 1,
-    "stages.policy.checkpointInterval": 20,
     "stages.policy.loggingSteps": 1,
-    "stages.evaluation.prompts": 32,
-    "stages.evaluation.samplesPerPrompt": 4,
-    "stages.evaluation.trueRule": None,
 }
 
 _MISSING = object()
@@ -120,17 +78,14 @@ class StageContext:
 
 
 def _validate_with_api(raw: dict[str, Any]) -> dict[str, Any]:
-    """Validate with the operator's pydantic models when present; return the camelCase dict."""
+    """Validates with the API's models and returns the camelCase dict with every default filled in."""
+    from pydantic import ValidationError
+
+    from rlhf_operator.api.stage_config import StageConfig
+
     try:
-        from rlhf_operator.api import stage_config as api_stage_config
-    except ImportError:
-        return raw
-    model_cls = getattr(api_stage_config, "StageConfig", None)
-    if model_cls is None:
-        return raw
-    try:
-        model = model_cls.model_validate(raw)
-    except Exception as exc:  # pydantic.ValidationError; kept generic so this module stays light
+        model = StageConfig.model_validate(raw)
+    except ValidationError as exc:
         raise StageConfigError(f"the stage config is invalid: {exc}", "InvalidStageConfig") from exc
     dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     return dumped
