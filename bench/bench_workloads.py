@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhf_operator.local_runner import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -94,7 +96,7 @@ def bench_server(model_dir: str, clients: int = 32, per_client: int = 40) -> dic
 
     out: dict[str, float] = {}
     for label, batching in (("unbatched", False), ("batched", True)):
-        port = 18700 + int(batching)
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", model_dir, str(port)]
             + ([] if batching else ["--no-batching"]),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rlhf_operator.local_runner import free_port
 from tests.train.conftest import env, run_cli, stage_config
 
 pytestmark = pytest.mark.train
@@ -55,7 +55,7 @@ def test_remote_reward_matches_colocated(pipeline: dict[str, Any], fresh_root: P
     spec["stages"]["policy"].update(steps=4, checkpointInterval=0)
     colocated = _run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
     assert colocated.returncode == 0, colocated.stderr[-3000:]
-    port = 18000 + os.getpid() % 1000
+    port = free_port()
     server_cfg = tmp_path / "serve.json"
     server_cfg.write_text(json.dumps(stage_config(str(fresh_root), spec, "rewardServer")))
     server = subprocess.Popen(

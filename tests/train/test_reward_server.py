@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from rlhf_operator.local_runner import free_port
 from tests.train.conftest import env, stage_config
 from tests.train.test_algorithms import _wait_ready
 
@@ -38,7 +39,7 @@ def _post(
 def test_reward_server(pipeline: dict[str, Any], tmp_path: Path) -> None:
     config = tmp_path / "serve.json"
     config.write_text(json.dumps(stage_config(str(pipeline["root"]), pipeline["spec"], "rewardServer")))
-    port = 18900 + (hash(str(tmp_path)) % 90)
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
