@@ -113,8 +113,9 @@ def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_afte
     apply(cluster, job)
 
     def server_and_policy() -> tuple[dict[str, Any], dict[str, Any]] | None:
-        deployments = children(cluster, op_namespace, "deployments")
+        # The policy first: a server read afterwards cannot be older than the policy's creation.
         policy = job_named(cluster, op_namespace, "remote-policy")
+        deployments = children(cluster, op_namespace, "deployments")
         return (deployments[0], policy) if deployments and policy else None
 
     deployment, policy = cluster.wait_for(server_and_policy, timeout=60, what="reward server and policy Job")
