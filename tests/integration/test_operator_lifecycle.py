@@ -185,3 +185,20 @@ def test_operator_killed_at_several_points_makes_no_duplicates_and_the_job_finis
     assert len(config_maps) == len(set(config_maps)) == 5
     pods = children(cluster, namespace, "pods")
     assert len(pods) == 6  # no stage ran twice
+
+
+def test_a_running_stage_job_deleted_by_hand_is_created_again(cluster: Kube, op_namespace: str) -> None:
+    create_pvc(cluster, op_namespace)
+    job = rlhfjob("stubborn", op_namespace)
+    set_stage_annotations(job, "ranking", {f"{SIM}/run-duration": "4s"})
+    apply(cluster, job)
+    first = cluster.wait_for(lambda: job_named(cluster, op_namespace, "stubborn-ranking"), what="ranking Job")
+    cluster.kubectl("delete", "job", "stubborn-ranking", "-n", op_namespace, "--cascade=foreground")
+
+    def recreated() -> dict[str, Any] | None:
+        again = job_named(cluster, op_namespace, "stubborn-ranking")
+        return again if again and again["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    cluster.wait_for(recreated, timeout=60, what="the ranking Job to be created again")
+    final = wait_phase(cluster, op_namespace, "stubborn", "Succeeded")
+    assert [s["state"] for s in final["stages"]] == ["Succeeded"] * 5
