@@ -23,17 +23,12 @@ from typing import Any
 
 import yaml
 
+from rlhf_operator.children import COMMAND_OF_STAGE
 from rlhf_operator.workloads.exit_codes import EX_CONFIG
 from rlhf_operator.workloads.progress import parse_progress
 
-CLI_STAGES = {
-    "precompute": "precompute",
-    "ranking": "ranking",
-    "rewardModel": "reward-model",
-    "rewardServer": "serve-reward",
-    "policy": "policy",
-    "evaluation": "evaluation",
-}
+# The same stage -> command mapping the operator puts in the pods.
+CLI_STAGES = {stage.value: command for stage, command in COMMAND_OF_STAGE.items()}
 
 
 def remap(value: Any, mount_path: str, workdir: str) -> Any:
