@@ -34,11 +34,15 @@ CLAIM = "rlhf-data"
 
 
 def chart_operator_env(namespace: str) -> dict[str, str]:
-    """The RLHF_OPERATOR_* settings the Helm chart gives the operator, for a local operator process."""
+    """The RLHF_OPERATOR_* settings the Helm chart gives the operator, for a local operator process.
+
+    The tiny policy trains in about five seconds, as long as the chart's default progress interval,
+    so the demo reads progress every second to show it while it trains.
+    """
     helm = tools_dir() / "bin" / "helm"
     rendered = subprocess.run(
         [str(helm), "template", "rlhf-operator", str(CHART), "--set", f"watchNamespaces={{{namespace}}}",
-         "--set", "rbac.scope=namespaced"],
+         "--set", "rbac.scope=namespaced", "--set", "stages.progressIntervalSeconds=1"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if rendered.returncode != 0:
