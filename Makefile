@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools cluster-up cluster-down cluster-status demo demo-down test test-unit lint crd
+.PHONY: help venv tools cluster-up cluster-down cluster-status demo demo-down test test-unit bench-operator lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ test: venv tools ## every test: unit, integration (real local cluster), training
 
 test-unit: venv ## the fast unit tests only
 	$(VENV)/bin/pytest -m unit tests
+
+bench-operator: venv tools ## the operator at 10/100/300 jobs, in the dev venv and in one with only the operator image's packages
+	$(VENV)/bin/uv venv --allow-existing -q .local/operator-venv -p $(PY)
+	$(VENV)/bin/uv pip install --python .local/operator-venv/bin/python -q '.[operator]'
+	$(PY) bench/bench_operator.py --operator-python .local/operator-venv/bin/python $(PY) --out docs/benchmarks.md
 
 # --- Helm chart and container images (charts/rlhf-operator, images/) --------------------------------
 HELM := $(shell $(PY) -c 'import sys; sys.path.insert(0, "hack"); from localcluster import tools_dir; print(tools_dir() / "bin" / "helm")' 2>/dev/null || echo helm)

@@ -148,7 +148,7 @@ def apiserver_requests(cluster: LocalCluster) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------- operator
 class Operator:
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, python: Path) -> None:
         self.metrics_port = free_port()
         self.health_port = free_port()
         env = dict(
@@ -161,7 +161,7 @@ class Operator:
         env.pop("RLHF_OPERATOR_PROGRESS_INTERVAL_SECONDS", None)  # the default interval
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_operator", "operator",
+            [str(python), "-m", "rlhf_operator", "operator",
              f"--liveness=http://127.0.0.1:{self.health_port}/healthz"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
@@ -315,11 +315,12 @@ def run_once(
     run_duration: str,
     timeout: float,
     idle_rate: float,
+    python: Path,
 ) -> dict[str, Any]:
     namespace = f"bench-{n}-{int(time.time())}"
     cluster.kubectl("create", "namespace", namespace)
     create_pvc(kube, namespace)
-    operator = Operator(cluster.kubeconfig, namespace, workdir / f"operator-{n}.log")
+    operator = Operator(cluster.kubeconfig, namespace, workdir / f"operator-{namespace}.log", python)
     custom = client.CustomObjectsApi()
     batch = client.BatchV1Api()
     try:
@@ -414,6 +415,12 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def environment_name(python: Path) -> str:
+    """The virtual environment an interpreter belongs to, relative to the repository when inside it."""
+    venv = python.absolute().parent.parent
+    return str(venv.relative_to(ROOT)) if venv.is_relative_to(ROOT) else str(venv)
+
+
 def markdown(results: list[dict[str, Any]], command: str, machine: str, notes: list[str]) -> str:
     lines = [
         SECTION,
@@ -430,17 +437,17 @@ def markdown(results: list[dict[str, Any]], command: str, machine: str, notes: l
         "(etcd, kube-apiserver, controller-manager, scheduler) with kwok nodes, on the same cores as the "
         "operator and the benchmark.",
         "",
-        "| jobs | all Succeeded after | transition p50 / p99 (operator histogram) | external check p50 / p99 / "
+        "| operator environment | jobs | all Succeeded after | transition p50 / p99 (operator histogram) | external check p50 / p99 / "
         "max, from the Complete condition | same, from the stored status write | controller-manager "
         "throttled | operator peak RSS | operator CPU | operator API requests / job | API server requests / "
         "job (all clients) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         done = r["phases"].get("Succeeded", 0)
         wall = f"{r['wall_s']:.1f} s" + ("" if done == r["jobs"] else f" ({done}/{r['jobs']} Succeeded)")
         lines.append(
-            f"| {r['jobs']} | {wall} | {fmt(r['p50_s'])} / {fmt(r['p99_s'])} s | "
+            f"| {r['environment']} | {r['jobs']} | {wall} | {fmt(r['p50_s'])} / {fmt(r['p99_s'])} s | "
             f"{fmt(r['external_p50_s'], '.0f')} / {fmt(r['external_p99_s'], '.0f')} / "
             f"{fmt(r['external_max_s'], '.0f')} s | {fmt(r['stored_p50_s'], '.0f')} / "
             f"{fmt(r['stored_p99_s'], '.0f')} / {fmt(r['stored_max_s'], '.0f')} s | "
@@ -450,7 +457,7 @@ def markdown(results: list[dict[str, Any]], command: str, machine: str, notes: l
     lines += ["", "Operator requests by verb and resource (whole run):", ""]
     for r in results:
         parts = ", ".join(f"{k} {v:.0f}" for k, v in r["operator_requests"].items())
-        lines.append(f"- {r['jobs']} jobs: {parts}")
+        lines.append(f"- {r['environment']}, {r['jobs']} jobs: {parts}")
     lines += ["", *notes, ""]
     return "\n".join(lines)
 
@@ -492,6 +499,14 @@ def main(argv: list[str] | None = None) -> int:
         default=200,
         help="kube-controller-manager --kube-api-qps (burst twice that); 0 keeps its default of 20",
     )
+    parser.add_argument(
+        "--operator-python",
+        type=Path,
+        nargs="+",
+        default=[Path(sys.executable)],
+        help="interpreters to run the operator with, each for every N (see docs/benchmarks.md for an "
+        "environment with only the operator image's packages)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     command = ".venv/bin/python bench/bench_operator.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -511,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         kube = Kube(cluster.kubeconfig)
         idle = idle_request_rate(cluster)
         print(f"idle API server rate: {idle:.1f} requests/s", flush=True)
-        for n in args.jobs:
+        for n, python in itertools.product(args.jobs, args.operator_python):
             result = run_once(
                 cluster,
                 kube,
@@ -520,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_duration=args.run_duration,
                 timeout=args.timeout,
                 idle_rate=idle,
+                python=python,
             )
+            result["environment"] = environment_name(python)
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:

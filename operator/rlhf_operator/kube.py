@@ -1,5 +1,9 @@
 """The operator's only door to the Kubernetes API: create, patch and delete children, write status,
-post events, check dependencies and read the tail of a pod's log."""
+post events, check dependencies and read the tail of a pod's log.
+
+lightkube rather than the official client: importing the official client's ~1,000 generated models
+costs the operator ~75 MiB of resident memory, a third of its footprint at 300 RLHFJobs.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from lightkube import ApiError, Client, codecs
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import PersistentVolumeClaim, Secret, Service, ServiceAccount
+from lightkube.types import CascadeType, PatchType
 from prometheus_client import Counter
 
 from rlhf_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -17,6 +27,7 @@ from rlhf_operator.pipeline import Event
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
+FIELD_MANAGER = "rlhf-operator"
 # Every request this class sends (kopf's own list and watch requests are not counted here).
 API_REQUESTS = Counter(
     "rlhf_operator_api_requests_total",
@@ -32,120 +43,118 @@ RESOURCES = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "ServiceAccount": "serviceaccounts",
 }
+KINDS: dict[str, type[NamespacedResource]] = {
+    "Job": Job,
+    "Service": Service,
+    "Deployment": Deployment,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "Secret": Secret,
+    "ServiceAccount": ServiceAccount,
+}
+RLHFJobResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+
+
+def _is(err: ApiError, code: int) -> bool:
+    return err.status.code == code
+
+
+def _manifest(resource: Any) -> Manifest:
+    data: Manifest = resource.to_dict()
+    return data
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient | None = None) -> None:
-        self.api = api or client.ApiClient()
-        self.core = client.CoreV1Api(self.api)
-        self.batch = client.BatchV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
-        self.events = client.EventsV1Api(self.api)
+    def __init__(self, client: Client | None = None) -> None:
+        # In the cluster: the pod's service account; elsewhere: $KUBECONFIG or ~/.kube/config.
+        self.client = client or Client(KubeConfig.from_env(), field_manager=FIELD_MANAGER)
 
     # ------------------------------------------------------------------------------ children
     def create(self, manifest: Manifest) -> bool:
         """Creates the object; False when it exists already (names are deterministic, so that is fine)."""
-        namespace = manifest["metadata"]["namespace"]
-        creators = {
-            "Job": self.batch.create_namespaced_job,
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Secret": self.core.create_namespaced_secret,
-            "Deployment": self.apps.create_namespaced_deployment,
-        }
         API_REQUESTS.labels("create", RESOURCES[manifest["kind"]]).inc()
         try:
-            creators[manifest["kind"]](namespace, manifest)
-        except ApiException as err:
-            if err.status == 409:
+            self.client.create(codecs.from_dict(manifest))
+        except ApiError as err:
+            if _is(err, 409):
                 return False
             raise
         return True
 
     def patch(self, kind: str, namespace: str, name: str, body: Manifest) -> None:
-        patchers = {
-            "Job": self.batch.patch_namespaced_job,
-            "Deployment": self.apps.patch_namespaced_deployment,
-        }
         API_REQUESTS.labels("patch", RESOURCES[kind]).inc()
         try:
-            patchers[kind](name, namespace, body)
-        except ApiException as err:
-            if err.status != 404:
+            self.client.patch(KINDS[kind], name, body, namespace=namespace, patch_type=PatchType.MERGE)
+        except ApiError as err:
+            if not _is(err, 404):
                 raise
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        deleters = {
-            "Deployment": self.apps.delete_namespaced_deployment,
-            "Service": self.core.delete_namespaced_service,
-            "Job": self.batch.delete_namespaced_job,
-        }
         API_REQUESTS.labels("delete", RESOURCES[kind]).inc()
         try:
-            deleters[kind](name, namespace, propagation_policy="Background")
-        except ApiException as err:
-            if err.status != 404:
+            self.client.delete(KINDS[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        except ApiError as err:
+            if not _is(err, 404):
                 raise
 
     # ------------------------------------------------------------------------------ the RLHFJob
     def patch_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
         """Merge-patches the status subresource; returns the updated object."""
         API_REQUESTS.labels("patch", f"{PLURAL}/status").inc()
-        updated: Manifest = self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        updated = self.client.patch(
+            RLHFJobResource.Status, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE
         )
-        return updated
+        return _manifest(updated)
 
     def set_finalizers(self, namespace: str, name: str, finalizers: list[str]) -> Manifest | None:
         """Replaces the RLHFJob's finalizers; None when it is already gone."""
         API_REQUESTS.labels("patch", PLURAL).inc()
         try:
-            updated: Manifest = self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"finalizers": finalizers}}
-            )
-        except ApiException as err:
-            if err.status == 404:
+            updated = self.client.patch(
+                RLHFJobResource, name, {"metadata": {"finalizers": finalizers}},
+                namespace=namespace, patch_type=PatchType.MERGE,
+            )  # fmt: skip
+        except ApiError as err:
+            if _is(err, 404):
                 return None
             raise
-        return updated
+        return _manifest(updated)
 
     def post_event(self, namespace: str, name: str, uid: str, event: Event) -> None:
-        now = datetime.now(UTC)
-        body = client.EventsV1Event(
-            metadata=client.V1ObjectMeta(name=f"{name[:200]}.{uuid.uuid4().hex[:16]}", namespace=namespace),
-            event_time=now,
-            reporting_controller="rlhf-operator.dev/operator",
-            reporting_instance="rlhf-operator",
-            action=event.reason,
-            reason=event.reason,
-            note=event.message[:1024],
-            type=event.type,
-            regarding=client.V1ObjectReference(
-                api_version=API_VERSION, kind=KIND, name=name, namespace=namespace, uid=uid
-            ),
-        )
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name[:200]}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingController": "rlhf-operator.dev/operator",
+            "reportingInstance": "rlhf-operator",
+            "action": event.reason,
+            "reason": event.reason,
+            "note": event.message[:1024],
+            "type": event.type,
+            "regarding": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
+        }
         API_REQUESTS.labels("create", "events").inc()
         try:
-            self.events.create_namespaced_event(namespace, body)
-        except ApiException as err:  # events are best effort: never fail a reconcile for one
-            log.warning("could not post event %s for %s/%s: %s", event.reason, namespace, name, err.reason)
+            self.client.create(codecs.from_dict(body))
+        except ApiError as err:  # events are best effort: never fail a reconcile for one
+            log.warning("could not post event %s for %s/%s: %s", event.reason, namespace, name, err)
 
     # ------------------------------------------------------------------------------ dependencies
     def missing(self, namespace: str, needed: list[tuple[str, str]]) -> tuple[str, ...]:
         """Sentences naming each object the spec refers to that does not exist."""
-        readers = {
-            "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
-            "Secret": self.core.read_namespaced_secret,
-            "ServiceAccount": self.core.read_namespaced_service_account,
-        }
         absent = []
         for kind, name in needed:
             API_REQUESTS.labels("get", RESOURCES[kind]).inc()
             try:
-                readers[kind](name, namespace)
-            except ApiException as err:
-                if err.status != 404:
+                self.client.get(KINDS[kind], name, namespace=namespace)
+            except ApiError as err:
+                if not _is(err, 404):
                     raise
                 absent.append(
                     f"{kind} {name} does not exist in namespace {namespace}; create it or fix the spec"
@@ -155,11 +164,7 @@ class Kube:
     def log_tail(self, namespace: str, pod: str, lines: int = 20) -> str | None:
         API_REQUESTS.labels("get", "pods/log").inc()
         try:
-            # Unparsed: the client otherwise hands back the repr of the bytes, not the text.
-            response = self.core.read_namespaced_pod_log(
-                pod, namespace, tail_lines=lines, _preload_content=False
-            )
-        except ApiException as err:
-            log.debug("no log for %s/%s: %s", namespace, pod, err.reason)
+            return "".join(self.client.log(pod, namespace=namespace, tail_lines=lines))
+        except ApiError as err:
+            log.debug("no log for %s/%s: %s", namespace, pod, err)
             return None
-        return bytes(response.data).decode(errors="replace")

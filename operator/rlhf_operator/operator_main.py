@@ -9,7 +9,6 @@ import threading
 from typing import Any
 
 import kopf
-from kubernetes import config as kube_config
 from prometheus_client import start_http_server
 
 from rlhf_operator import handlers
@@ -19,7 +18,7 @@ from rlhf_operator.kube import Kube
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Handlers are synchronous (the Kubernetes client blocks); give them threads.
+    # Handlers are synchronous (the API client blocks); give them threads.
     settings.execution.max_workers = 16
     # Only watch-event handlers are used: Kopf stores no progress and adds no finalizers.
     settings.posting.level = logging.WARNING
@@ -33,13 +32,6 @@ def stop(**_: Any) -> None:
     handlers.controller().stop()
 
 
-def load_kubernetes_config() -> None:
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-operator operator", description=__doc__)
     parser.add_argument(
@@ -50,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs every handled watch event at INFO; with many jobs that is most of the operator's work.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
-    load_kubernetes_config()
     handlers.CONTROLLER = handlers.Controller(config, Kube())
     if config.metrics_port:
         start_http_server(config.metrics_port)

@@ -24,11 +24,11 @@ VERSION = PYPROJECT["project"]["version"]
 # image -> (pyproject extra, final ENTRYPOINT, modules its entry point imports, packages it must not need)
 SPEC = {
     "operator": ("operator", '["rlhf-operator"]', ["rlhf_operator.__main__", "rlhf_operator.operator_main"],
-                 ["torch", "transformers", "trl", "accelerate", "datasets"]),
+                 ["torch", "transformers", "trl", "accelerate", "datasets", "kubernetes"]),
     "worker": ("train", '["python", "-m", "rlhf_operator.workloads"]', ["rlhf_operator.workloads.__main__"],
-               ["kopf", "kubernetes"]),
+               ["kopf", "lightkube", "kubernetes"]),
     "trainer": ("train", '["python", "-m", "rlhf_operator.workloads"]', ["rlhf_operator.workloads.__main__"],
-                ["kopf", "kubernetes"]),
+                ["kopf", "lightkube", "kubernetes"]),
 }  # fmt: skip
 
 
