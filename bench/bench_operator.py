@@ -511,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = ".venv/bin/python bench/bench_operator.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
+    # A terminated bench still stops its cluster (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     cluster = BenchCluster(f"bench-op-{os.getpid()}", workdir / "clusters", args.controller_qps or None)
     results: list[dict[str, Any]] = []

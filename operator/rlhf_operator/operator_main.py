@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     config = OperatorConfig.from_env(os.environ)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs every handled watch event at INFO; with many jobs that is most of the operator's work.
-    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+    quiet = max(logging.WARNING, logging.getLevelName(config.log_level))
+    logging.getLogger("kopf.objects").setLevel(quiet)
+    # The HTTP client logs every request at INFO; the metrics count them instead.
+    logging.getLogger("httpx2").setLevel(quiet)
     handlers.CONTROLLER = handlers.Controller(config, Kube())
     if config.metrics_port:
         start_http_server(config.metrics_port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -14,20 +15,51 @@ from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_source import make_reward
 
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+KEEP_CHECKPOINTS = 2
+
 
 def _checkpoint_root(ctx: StageContext) -> str:
-    """HF Trainer checkpoints need a local directory: under the volume, or local scratch for s3."""
+    """HF Trainer checkpoints need a local directory: under the volume, or local scratch for s3
+    (each one is then mirrored to the s3:// checkpoints prefix as it is saved)."""
     uri = layout.checkpoints_dir(ctx.artifact_root)
     if not storage.is_remote(uri):
         return storage.local_path(uri)
     return os.path.join(os.environ.get("RLHF_SCRATCH_DIR", tempfile.gettempdir()), "rlhf-trl-checkpoints")
 
 
+def _mirrored_steps(remote: str) -> list[int]:
+    """Steps of the complete checkpoints under an s3:// prefix, oldest first."""
+    steps = []
+    for name in storage.list_dir(remote):
+        match = _CHECKPOINT.match(name)
+        if match and storage.is_complete_dir(storage.join(remote, name)):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def mirror_checkpoint(local_dir: str, remote: str, step: int) -> None:
+    """Publishes one saved checkpoint under `remote` and drops the older ones beyond the newest two."""
+    storage.publish_dir(local_dir, storage.join(remote, f"checkpoint-{step}"), {"step": step})
+    for old in _mirrored_steps(remote)[:-KEEP_CHECKPOINTS]:
+        storage.remove(storage.join(remote, f"checkpoint-{old}"))
+
+
+def latest_checkpoint(out_dir: str, remote: str | None) -> str | None:
+    """The local directory of the newest complete checkpoint (downloaded first when mirrored to s3)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if remote is None:
+        found: str | None = get_last_checkpoint(out_dir) if os.path.isdir(out_dir) else None  # type: ignore[no-untyped-call]
+        return found
+    steps = _mirrored_steps(remote)
+    return storage.localize_dir(storage.join(remote, f"checkpoint-{steps[-1]}")) if steps else None
+
+
 def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # type: ignore[attr-defined]
 
     steps = int(ctx.get("stages.policy.steps"))
@@ -66,6 +98,16 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
 
     interval = int(ctx.get("stages.policy.checkpointInterval"))
     out_dir = _checkpoint_root(ctx)
+    remote = layout.checkpoints_dir(ctx.artifact_root)
+    mirror_to = remote if storage.is_remote(remote) and interval else None
+
+    class MirrorCheckpoints(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if mirror_to and state.is_world_process_zero:
+                local = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+                mirror_checkpoint(local, mirror_to, int(state.global_step))
+                print(f"checkpoint step {state.global_step} -> {mirror_to}", flush=True)
+
     common: dict[str, Any] = dict(
         output_dir=out_dir,
         max_steps=steps,
@@ -100,11 +142,11 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[Progress()],
+        callbacks=[Progress(), MirrorCheckpoints()],
     )
     # PrinterCallback dumps every log dict to stdout; the progress lines carry what matters.
     trainer.remove_callback(PrinterCallback)
-    resume = get_last_checkpoint(out_dir) if interval and os.path.isdir(out_dir) else None  # type: ignore[no-untyped-call]
+    resume = latest_checkpoint(out_dir, mirror_to) if interval else None
     if resume:
         print(f"resumed from checkpoint {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)

@@ -1,0 +1,146 @@
+"""Artifacts on s3://: the whole pipeline, and TRL checkpoints mirrored to S3 and resumed from there.
+
+The S3 server is moto's, on 127.0.0.1, reached by the stage programs through AWS_ENDPOINT_URL exactly
+as they reach S3 on EKS (s3fs over botocore, credentials from the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rlhf_operator.api import artifacts
+from tests.train.conftest import run_cli, stage_config, tiny_manifest
+
+pytestmark = pytest.mark.train
+BUCKET = "rlhf-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh bucket on a local S3 server; the environment points boto at it for this module."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch_module.setenv(key, value)
+    try:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        yield fs
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def s3_pipeline(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny pipeline with its models, prompts and every artifact on S3 and nothing on a volume."""
+    from rlhf_operator.tiny import make_tiny_assets
+
+    assets = tmp_path_factory.mktemp("assets")
+    make_tiny_assets(assets)
+    s3.put(str(assets) + "/", f"{BUCKET}/inputs", recursive=True)
+    manifest = tiny_manifest("on-s3")
+    spec = manifest["spec"]
+    spec["storage"] = {"s3": {"prefix": f"s3://{BUCKET}/runs"}}
+    spec["baseModel"]["source"] = f"s3://{BUCKET}/inputs/models/tiny-gpt2"
+    spec["dataset"]["prompts"]["source"] = f"s3://{BUCKET}/inputs/datasets/tiny-task/prompts.jsonl"
+    spec["stages"]["rewardModel"]["model"] = f"s3://{BUCKET}/inputs/models/tiny-rm"
+    workdir = tmp_path_factory.mktemp("s3-run")
+    (workdir / "job.yaml").write_text(yaml.safe_dump(manifest))
+    proc = run_cli(
+        ["-m", "rlhf_operator", "run-local", str(workdir / "job.yaml"), "--workdir", str(workdir)],
+        extra_env={"RLHF_CACHE_DIR": str(workdir / "cache")},
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    root = f"{BUCKET}/runs/rlhf-jobs/default/on-s3/local"
+    return {
+        "root": root,
+        "workdir": workdir,
+        "spec": json.loads((workdir / "configs" / "policy.json").read_text())["spec"],
+    }
+
+
+def test_whole_pipeline_with_artifacts_on_s3(s3: Any, s3_pipeline: dict[str, Any]) -> None:
+    root = f"s3://{s3_pipeline['root']}"
+    expected = [
+        *artifacts.precompute_shards(root, 2),
+        artifacts.ranking_pairs(root),
+        artifacts.join(artifacts.reward_model_dir(root), "_SUCCESS"),
+        artifacts.join(artifacts.policy_model_dir(root), "_SUCCESS"),
+        artifacts.evaluation_plot(root),
+    ]
+    assert [uri for uri in expected if not s3.exists(uri)] == []
+    # PPO checkpoints every 10 of 20 steps, as a complete directory; the last step publishes the model.
+    checkpoints = artifacts.policy_checkpoints_dir(root)
+    assert [p.rsplit("/", 1)[-1] for p in s3.ls(checkpoints)] == ["step-0000010"]
+    assert s3.exists(f"{checkpoints}/step-0000010/_SUCCESS")
+    report = json.loads(s3.cat_file(artifacts.evaluation_report(root)))
+    assert report["winRate"] >= 0.7, report
+    assert not any(s3_pipeline["workdir"].glob("rlhf-jobs")), "artifacts were written to the local disk"
+
+
+def test_rloo_checkpoints_are_mirrored_to_s3_and_resumed_on_a_new_node(
+    s3: Any, s3_pipeline: dict[str, Any], tmp_path: Path
+) -> None:
+    root = f"{BUCKET}/runs/rloo"
+    for name in ("precompute", "reward-model"):
+        s3.copy(f"{s3_pipeline['root']}/{name}", f"{root}/{name}", recursive=True)
+    spec = json.loads(json.dumps(s3_pipeline["spec"]))
+    spec["stages"]["policy"].update(algorithm="rloo", steps=4, checkpointInterval=2)
+
+    def run_policy(steps: int, node: str) -> list[int]:
+        # Each run gets its own scratch and cache, as a pod rescheduled onto another node would.
+        spec["stages"]["policy"]["steps"] = steps
+        config = tmp_path / f"policy-{node}.json"
+        config.write_text(json.dumps(stage_config(f"s3://{root}", spec)))
+        proc = run_cli(
+            ["-m", "rlhf_operator.workloads", "policy", "--config", str(config)],
+            extra_env={
+                "RLHF_SCRATCH_DIR": str(tmp_path / node / "scratch"),
+                "RLHF_CACHE_DIR": str(tmp_path / node / "cache"),
+            },
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        s3.invalidate_cache()
+        return [int(m) for m in re.findall(r'^RLHF_PROGRESS \{"step":(\d+)', proc.stdout, flags=re.MULTILINE)]
+
+    assert run_policy(4, "first") == [1, 2, 3, 4]
+    mirrored = sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{root}/policy/checkpoints"))
+    assert mirrored == ["checkpoint-2", "checkpoint-4"], mirrored
+    assert s3.exists(f"{root}/policy/checkpoints/checkpoint-4/_SUCCESS")
+
+    assert run_policy(6, "second") == [5, 6]
+    mirrored = sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{root}/policy/checkpoints"))
+    assert mirrored == ["checkpoint-4", "checkpoint-6"], mirrored
+    assert s3.exists(f"{root}/policy/model/_SUCCESS")
