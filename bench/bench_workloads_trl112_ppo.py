@@ -6,7 +6,9 @@ TRL 1.12 is overlaid on the project venv (it works with transformers 5.23, trl-f
     .venv/bin/python bench/bench_workloads_trl112_ppo.py --workdir .local/bench
 
 Needs a finished `bench_workloads.py` run in the same workdir (it reuses its reward model and
-prompts). Both policies are evaluated by our evaluation stage on the same held-out prompts.
+prompts). Our policy stage and TRL's trainer run alternately in this one command (ours, TRL, ours,
+TRL), so the speed ratio is measured side by side; training seconds per batch exclude model
+loading for both. Both policies are evaluated by our evaluation stage on the same held-out prompts.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -77,6 +80,33 @@ def train_trl112(workdir: Path, out: Path) -> float:
     return seconds
 
 
+def train_ours(workdir: Path, root: Path) -> float:
+    """Our policy stage with the bench's settings on a fresh root; returns seconds per batch."""
+    shutil.rmtree(root, ignore_errors=True)
+    for name in ("precompute", "reward-model"):
+        shutil.copytree(workdir / "rlhf-jobs/default/bench/local" / name, root / name)
+    config = json.loads((workdir / "configs/policy.json").read_text())
+    config["artifactRoot"] = str(root)
+    config["spec"]["stages"]["policy"].update(
+        steps=SETTINGS["batches"], batchSize=SETTINGS["batch"], learningRate=SETTINGS["lr"],
+        klCoef=SETTINGS["kl_coef"], responseLength=SETTINGS["response_length"], checkpointInterval=0,
+    )  # fmt: skip
+    path = root / "policy.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_operator.workloads", "policy", "--config", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "RLHF_TERMINATION_MESSAGE_PATH": str(root / "term")},
+    )
+    from rlhf_operator.workloads.progress import parse_progress
+
+    steps = [r for r in (parse_progress(line) for line in proc.stdout.splitlines()) if r]
+    assert len(steps) == SETTINGS["batches"], proc.stdout[-2000:]
+    return float(sum(r["seconds"] for r in steps)) / len(steps)
+
+
 def evaluate(workdir: Path, root: Path) -> dict[str, float]:
     for name in ("precompute", "reward-model"):
         if not (root / name).exists():
@@ -107,25 +137,32 @@ def main() -> int:
     if args.train_only:
         print(json.dumps({"secondsPerBatch": train_trl112(workdir, Path(args.train_only))}))
         return 0
-    out = workdir / "trl112-ppo"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out, ours_root = workdir / "trl112-ppo", workdir / "ours-ppo"
     overlay = str(REPO / ".local" / "trl112")
-    proc = subprocess.run(
-        [sys.executable, __file__, "--workdir", str(workdir), "--train-only", str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": overlay, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"},
-    )
-    trl_seconds = json.loads(proc.stdout.strip().splitlines()[-1])["secondsPerBatch"]
-    ours = workdir / "rlhf-jobs/default/bench/local"
-    result = {
+    ours_seconds, trl_seconds = [], []
+    for _ in range(2):
+        ours_seconds.append(train_ours(workdir, ours_root))
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--workdir", str(workdir), "--train-only", str(out)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": overlay, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"},
+        )
+        trl_seconds.append(json.loads(proc.stdout.strip().splitlines()[-1])["secondsPerBatch"])
+    ours, theirs = statistics.median(ours_seconds), statistics.median(trl_seconds)
+    result: dict[str, object] = {
         "settings": SETTINGS,
-        "trl112": {"secondsPerBatch": round(trl_seconds, 3), **evaluate(workdir, out)},
-        "ours": json.loads((ours / "evaluation/report.json").read_text()),
+        "secondsPerBatch": {
+            "ours": [round(x, 3) for x in ours_seconds],
+            "trl112": [round(x, 3) for x in trl_seconds],
+        },
+        "trl112OverOurs": round(theirs / ours, 2),
+        "trl112": evaluate(workdir, out),
+        "ours": evaluate(workdir, ours_root),
     }
-    result["ours"] = {k: round(float(result["ours"][k]), 3) for k in result["trl112"] if k in result["ours"]}
     print(json.dumps(result, indent=2))
     return 0
 
