@@ -255,7 +255,8 @@ class _Reconciler:
         )
         record.setdefault("startTime", self.now)
         record["children"] = self._children_of(stage)
-        record["message"] = "Started."
+        # What the record will say once the new Job is seen, so seeing it costs no status write.
+        record.update(message="Running.", attempts=record.get("attempts", 0))
 
     def _children_of(self, stage: StageName) -> list[str]:
         names = [child_name(self.identity.name, stage)]
