@@ -91,7 +91,7 @@ async def _load(port: int, clients: int, per_client: int) -> tuple[float, list[f
         return time.perf_counter() - started, latencies
 
 
-def bench_server(model_dir: str, clients: int = 32, per_client: int = 40) -> dict[str, float]:
+def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> dict[str, float]:
     import urllib.request
 
     out: dict[str, float] = {}
