@@ -8,6 +8,7 @@ runtime) and the operator runs with the Helm chart's configuration.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,22 @@ def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(tmp_path: Pa
         policy_pod = next(
             p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
         )
-        logs = cluster.kubectl("logs", "-n", namespace, policy_pod["metadata"]["name"]).stdout
-        assert "RLHF_PROGRESS" in logs
+        assert "RLHF_PROGRESS" in pod_log(cluster, namespace, policy_pod["metadata"]["name"])
         row = cluster.kubectl("get", "rlhfjobs", "-n", namespace, "--no-headers").stdout.split()
         assert row[:3] == ["tiny", "evaluation", "Succeeded"]
     finally:
         cluster.down()
+
+
+def pod_log(cluster: LocalCluster, namespace: str, pod: str) -> str:
+    """`kubectl logs`, retried for a while: kwok serves logs from a cache of its Logs objects that
+    is refreshed on their events and can lag; a lasting failure shows which Logs objects exist."""
+    for _ in range(10):
+        result = cluster.kubectl("logs", "-n", namespace, pod, check=False)
+        if result.returncode == 0:
+            return result.stdout
+        time.sleep(2)
+    objects = cluster.kubectl("get", "logs.kwok.x-k8s.io", "-n", namespace, "-o", "name", check=False)
+    raise AssertionError(
+        f"kubectl logs {pod}: {result.stderr.strip()}; kwok Logs objects: {objects.stdout.split()}"
+    )
