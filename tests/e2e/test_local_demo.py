@@ -82,12 +82,18 @@ def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(tmp_path: Pa
 
 
 def pod_log(cluster: LocalCluster, namespace: str, pod: str) -> str:
-    """`kubectl logs`, retried for a while: kwok serves logs from a cache of its Logs objects that
-    is refreshed on their events and can lag; a lasting failure shows which Logs objects exist."""
-    for _ in range(10):
+    """`kubectl logs`, retried: kwok serves logs from a cache of its Logs objects keyed by the last
+    resource version its informer saw, and a snapshot taken while that informer's store lags stays
+    until the next Logs event. Touching the pod's Logs object makes such an event; a lasting
+    failure shows which Logs objects exist."""
+    for attempt in range(10):
         result = cluster.kubectl("logs", "-n", namespace, pod, check=False)
         if result.returncode == 0:
             return result.stdout
+        cluster.kubectl(
+            "annotate", "--overwrite", "-n", namespace, f"logs.kwok.x-k8s.io/{pod}",
+            f"test.rlhf-operator.dev/refresh={attempt}", check=False,
+        )  # fmt: skip
         time.sleep(2)
     objects = cluster.kubectl("get", "logs.kwok.x-k8s.io", "-n", namespace, "-o", "name", check=False)
     raise AssertionError(
