@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,11 @@ import pytest
 import yaml
 
 from rlhf_operator.api import artifacts
+from rlhf_operator.local_runner import free_port
 from tests.train.conftest import run_cli, stage_config, tiny_manifest
 
 pytestmark = pytest.mark.train
 BUCKET = "rlhf-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     for key, value in {
