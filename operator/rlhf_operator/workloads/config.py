@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rlhf_operator.workloads.errors import StageConfigError
+
+if TYPE_CHECKING:
+    from rlhf_operator.api.stage_config import StageConfig
+    from rlhf_operator.api.v1alpha1 import RLHFJobSpec
 
 STAGES = ("precompute", "ranking", "reward-model", "serve-reward", "policy", "evaluation")
 
@@ -51,6 +55,16 @@ class StageContext:
     job: dict[str, Any] = field(default_factory=dict)
     reward_endpoint: str | None = None
     config_path: str | None = None
+    #: The validated config, typed: new code reads `ctx.typed_spec.stages.policy.batch_size`.
+    config: StageConfig | None = None
+
+    @property
+    def typed_spec(self) -> RLHFJobSpec:
+        if self.config is None:
+            raise StageConfigError(
+                "the stage config was not validated with the API models.", "InvalidStageConfig"
+            )
+        return self.config.spec
 
     def get(self, dotted: str, default: Any = _MISSING) -> Any:
         return lookup(self.spec, dotted, default)
@@ -77,8 +91,8 @@ class StageContext:
         return out
 
 
-def _validate_with_api(raw: dict[str, Any]) -> dict[str, Any]:
-    """Validates with the API's models and returns the camelCase dict with every default filled in."""
+def _validate_with_api(raw: dict[str, Any]) -> tuple[StageConfig, dict[str, Any]]:
+    """Validates with the API's models: the model and its camelCase dict with every default filled in."""
     from pydantic import ValidationError
 
     from rlhf_operator.api.stage_config import StageConfig
@@ -88,13 +102,13 @@ def _validate_with_api(raw: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         raise StageConfigError(f"the stage config is invalid: {exc}", "InvalidStageConfig") from exc
     dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return dumped
+    return model, dumped
 
 
 def parse_config(raw: Any, stage: str | None = None, config_path: str | None = None) -> StageContext:
     if not isinstance(raw, dict):
         raise StageConfigError("the stage config must be a JSON/YAML object.", "InvalidStageConfig")
-    data = _validate_with_api(raw)
+    model, data = _validate_with_api(raw)
     spec = data.get("spec")
     root = data.get("artifactRoot")
     if not isinstance(spec, dict):
@@ -108,6 +122,7 @@ def parse_config(raw: Any, stage: str | None = None, config_path: str | None = N
         job=dict(data.get("job") or {}),
         reward_endpoint=data.get("rewardEndpoint") or None,
         config_path=config_path,
+        config=model,
     )
 
 
