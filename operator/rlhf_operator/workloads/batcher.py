@@ -2,7 +2,9 @@
 
 Each request puts (texts, future) on a queue; one worker takes the first item, keeps collecting
 until `max_batch` texts or `max_wait_ms` have passed, runs the model once in a thread (so the
-event loop keeps accepting requests) and splits the scores back to the waiting requests.
+event loop keeps accepting requests) and splits the scores back to the waiting requests. When a
+merged batch fails, each of its requests is retried alone, so one request the model cannot score
+fails only itself, never the requests of other clients that happened to share its batch.
 """
 
 from __future__ import annotations
@@ -67,17 +69,24 @@ class DynamicBatcher:
                     continue
                 items.append(item)
                 size += len(item[0])
-            texts = [t for chunk, _ in items for t in chunk]
             self.batches += 1
-            try:
-                scores = await asyncio.to_thread(self.score, texts)
-            except Exception as exc:  # hand the failure to every waiting request
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            offset = 0
-            for chunk, fut in items:
-                if not fut.done():
-                    fut.set_result(scores[offset : offset + len(chunk)])
-                offset += len(chunk)
+            await self._score_batch(items)
+
+    async def _score_batch(self, items: list[tuple[list[str], asyncio.Future[list[float]]]]) -> None:
+        texts = [t for chunk, _ in items for t in chunk]
+        try:
+            scores = await asyncio.to_thread(self.score, texts)
+        except Exception as exc:
+            if len(items) == 1:
+                _, future = items[0]
+                if not future.done():
+                    future.set_exception(exc)
+                return
+            for item in items:  # find the request that failed it; the others still get scores
+                await self._score_batch([item])
+            return
+        offset = 0
+        for chunk, future in items:
+            if not future.done():
+                future.set_result(scores[offset : offset + len(chunk)])
+            offset += len(chunk)

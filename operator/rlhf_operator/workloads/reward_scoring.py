@@ -23,16 +23,28 @@ class LocalRewardScorer:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 64,
-        max_length: int = 1024,
+        max_length: int | None = None,
     ) -> None:
         self.model = model.eval()  # type: ignore[no-untyped-call]
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         self.batch_size = batch_size
-        self.max_length = max_length
+        # The model's own position limit: a longer text would index past its position table
+        # (an error for the whole batch), so it is the most a text may have.
+        self.max_length = position_limit(model, max_length)
         self.append_eos = tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.eos_token is not None
         # A model is not safe to call from two threads at once (the server's executor, the batcher).
         self._lock = threading.Lock()
+
+    def _with_eos(self, texts: list[str]) -> list[str]:
+        if self.append_eos:
+            return [t + str(self.tokenizer.eos_token) for t in texts]
+        return texts
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text as `score_texts` will feed them to the model (EOS included)."""
+        encoded = self.tokenizer(self._with_eos(texts), add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
 
     @classmethod
     def from_path(cls, source: str, batch_size: int = 64) -> LocalRewardScorer:
@@ -41,8 +53,7 @@ class LocalRewardScorer:
 
     @torch.no_grad()
     def score_texts(self, texts: list[str]) -> list[float]:
-        if self.append_eos:
-            texts = [t + str(self.tokenizer.eos_token) for t in texts]
+        texts = self._with_eos(texts)
         out: list[float] = []
         with self._lock:
             for start in range(0, len(texts), self.batch_size):
@@ -59,3 +70,15 @@ class LocalRewardScorer:
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         return self.score_texts([p + c for p, c in zip(prompts, completions, strict=True)])
+
+
+def position_limit(model: PreTrainedModel, wanted: int | None = None) -> int:
+    """The most tokens the model reads: its config's position limit, or `wanted` if smaller."""
+    config = model.config
+    limits = [
+        int(value)
+        for name in ("max_position_embeddings", "n_positions")
+        if isinstance(value := getattr(config, name, None), int) and value > 0
+    ]
+    limit = min(limits) if limits else 1024
+    return min(limit, wanted) if wanted else limit

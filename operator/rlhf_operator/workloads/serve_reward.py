@@ -3,7 +3,9 @@
 POST /score      {"prompts": [...], "completions": [...]} or {"texts": [...]} -> {"rewards": [...]}
 POST /get_reward {"query": [...], "prompts": [...]}  (OpenRLHF's remote RM shape) -> {"rewards": [...]}
 GET  /healthz    200 while the process runs;  GET /readyz 200 once the model is loaded.
-Bearer-token auth, body size and item limits (413), dynamic batching, graceful SIGTERM.
+Bearer-token auth, body size and item limits (413), dynamic batching, graceful SIGTERM. Each
+request is validated alone before it joins a batch (`reward_requests`): a bad one gets 400 with the
+reason and never fails the requests of other clients.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import json
 import signal
 import sys
 from typing import Any
@@ -22,51 +23,14 @@ from rlhf_operator.workloads.batcher import DynamicBatcher, ScoreFn
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.reward_client import read_token
+from rlhf_operator.workloads.reward_requests import ScoreRequestError, TokenCounter, parse_score_request
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 1024
 READY: web.AppKey[dict[str, bool]] = web.AppKey("ready", dict)
 BATCHER: web.AppKey[DynamicBatcher] = web.AppKey("batcher", DynamicBatcher)
-
-
-def _texts(body: Any) -> list[str]:
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text='{"error": "the body must be a JSON object"}', content_type="application/json"
-        )
-    if "texts" in body:
-        texts = body["texts"]
-    elif "completions" in body:
-        prompts, completions = body.get("prompts") or [""] * len(body["completions"]), body["completions"]
-        if (
-            not isinstance(prompts, list)
-            or not isinstance(completions, list)
-            or len(prompts) != len(completions)
-        ):
-            raise web.HTTPBadRequest(
-                text='{"error": "prompts and completions must be lists of the same length"}',
-                content_type="application/json",
-            )
-        texts = [f"{p}{c}" for p, c in zip(prompts, completions, strict=True)]
-    elif "query" in body:
-        # OpenRLHF sends the full text (prompt + response) in `query`.
-        texts = body["query"]
-    else:
-        raise web.HTTPBadRequest(
-            text='{"error": "send texts, prompts+completions, or query"}', content_type="application/json"
-        )
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise web.HTTPBadRequest(
-            text='{"error": "texts must be a list of strings"}', content_type="application/json"
-        )
-    if len(texts) > MAX_ITEMS:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=MAX_ITEMS,
-            actual_size=len(texts),
-            text=json.dumps({"error": f"at most {MAX_ITEMS} items per request"}),
-            content_type="application/json",
-        )
-    return texts
+#: The loaded model's position limit and token counter, for the length check of each request.
+LENGTH: web.AppKey[dict[str, Any]] = web.AppKey("length", dict)
 
 
 def make_app(
@@ -77,6 +41,8 @@ def make_app(
     max_batch: int = 64,
     max_wait_ms: float = 5.0,
     max_body: int = MAX_BODY_BYTES,
+    max_tokens: int | None = None,
+    count_tokens: TokenCounter | None = None,
 ) -> web.Application:
     """The aiohttp app; `score=None` starts not-ready (for the loader to set later)."""
 
@@ -97,15 +63,19 @@ def make_app(
     app = web.Application(middlewares=[auth], client_max_size=max_body)
     app[READY] = {"ready": score is not None}
     app[BATCHER] = DynamicBatcher(score or (lambda texts: []), max_batch, max_wait_ms, batching)
+    app[LENGTH] = {"max_tokens": max_tokens, "count_tokens": count_tokens}
 
     async def score_handler(request: web.Request) -> web.Response:
         if not request.app[READY]["ready"]:
             return web.json_response({"error": "the model is not loaded yet"}, status=503)
+        length = request.app[LENGTH]
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            return web.json_response({"error": "the body is not JSON"}, status=400)
-        rewards = await request.app[BATCHER].submit(_texts(body))
+            texts = parse_score_request(
+                await request.read(), MAX_ITEMS, length["max_tokens"], length["count_tokens"]
+            )
+        except ScoreRequestError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        rewards = await request.app[BATCHER].submit(texts)
         return web.json_response({"rewards": rewards, "scores": rewards})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -146,8 +116,9 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     if load is not None:
         # Load after binding so /healthz answers (liveness) while the weights load; /readyz waits.
-        score = await asyncio.to_thread(load)
-        app[BATCHER].score = score
+        scorer = await asyncio.to_thread(load)
+        app[BATCHER].score = scorer.score_texts
+        app[LENGTH] = {"max_tokens": scorer.max_length, "count_tokens": scorer.count_tokens}
         app[READY]["ready"] = True
         print("reward server ready", flush=True)
     await stop.wait()
@@ -171,8 +142,8 @@ def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
     uri = reward_model_uri(ctx)
     port = args.port or int(ctx.get("stages.rewardModel.serving.port"))
 
-    def load() -> ScoreFn:
-        return LocalRewardScorer.from_path(storage.localize_dir(uri), batch_size=args.max_batch).score_texts
+    def load() -> LocalRewardScorer:
+        return LocalRewardScorer.from_path(storage.localize_dir(uri), batch_size=args.max_batch)
 
     app = make_app(
         None, token, batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms
