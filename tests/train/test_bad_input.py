@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def test_malformed_prompt_row(
     assert code == 78 and term["reason"] == "MalformedRow" and "line 3" in term["error"]
     prompts.write_text('{"prompt": "w01 "}\n{"text": "w02 "}\n')
     code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
-    assert code == 78 and "row 2" in term["error"]
+    assert code == 78 and "line 2" in term["error"]
 
 
 def test_wrong_model_path(pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,11 +81,11 @@ def test_tokenizer_model_mismatch(
 @pytest.mark.parametrize(
     ("row", "reason", "fragment"),
     [
-        ({"prompt": "UNKNOWN ", "chosen": "a", "rejected": "b"}, "UnknownPrompt", "row 2"),
-        ({"prompt": "KNOWN", "chosen": "same", "rejected": "same"}, "TiedRanking", "row 2"),
-        ({"prompt": "KNOWN", "responses": ["only one"], "ranking": [1]}, "TooFewResponses", "row 2"),
-        ({"prompt": "KNOWN", "responses": ["a", "b"], "ranking": [1, 1]}, "TiedRanking", "row 2"),
-        ({"prompt": "KNOWN", "chosen": 3}, "MalformedRow", "row 2"),
+        ({"prompt": "UNKNOWN ", "chosen": "a", "rejected": "b"}, "UnknownPrompt", "line 2"),
+        ({"prompt": "KNOWN", "chosen": "same", "rejected": "same"}, "TiedRanking", "line 2"),
+        ({"prompt": "KNOWN", "responses": ["only one"], "ranking": [1]}, "TooFewResponses", "line 2"),
+        ({"prompt": "KNOWN", "responses": ["a", "b"], "ranking": [1, 1]}, "TiedRanking", "line 2"),
+        ({"prompt": "KNOWN", "chosen": 3}, "MalformedRow", "line 2"),
     ],
 )
 def test_bad_human_rankings(  # noqa: PLR0917 - pytest parameters
@@ -105,6 +106,33 @@ def test_bad_human_rankings(  # noqa: PLR0917 - pytest parameters
     code, term = _run("ranking", spec, tmp_path / "root", tmp_path, monkeypatch)
     assert code == 78 and term["reason"] == reason and fragment in term["error"], term
     assert not (tmp_path / "root" / "ranking" / "pairs.jsonl").exists()
+
+
+def test_every_defect_of_a_rankings_file_is_reported_with_its_line(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(pipeline)
+    known = json.loads(Path(spec["dataset"]["prompts"]["source"]).read_text().splitlines()[0])["prompt"]
+    lines = [
+        json.dumps({"prompt": known, "chosen": "good great", "rejected": "w01"}),
+        "",
+        "",
+        json.dumps({"prompt": known, "chosen": "same", "rejected": "same"}),  # line 4: a tie
+        json.dumps({"prompt": "UNKNOWN ", "chosen": "a", "rejected": "b"}),  # line 5
+        '{"prompt": ',  # line 6: not JSON
+        "",
+        json.dumps({"prompt": known, "responses": ["only one"], "ranking": [1]}),  # line 8
+    ]
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text("\n".join(lines) + "\n")
+    spec["stages"]["ranking"] = {"method": "human", "human": {"source": str(rankings)}}
+    code, term = _run("ranking", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and "has 4 defects" in term["error"], term
+    reported = re.findall(r"line (\d+): ([^|]*)", term["error"])
+    assert [int(number) for number, _ in reported] == [4, 5, 6, 8]
+    assert "same text (a tie)" in reported[0][1] and "not in the prompts dataset" in reported[1][1]
+    assert "not valid JSON" in reported[2][1] and "fewer than 2 responses" in reported[3][1]
+    assert term["reason"] == "TiedRanking"  # the first defect's
 
 
 def test_human_rankings_wait_times_out(

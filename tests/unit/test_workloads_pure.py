@@ -113,12 +113,10 @@ def test_pairs_from_scores() -> None:
 
 
 def test_human_rows() -> None:
-    pairs = validate_human_row(
-        {"prompt": "p", "responses": ["x", "y", "z"], "ranking": [2, 1, 3]}, 1, "f", {"p"}
-    )
+    pairs = validate_human_row({"prompt": "p", "responses": ["x", "y", "z"], "ranking": [2, 1, 3]}, {"p"})
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {("y", "x"), ("y", "z"), ("x", "z")}
-    with pytest.raises(StageConfigError, match="row 4"):
-        validate_human_row({"prompt": "q", "chosen": "a", "rejected": "b"}, 4, "f", {"p"})
+    with pytest.raises(StageConfigError, match="not in the prompts dataset"):
+        validate_human_row({"prompt": "q", "chosen": "a", "rejected": "b"}, {"p"})
 
 
 def test_win_rate_counts_ties_half() -> None:

@@ -10,9 +10,11 @@ import random
 from typing import Any
 
 from rlhf_operator.workloads import storage
-from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.errors import Defects, StageConfigError
 
 FORMATS = ("jsonl", "parquet", "csv")
+#: A row and where it is in its file, as a user finds it: "line 7" (jsonl, csv) or "row 3" (parquet).
+LocatedRow = tuple[str, dict[str, Any]]
 
 
 def _guess_format(source: str, declared: str | None) -> str:
@@ -25,30 +27,25 @@ def _guess_format(source: str, declared: str | None) -> str:
 
 
 def read_rows(source: str, fmt: str | None = None, what: str = "dataset") -> list[dict[str, Any]]:
-    """All rows of a file as dicts; a missing file or a malformed row is a configuration error."""
+    """All rows of a file as dicts; a missing file or malformed rows are a configuration error."""
+    return [row for _, row in read_located_rows(source, fmt, what)]
+
+
+def read_located_rows(
+    source: str, fmt: str | None = None, what: str = "dataset", defects: Defects | None = None
+) -> list[LocatedRow]:
+    """Rows with their true place in the file (blank lines counted), every malformed one reported:
+    raised here, or added to `defects` for a caller that goes on to check the rows' content."""
     if not storage.exists(source):
         raise StageConfigError(f"the {what} file {source} does not exist; check the path.", "DatasetNotFound")
     fmt = _guess_format(source, fmt)
     data = storage.read_bytes(source)
     if fmt == "jsonl":
-        rows: list[dict[str, Any]] = []
-        for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StageConfigError(
-                    f"{what} {source} line {number} is not valid JSON: {exc.msg}.", "MalformedRow"
-                ) from exc
-            if not isinstance(row, dict):
-                raise StageConfigError(
-                    f"{what} {source} line {number} must be a JSON object.", "MalformedRow"
-                )
-            rows.append(row)
-        return rows
+        return _jsonl_rows(data, defects or Defects(f"{what} {source}"), raise_now=defects is None)
     if fmt == "csv":
-        return [dict(r) for r in csv.DictReader(io.StringIO(data.decode("utf-8")))]
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
+        # line_num after a record is the file line it ended on (the header is line 1).
+        return [(f"line {reader.line_num}", dict(r)) for r in reader]
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -58,21 +55,43 @@ def read_rows(source: str, fmt: str | None = None, what: str = "dataset") -> lis
             raise StageConfigError(
                 f"{what} {source} is not a parquet file: {exc}", "MalformedDataset"
             ) from exc
-        return [dict(r) for r in table.to_pylist()]
+        return [(f"row {number}", dict(r)) for number, r in enumerate(table.to_pylist(), start=1)]
     raise StageConfigError(f"dataset format must be one of {FORMATS}, not {fmt!r}.", "InvalidFormat")
+
+
+def _jsonl_rows(data: bytes, defects: Defects, raise_now: bool) -> list[LocatedRow]:
+    rows: list[LocatedRow] = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            defects.add(f"line {number}", f"not valid JSON: {exc.msg}.", "MalformedRow")
+            continue
+        if not isinstance(row, dict):
+            defects.add(f"line {number}", "must be a JSON object.", "MalformedRow")
+            continue
+        rows.append((f"line {number}", row))
+    if raise_now:
+        defects.raise_if_any()
+    return rows
 
 
 def read_prompts(source: str, fmt: str | None, field: str) -> list[str]:
     prompts: list[str] = []
-    for number, row in enumerate(read_rows(source, fmt, "prompts dataset"), start=1):
+    defects = Defects(f"prompts dataset {source}")
+    for where, row in read_located_rows(source, fmt, "prompts dataset", defects):
         value = row.get(field)
         if not isinstance(value, str) or not value.strip():
-            raise StageConfigError(
-                f"prompts dataset {source} row {number} has no non-empty string field {field!r}; "
-                "fix the row or set dataset.prompts.promptField.",
+            defects.add(
+                where,
+                f"no non-empty string field {field!r}; fix the row or set dataset.prompts.promptField.",
                 "MalformedRow",
             )
+            continue
         prompts.append(value)
+    defects.raise_if_any()
     if not prompts:
         raise StageConfigError(f"prompts dataset {source} is empty.", "EmptyDataset")
     return prompts

@@ -14,3 +14,39 @@ class StageConfigError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason
+
+
+class Defects:
+    """Collects the defects of one input file, so a user fixes them all in one round.
+
+    `add` records what is wrong where ("line 4"); `raise_if_any` raises one StageConfigError that
+    lists them (at most `cap`, then how many more) with the first defect's reason.
+    """
+
+    def __init__(self, what: str, cap: int = 20) -> None:
+        self.what = what
+        self.cap = cap
+        self.found: list[tuple[str, str, str]] = []
+
+    def add(self, where: str, message: str, reason: str) -> None:
+        self.found.append((where, message, reason))
+
+    def add_error(self, where: str, error: StageConfigError) -> None:
+        self.add(where, error.message, error.reason)
+
+    def raise_if_any(self) -> None:
+        if not self.found:
+            return
+        # In file order: a row's JSON error is found while reading, its content errors later.
+        self.found.sort(key=lambda defect: _position(defect[0]))
+        listed = [f"{where}: {message}" for where, message, _ in self.found[: self.cap]]
+        if len(self.found) > self.cap:
+            listed.append(f"... and {len(self.found) - self.cap} more")
+        count = len(self.found)
+        header = f"{self.what} has {count} defect{'s' if count > 1 else ''}"
+        raise StageConfigError(f"{header}: " + " | ".join(listed), self.found[0][2])
+
+
+def _position(where: str) -> int:
+    number = where.rsplit(" ", 1)[-1]
+    return int(number) if number.isdigit() else 0

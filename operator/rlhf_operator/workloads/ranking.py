@@ -7,7 +7,7 @@ from typing import Any
 
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
-from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.errors import Defects, StageConfigError
 from rlhf_operator.workloads.judges import LogProbJudge, rule_from_spec
 from rlhf_operator.workloads.result import success
 
@@ -34,19 +34,20 @@ def load_responses(ctx: StageContext) -> list[dict[str, Any]]:
 
 
 def read_responses_file(source: str, fmt: str | None) -> list[dict[str, Any]]:
-    rows = data.read_rows(source, fmt, "responses dataset")
-    for number, row in enumerate(rows, start=1):
+    defects = Defects(f"responses dataset {source}")
+    rows: list[dict[str, Any]] = []
+    for where, row in data.read_located_rows(source, fmt, "responses dataset", defects):
         responses = row.get("responses")
         if (
             not isinstance(row.get("prompt"), str)
             or not isinstance(responses, list)
             or not all(isinstance(r, str) for r in responses)
         ):
-            raise StageConfigError(
-                f"responses dataset {source} row {number} must have a string `prompt` and a "
-                "list of strings `responses`.",
-                "MalformedRow",
+            defects.add(
+                where, "must have a string `prompt` and a list of strings `responses`.", "MalformedRow"
             )
+        rows.append(row)
+    defects.raise_if_any()
     return rows
 
 
@@ -87,48 +88,41 @@ def _known_prompts(ctx: StageContext) -> set[str] | None:
     )
 
 
-def validate_human_row(row: dict[str, Any], number: int, source: str, known: set[str] | None) -> list[Pair]:
-    where = f"rankings file {source} row {number}"
+def validate_human_row(row: dict[str, Any], known: set[str] | None) -> list[Pair]:
+    """The pairs one rankings row gives, or StageConfigError saying what is wrong with it."""
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt:
-        raise StageConfigError(f"{where} has no string `prompt`.", "MalformedRow")
+        raise StageConfigError("has no string `prompt`.", "MalformedRow")
     if known is not None and prompt not in known:
         raise StageConfigError(
-            f"{where}: its prompt is not in the prompts dataset; rankings must refer to "
-            "dataset prompts verbatim.",
+            "its prompt is not in the prompts dataset; rankings must refer to dataset prompts verbatim.",
             "UnknownPrompt",
         )
     if "chosen" in row or "rejected" in row:
         chosen, rejected = row.get("chosen"), row.get("rejected")
         if not isinstance(chosen, str) or not isinstance(rejected, str):
-            raise StageConfigError(f"{where} must have string `chosen` and `rejected`.", "MalformedRow")
+            raise StageConfigError("must have string `chosen` and `rejected`.", "MalformedRow")
         if chosen == rejected:
-            raise StageConfigError(
-                f"{where}: `chosen` and `rejected` are the same text (a tie).", "TiedRanking"
-            )
+            raise StageConfigError("`chosen` and `rejected` are the same text (a tie).", "TiedRanking")
         return [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "provenance": {"method": "human"}}]
     responses, ranking = row.get("responses"), row.get("ranking")
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         raise StageConfigError(
-            f"{where} must have `chosen`/`rejected`, or `responses` (list of strings) and `ranking`.",
-            "MalformedRow",
+            "must have `chosen`/`rejected`, or `responses` (list of strings) and `ranking`.", "MalformedRow"
         )
     if len(responses) < 2:
-        raise StageConfigError(
-            f"{where} has fewer than 2 responses; a ranking needs at least 2.", "TooFewResponses"
-        )
+        raise StageConfigError("has fewer than 2 responses; a ranking needs at least 2.", "TooFewResponses")
     if (
         not isinstance(ranking, list)
         or len(ranking) != len(responses)
         or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranking)
     ):
         raise StageConfigError(
-            f"{where}: `ranking` must be a list of integer ranks (1 = best), one per response.",
-            "MalformedRow",
+            "`ranking` must be a list of integer ranks (1 = best), one per response.", "MalformedRow"
         )
     if len(set(ranking)) != len(ranking):
         raise StageConfigError(
-            f"{where}: `ranking` has ties ({ranking}); give every response a distinct rank.", "TiedRanking"
+            f"`ranking` has ties ({ranking}); give every response a distinct rank.", "TiedRanking"
         )
     # Rank 1 is best: a lower rank is a higher score.
     return pairs_from_scores(prompt, responses, [-float(r) for r in ranking], "all", "human")
@@ -160,8 +154,13 @@ def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[
     """Validated pairs from a human rankings file (also `dataset.rankings`, which skips this stage)."""
     known = _known_prompts(ctx)
     pairs: list[Pair] = []
-    for number, row in enumerate(data.read_rows(source, fmt, "rankings file"), start=1):
-        pairs.extend(validate_human_row(row, number, source, known))
+    defects = Defects(f"rankings file {source}")
+    for where, row in data.read_located_rows(source, fmt, "rankings file", defects):
+        try:
+            pairs.extend(validate_human_row(row, known))
+        except StageConfigError as error:
+            defects.add_error(where, error)
+    defects.raise_if_any()
     return pairs
 
 
