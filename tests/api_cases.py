@@ -169,6 +169,26 @@ CASES: list[Case] = [
         ("serviceAccountName", "should match"),
     ),
     Case(
+        "dotted-name",
+        merged(BASE, {"metadata": {"name": "a.b"}}),
+        ("`metadata.name` must start with a lowercase letter",),
+    ),
+    Case(
+        "name-starts-with-digit",
+        merged(BASE, {"metadata": {"name": "1job"}}),
+        ("`metadata.name` must start with a lowercase letter",),
+    ),
+    Case(
+        "sub-path-escapes",
+        spec({"storage": {"volume": {"subPath": "../../etc"}}}),
+        ("`subPath` must not contain '..' as a path element",),
+    ),
+    Case(
+        "sub-path-absolute",
+        spec({"storage": {"volume": {"subPath": "/etc"}}}),
+        ("`subPath` must be a relative path",),
+    ),
+    Case(
         "bad-mount-path", spec({"storage": {"volume": {"mountPath": "data"}}}), ("mountPath", "should match")
     ),
     # lists and maps

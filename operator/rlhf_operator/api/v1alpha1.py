@@ -7,6 +7,7 @@ Field names are snake_case in Python and camelCase on the wire.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -324,6 +325,21 @@ class VolumeStorage(ApiModel):
     )
     sub_path: str | None = Field(
         None, min_length=1, max_length=1024, description="Sub-directory of the volume to mount."
+    )
+
+    # Kubernetes refuses these subPaths in the pod spec; refusing them here says so at `kubectl
+    # apply`, instead of every stage's Job create failing later.
+    cel_rules = (
+        CelRule(
+            "!has(self.subPath) || !self.subPath.startsWith('/')",
+            "`subPath` must be a relative path (it must not start with /)",
+            lambda v: v.sub_path is None or not v.sub_path.startswith("/"),
+        ),
+        CelRule(
+            "!has(self.subPath) || !self.subPath.matches('(^|/)[.][.](/|$)')",
+            "`subPath` must not contain '..' as a path element",
+            lambda v: v.sub_path is None or ".." not in v.sub_path.split("/"),
+        ),
     )
 
 
@@ -750,7 +766,21 @@ class ObjectMeta(ApiModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+#: Child names are `<job>-<stage>`, and Services need an RFC 1035 label: a leading letter, no dots.
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
 class RLHFJob(ApiModel):
+    # At the root of the CRD's schema, where CEL may read metadata.name.
+    cel_rules = (
+        CelRule(
+            f"!has(self.metadata.name) || self.metadata.name.matches('{NAME_PATTERN}')",
+            "`metadata.name` must start with a lowercase letter and hold only lowercase letters, digits "
+            "and '-' (no dots): the job's Jobs and Services are named after it",
+            lambda j: j.metadata.name is None or re.fullmatch(NAME_PATTERN, j.metadata.name) is not None,
+        ),
+    )
+
     api_version: Literal["rlhf-operator.dev/v1alpha1"] = "rlhf-operator.dev/v1alpha1"
     kind: Literal["RLHFJob"] = "RLHFJob"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
