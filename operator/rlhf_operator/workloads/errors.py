@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class StageConfigError(Exception):
     """Bad configuration or bad input: the stage exits with EX_CONFIG (78) and is not retried.
@@ -48,5 +50,6 @@ class Defects:
 
 
 def _position(where: str) -> int:
-    number = where.rsplit(" ", 1)[-1]
-    return int(number) if number.isdigit() else 0
+    """The line, row or task number in "line 7", "task 3 (id 12)"; 0 for none."""
+    found = re.search(r"\d+", where)
+    return int(found.group()) if found else 0

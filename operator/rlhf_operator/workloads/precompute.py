@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rlhf_operator.workloads import data, layout, storage
+from rlhf_operator.api.artifacts import join
+from rlhf_operator.api.v1alpha1 import RankingMethod
+from rlhf_operator.workloads import data, labelstudio, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.modeling import (
@@ -129,7 +131,17 @@ def write_manifest_if_complete(ctx: StageContext, settings: dict[str, Any], held
             "complete": True,
         },
     )
+    if ctx.typed_spec.stages.ranking.method == RankingMethod.HUMAN:
+        write_labeling_tasks(ctx.artifact_root, files)
     return True
+
+
+def write_labeling_tasks(root: str, shard_files: list[str]) -> None:
+    """The pairs for humans to label, in Label Studio's import format, next to the responses."""
+    rows = [row for uri in shard_files for row in data.read_rows(uri, "jsonl", "responses shard")]
+    target = labelstudio.tasks_dir(layout.precompute_dir(root))
+    storage.write_json_atomic(join(target, "tasks.json"), labelstudio.import_tasks(rows))
+    storage.write_bytes_atomic(join(target, "config.xml"), labelstudio.LABEL_CONFIG.encode())
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
