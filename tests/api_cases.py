@@ -169,6 +169,31 @@ CASES: list[Case] = [
         ("serviceAccountName", "should match"),
     ),
     Case(
+        "judge-model-and-endpoint",
+        stage(
+            "ranking",
+            {
+                "method": "aiJudge",
+                "rule": None,
+                "aiJudge": {"model": "/m", "endpoint": {"url": "http://j/v1", "model": "j"}},
+            },
+        ),
+        ("exactly one of `model` or `endpoint` must be set",),
+    ),
+    Case(
+        "judge-neither-model-nor-endpoint",
+        stage("ranking", {"method": "aiJudge", "rule": None, "aiJudge": {"mode": "score"}}),
+        ("exactly one of `model` or `endpoint` must be set",),
+    ),
+    Case(
+        "judge-endpoint-scheme",
+        stage(
+            "ranking",
+            {"method": "aiJudge", "rule": None, "aiJudge": {"endpoint": {"url": "judge:8000", "model": "j"}}},
+        ),
+        ("`url` must start with http:// or https://",),
+    ),
+    Case(
         "dotted-name",
         merged(BASE, {"metadata": {"name": "a.b"}}),
         ("`metadata.name` must start with a lowercase letter",),

@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.with_tiny_assets:
         from rlhf_operator.tiny import make_tiny_assets
 
-        print(f"tiny assets: {make_tiny_assets(workdir)}", flush=True)
+        ranking = ((manifest.get("spec") or {}).get("stages") or {}).get("ranking") or {}
+        judge = ranking.get("method") == "aiJudge"  # the tiny judge takes seconds to train: only when used
+        print(f"tiny assets: {make_tiny_assets(workdir, judge=judge)}", flush=True)
     spec = manifest.get("spec") or {}
     storage_spec = spec.get("storage") or {}
     mount = (storage_spec.get("volume") or {}).get("mountPath", "/data")

@@ -356,6 +356,11 @@ class S3Storage(ApiModel):
     region: str | None = Field(None, min_length=1, max_length=64, description="AWS region of the bucket.")
 
 
+class SecretKeyRef(ApiModel):
+    name: ObjectName = Field(description="Name of a Secret in the RLHFJob's namespace.")
+    key: ShortText = Field("api-key", description="Key in the Secret.")
+
+
 class SecretRef(ApiModel):
     name: ObjectName = Field(description="Name of a Secret in the RLHFJob's namespace.")
 
@@ -434,8 +439,47 @@ class HumanRanking(ApiModel):
 DEFAULT_RUBRIC = "Prefer the response that is more helpful, honest and harmless."
 
 
+class JudgeEndpoint(ApiModel):
+    """A judge served elsewhere (vLLM, TGI, SGLang, a gateway) behind the OpenAI chat API."""
+
+    cel_rules = (
+        CelRule(
+            "self.url.startsWith('http://') || self.url.startsWith('https://')",
+            "`url` must start with http:// or https://",
+            lambda e: e.url.startswith(("http://", "https://")),
+        ),
+    )
+
+    url: Location = Field(
+        description="Base URL of an OpenAI-compatible API, up to /v1 (e.g. http://judge.ml.svc:8000/v1)."
+    )
+    model: ShortText = Field(description="Model name the endpoint serves the judge under.")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding the API key, sent as a bearer token; none for an open endpoint."
+    )
+    max_concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
+    timeout_seconds: int = Field(60, ge=1, le=3600, description="Timeout of one request.")
+    max_retries: int = Field(
+        4, ge=0, le=20, description="Retries of a failed request (backoff; 429 and 5xx only)."
+    )
+
+
 class AiJudge(ApiModel):
-    model: Location = Field(description="Judge model: a path, an s3:// URI or a name in the model cache.")
+    cel_rules = (
+        CelRule(
+            "has(self.model) != has(self.endpoint)",
+            "exactly one of `model` or `endpoint` must be set",
+            lambda j: (j.model is None) != (j.endpoint is None),
+        ),
+    )
+
+    model: Location | None = Field(
+        None,
+        description="Judge model run in the ranking pod: a path, an s3:// URI or a name in the model cache.",
+    )
+    endpoint: JudgeEndpoint | None = Field(
+        None, description="A served judge behind an OpenAI-compatible chat completions API."
+    )
     rubric: str = Field(
         DEFAULT_RUBRIC, min_length=1, max_length=16_384, description="Instructions given to the judge."
     )

@@ -1,7 +1,8 @@
-"""`make_tiny_assets(out_dir)`: the tiny model directory and the synthetic prompt dataset."""
+"""`make_tiny_assets(out_dir)`: the tiny models and the synthetic prompt dataset in every format."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,11 +13,19 @@ MODEL_SUBDIR = "models/tiny-gpt2"
 #: A 0.14M-parameter GPT-2 with the same tokenizer: the reward model's starting point, so reward
 #: training and scoring stay fast on CPU (it has to learn a counting rule, not language).
 RM_SUBDIR = "models/tiny-rm"
+#: The tiny AI judge (`tiny.judge`), trained on demand: it takes seconds, the other assets none.
+JUDGE_SUBDIR = "models/tiny-judge"
 PROMPTS_FILE = "datasets/tiny-task/prompts.jsonl"
 
 
-def make_tiny_assets(out_dir: str | Path, num_prompts: int = 96, seed: int = 0) -> dict[str, str]:
-    """Write `models/tiny-gpt2/` and `datasets/tiny-task/prompts.jsonl`; idempotent (same seed, same bytes)."""
+def make_tiny_assets(
+    out_dir: str | Path, num_prompts: int = 96, seed: int = 0, judge: bool = False
+) -> dict[str, str]:
+    """Write `models/tiny-gpt2/`, `models/tiny-rm/` (and `models/tiny-judge/` with `judge`) and the
+    prompts as `datasets/tiny-task/prompts.{jsonl,parquet,csv}`; idempotent (same seed, same bytes).
+
+    Every format holds the same rows with the prompt under two names, `prompt` and `question`, so
+    an example may show `promptField`."""
     out = Path(out_dir)
     model_dir, rm_dir = out / MODEL_SUBDIR, out / RM_SUBDIR
     for target, size in ((model_dir, (256, 4)), (rm_dir, (64, 2))):
@@ -28,10 +37,30 @@ def make_tiny_assets(out_dir: str | Path, num_prompts: int = 96, seed: int = 0) 
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         staging.replace(target)
-    prompts_path = out / PROMPTS_FILE
-    prompts_path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps({"id": f"p{i:04d}", "prompt": p}) for i, p in enumerate(make_prompts(num_prompts, seed))
-    ]
-    prompts_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"model": str(model_dir), "rewardModel": str(rm_dir), "prompts": str(prompts_path)}
+    assets = {"model": str(model_dir), "rewardModel": str(rm_dir), **_write_prompts(out, num_prompts, seed)}
+    if judge:
+        judge_dir = out / JUDGE_SUBDIR
+        if not (judge_dir / "config.json").exists():
+            from rlhf_operator.tiny.judge import train_tiny_judge
+
+            train_tiny_judge(judge_dir, seed=seed)
+        assets["judge"] = str(judge_dir)
+    return assets
+
+
+def _write_prompts(out: Path, count: int, seed: int) -> dict[str, str]:
+    rows = [{"id": f"p{i:04d}", "prompt": p, "question": p} for i, p in enumerate(make_prompts(count, seed))]
+    jsonl = out / PROMPTS_FILE
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = jsonl.with_suffix(".parquet")
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    table = jsonl.with_suffix(".csv")
+    with table.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"prompts": str(jsonl), "promptsParquet": str(parquet), "promptsCsv": str(table)}

@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny-assets", help="write the tiny model and the synthetic dataset")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--prompts", type=int, default=96)
+    tiny.add_argument("--judge", action="store_true", help="also train the tiny AI judge (seconds)")
     return parser
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "make-tiny-assets":
         from rlhf_operator.tiny import make_tiny_assets
 
-        print(make_tiny_assets(args.out, args.prompts))
+        print(make_tiny_assets(args.out, args.prompts, judge=args.judge))
         return EX_OK
     try:
         ctx = load_config(args.config, stage=args.stage)

@@ -9,6 +9,16 @@ import torch
 
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.judge_prompts import (
+    Question,
+    answer_text,
+    compare_question,
+    left_padded_positions,
+    ordered_pairs,
+    pairwise_wins,
+    render,
+    score_question,
+)
 from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
 
 #: score(prompts, completions) -> one float per completion; higher is better.
@@ -56,11 +66,12 @@ def rule_from_spec(
 
 
 class LogProbJudge:
-    """An AI judge: a causal LM reads a rubric and answers; its answer log-odds are the score.
+    """An AI judge run in this pod: a causal LM reads the rubric and answers with one token.
 
-    `score` mode: log P(" Yes") - log P(" No") after "<rubric> ... Answer:" for each response.
-    `compare` mode: for each pair, log P(" A") - log P(" B") averaged over both orders (to cancel
-    position bias); a response's score is its number of pairwise wins.
+    `score` mode: log P(Yes) - log P(No) for each response alone. `compare` mode: log P(A) -
+    log P(B) for each ordered pair, asked in both orders (position bias cancels); a response's
+    score is its number of pairwise wins. The question goes through the judge's chat template when
+    its tokenizer has one (`judge_prompts`); the model runs on the GPU when the pod has one.
     """
 
     def __init__(self, source: str, rubric: str, mode: str, batch_size: int = 16) -> None:
@@ -69,49 +80,46 @@ class LogProbJudge:
                 f"stages.ranking.aiJudge.mode must be score or compare, not {mode!r}.", "InvalidJudgeMode"
             )
         self.tokenizer = load_tokenizer(source, padding_side="left")
-        self.model = load_causal_lm(source, tokenizer=self.tokenizer, what="the judge model").eval()  # type: ignore[no-untyped-call]
+        model = load_causal_lm(source, tokenizer=self.tokenizer, what="the judge model")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         self.rubric = rubric
         self.mode = mode
         self.batch_size = batch_size
 
-    def _token(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _token(self, answer: str) -> int:
+        ids = self.tokenizer(answer_text(self.tokenizer, answer), add_special_tokens=False)["input_ids"]
         return int(ids[0]) if ids else int(self.tokenizer.unk_token_id or 0)
 
     @torch.no_grad()
-    def _log_odds(self, texts: list[str], yes: str, no: str) -> list[float]:
-        yes_id, no_id = self._token(yes), self._token(no)
+    def ask(self, questions: list[Question]) -> list[float]:
+        """log P(yes) - log P(no) of the judge's first answer token, for each question."""
         out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
-            logits = self.model(**enc).logits[:, -1, :].float().log_softmax(-1)
-            out.extend((logits[:, yes_id] - logits[:, no_id]).tolist())
+        for start in range(0, len(questions), self.batch_size):
+            chunk = questions[start : start + self.batch_size]
+            texts = [render(self.tokenizer, q.messages) for q in chunk]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(self.device)
+            positions = left_padded_positions(enc["attention_mask"])
+            logits = self.model(**enc, position_ids=positions).logits[:, -1, :].float().log_softmax(-1)
+            yes = torch.tensor([self._token(q.yes) for q in chunk], device=self.device)
+            no = torch.tensor([self._token(q.no) for q in chunk], device=self.device)
+            rows = torch.arange(len(chunk), device=self.device)
+            out.extend((logits[rows, yes] - logits[rows, no]).tolist())
         return out
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        texts = [
-            f"{self.rubric}\nPrompt: {p}\nResponse: {c}\nAnswer (Yes or No):"
-            for p, c in zip(prompts, completions, strict=True)
-        ]
-        return self._log_odds(texts, " Yes", " No")
-
     def rank_group(self, prompt: str, responses: list[str]) -> list[float]:
-        if self.mode == "score":
-            return self.score([prompt] * len(responses), responses)
-        pairs = [(i, j) for i in range(len(responses)) for j in range(len(responses)) if i != j]
-        texts = [
-            f"{self.rubric}\nPrompt: {prompt}\nResponse A: {responses[i]}\nResponse B: {responses[j]}\n"
-            "Which response is better? Answer A or B:"
-            for i, j in pairs
-        ]
-        odds = self._log_odds(texts, " A", " B")
-        pref: dict[tuple[int, int], float] = dict(zip(pairs, odds, strict=True))
-        wins = [0.0] * len(responses)
-        for i, j in pairs:
-            if i < j:
-                margin = pref[(i, j)] - pref[(j, i)]
-                if margin > 0:
-                    wins[i] += 1
-                elif margin < 0:
-                    wins[j] += 1
-        return wins
+        return rank_group(self.ask, self.rubric, self.mode, prompt, responses)
+
+
+#: Answers a batch of questions with log-odds (a local model or a served one).
+Ask = Callable[[list[Question]], list[float]]
+
+
+def rank_group(ask: Ask, rubric: str, mode: str, prompt: str, responses: list[str]) -> list[float]:
+    """One score per response (higher is better) from a judge's answers."""
+    if mode == "score":
+        return ask([score_question(rubric, prompt, r) for r in responses])
+    pairs = ordered_pairs(len(responses))
+    odds = ask([compare_question(rubric, prompt, responses[i], responses[j]) for i, j in pairs])
+    return pairwise_wins(len(responses), dict(zip(pairs, odds, strict=True)))

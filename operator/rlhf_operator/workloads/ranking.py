@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rlhf_operator.workloads import data, layout, storage
+from rlhf_operator.workloads import data, labelstudio, layout, storage
 from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.endpoint_judge import EndpointJudge
 from rlhf_operator.workloads.errors import Defects, StageConfigError
-from rlhf_operator.workloads.judges import LogProbJudge, rule_from_spec
+from rlhf_operator.workloads.judges import Ask, LogProbJudge, rank_group, rule_from_spec
 from rlhf_operator.workloads.result import success
 
 Pair = dict[str, Any]
@@ -152,8 +153,19 @@ def human_pairs(ctx: StageContext) -> list[Pair]:
 
 def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[Pair]:
     """Validated pairs from a human rankings file (also `dataset.rankings`, which skips this stage)."""
+    if labelstudio.looks_like_export(storage.read_bytes(source).decode("utf-8", errors="replace")[:4096]):
+        pairs = labelstudio.pairs_from_export(storage.read_bytes(source).decode("utf-8"), source)
+        known = _known_prompts(ctx)
+        unknown = [p["prompt"] for p in pairs if known is not None and p["prompt"] not in known]
+        if unknown:
+            raise StageConfigError(
+                f"Label Studio export {source}: {len(unknown)} labeled prompts are not in the prompts "
+                f"dataset (first: {unknown[0]!r}); export the project made from this job's tasks.",
+                "UnknownPrompt",
+            )
+        return pairs
     known = _known_prompts(ctx)
-    pairs: list[Pair] = []
+    pairs = []
     defects = Defects(f"rankings file {source}")
     for where, row in data.read_located_rows(source, fmt, "rankings file", defects):
         try:
@@ -176,17 +188,20 @@ def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
             scores = scorer([row["prompt"]] * len(row["responses"]), row["responses"])
             pairs.extend(pairs_from_scores(row["prompt"], row["responses"], scores, pairing, label))
         return pairs
-    judge_model = ctx.get("stages.ranking.aiJudge.model", None) or ctx.require("baseModel.source")
-    judge = LogProbJudge(
-        judge_model,
-        str(ctx.get("stages.ranking.aiJudge.rubric")),
-        str(ctx.get("stages.ranking.aiJudge.mode")),
-    )
+    settings = ctx.typed_spec.stages.ranking.ai_judge
+    if settings is None:
+        raise StageConfigError("stages.ranking.aiJudge must be set for the aiJudge method.", "MissingField")
+    ask: Ask
+    if settings.endpoint is not None:
+        ask = EndpointJudge(settings.endpoint).ask
+    else:
+        ask = LogProbJudge(
+            settings.model or ctx.typed_spec.base_model.source, settings.rubric, settings.mode
+        ).ask
+    label = f"aiJudge:{settings.mode.value}"
     for row in rows:
-        scores = judge.rank_group(row["prompt"], row["responses"])
-        pairs.extend(
-            pairs_from_scores(row["prompt"], row["responses"], scores, pairing, f"aiJudge:{judge.mode}")
-        )
+        scores = rank_group(ask, settings.rubric, settings.mode.value, row["prompt"], row["responses"])
+        pairs.extend(pairs_from_scores(row["prompt"], row["responses"], scores, pairing, label))
     return pairs
 
 
