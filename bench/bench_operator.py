@@ -55,7 +55,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from localcluster import LocalCluster, load_shape, node_manifests  # noqa: E402
 from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES  # noqa: E402
 from tests.conftest import Kube  # noqa: E402
-from tests.integration.operator_harness import SIM, create_pvc, free_port, rlhfjob  # noqa: E402
+from tests.integration.operator_harness import SIM, create_pvc, rlhfjob  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 STAGES = tuple(stage.value for stage in PIPELINE_STAGES)
 SECTION = "## Operator at scale"

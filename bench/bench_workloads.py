@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf_operator.local_runner import free_port
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' helpers, when run as a script
+
+from tests.support.ports import free_port  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -121,7 +123,6 @@ def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> di
 
 
 def bench_pipeline(workdir: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))
     import yaml
 
     from tests.train.conftest import tiny_manifest

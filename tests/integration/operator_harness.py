@@ -3,20 +3,19 @@ kwok plays (succeed with a given termination message, fail, hang)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.conftest import ROOT, Kube
+from tests.support.merge import merged
+from tests.support.ports import free_port
 
 SIM = "sim.rlhf-operator.dev"
 STAGE_RESULTS: dict[str, dict[str, Any]] = {
@@ -26,12 +25,6 @@ STAGE_RESULTS: dict[str, dict[str, Any]] = {
     "policy": {"metrics": {"meanReward": 7.5, "kl": 3.25, "policyStep": 30, "policyTotalSteps": 30}},
     "evaluation": {"metrics": {"winRate": 0.875, "rewardGain": 2.5}, "message": "Evaluated."},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OperatorProcess:
@@ -81,22 +74,12 @@ def rlhfjob(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
         set_stage_annotations(
             job, stage, {f"{SIM}/message": json.dumps(result), f"{SIM}/run-duration": "300ms"}
         )
-    return merge(job, overrides)
+    return merged(job, overrides)
 
 
 def set_stage_annotations(job: dict[str, Any], stage: str, annotations: dict[str, str]) -> None:
     pod = job["spec"].setdefault("stages", {}).setdefault(stage, {}).setdefault("pod", {})
     pod.setdefault("annotations", {}).update(annotations)
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def apply(cluster: Kube, job: dict[str, Any]) -> None:
@@ -155,13 +138,3 @@ def stage_record(current: dict[str, Any], stage: str) -> dict[str, Any]:
 def children(cluster: Kube, namespace: str, kind: str) -> list[dict[str, Any]]:
     listing = cluster.get_json(kind, "-n", namespace, "-l", "app.kubernetes.io/managed-by=rlhf-operator")
     return listing["items"]  # type: ignore[no-any-return]
-
-
-def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")

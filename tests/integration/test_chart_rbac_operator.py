@@ -17,7 +17,8 @@ import pytest
 
 from tests.chart_support import CHART, helm, service_account_kubeconfig
 from tests.conftest import ROOT, Kube
-from tests.integration.operator_harness import apply, create_pvc, free_port, rlhfjob, wait_phase
+from tests.integration.operator_harness import apply, create_pvc, rlhfjob, wait_phase
+from tests.support.ports import free_port
 
 # Chart values of this test: the stricter namespaced scope (a Role in the watched namespace, only
 # Kopf's discovery cluster-wide). Metrics are off so that no fixed port is bound on this machine.

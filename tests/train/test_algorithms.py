@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
+from tests.support.ports import free_port
 from tests.train.conftest import env, run_cli, stage_config
 
 pytestmark = pytest.mark.train

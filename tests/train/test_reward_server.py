@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
+from tests.support.ports import free_port
 from tests.train.conftest import env, stage_config
 from tests.train.test_algorithms import _wait_ready
 
