@@ -17,6 +17,7 @@ from rlhf_operator.api import artifacts
 from rlhf_operator.api.v1alpha1 import (
     PIPELINE_STAGES,
     ArtifactRetention,
+    Artifacts,
     ConditionType,
     Phase,
     RLHFJob,
@@ -28,7 +29,7 @@ from rlhf_operator.children import (
     Manifest,
     cleanup_job,
     config_map,
-    policy_headless_service,
+    headless_service,
     reward_server_deployment,
     reward_server_endpoint,
     reward_server_service,
@@ -46,16 +47,9 @@ from rlhf_operator.naming import (
     token_secret_name,
 )
 from rlhf_operator.results import failure_message, stage_result
+from rlhf_operator.stages import CLEANUP, STAGES, StageKey, pod_settings, skipped
 
-TERMINAL = {StageState.SUCCEEDED, StageState.FAILED, StageState.SKIPPED}
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
-# Which status metric or artifact each stage's result fills, so an old value is not kept by mistake.
-RESULT_ARTIFACT = {
-    StageName.PRECOMPUTE: "responses",
-    StageName.RANKING: "rankings",
-    StageName.REWARD_MODEL: "rewardModel",
-    StageName.POLICY: "policy",
-}
 
 
 @dataclass(frozen=True)
@@ -72,9 +66,9 @@ class Observed:
     missing: tuple[str, ...] | None = None
     progress: dict[str, Any] | None = None
 
-    def pods_of(self, stage: StageName) -> list[Manifest]:
+    def pods_of(self, stage: StageKey) -> list[Manifest]:
         return [
-            p for p in self.pods if p.get("metadata", {}).get("labels", {}).get(LABEL_STAGE) == stage.value
+            p for p in self.pods if p.get("metadata", {}).get("labels", {}).get(LABEL_STAGE) == str(stage)
         ]
 
 
@@ -93,15 +87,6 @@ class Plan:
     status: Manifest = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     check_dependencies: bool = False
-
-
-def skipped(job: RLHFJob, stage: StageName) -> bool:
-    dataset = job.spec.dataset
-    if stage is StageName.PRECOMPUTE:
-        return dataset.responses is not None or dataset.rankings is not None
-    if stage is StageName.RANKING:
-        return dataset.rankings is not None
-    return False
 
 
 def _iso(moment: datetime) -> str:
@@ -128,12 +113,7 @@ def dependencies(job: RLHFJob, config: OperatorConfig) -> list[tuple[str, str]]:
         needed.append(("PersistentVolumeClaim", spec.storage.volume.claim_name))
     if spec.storage.credentials is not None and spec.storage.credentials.secret_ref is not None:
         needed.append(("Secret", spec.storage.credentials.secret_ref.name))
-    accounts = {
-        s.pod.service_account_name
-        for s in (spec.stages.precompute, spec.stages.ranking, spec.stages.reward_model, spec.stages.policy,
-                  spec.stages.evaluation)
-        if s.pod.service_account_name
-    }  # fmt: skip
+    accounts = {name for stage in STAGES if (name := pod_settings(spec, stage).service_account_name)}
     if config.stage_service_account:
         accounts.add(config.stage_service_account)
     needed.extend(("ServiceAccount", name) for name in sorted(accounts))
@@ -158,7 +138,6 @@ class _Reconciler:
         self.plan = Plan()
         self.metrics: dict[str, Any] = dict(self.old.get("metrics", {}))
         self.artifacts: dict[str, str] = dict(self.old.get("artifacts", {}))
-        self.wants_create = False
 
     # ------------------------------------------------------------------------------ stages
     def run(self) -> Plan:
@@ -168,7 +147,7 @@ class _Reconciler:
         for stage in PIPELINE_STAGES:
             record = dict(self.previous.get(stage.value, {"name": stage.value}))
             record.setdefault("children", [])
-            if skipped(self.job, stage):
+            if skipped(self.spec, stage):
                 record.update(state=StageState.SKIPPED.value, message="Its output is given in spec.dataset.")
             elif record.get("state") in (StageState.SUCCEEDED.value, StageState.FAILED.value):
                 pass
@@ -213,8 +192,7 @@ class _Reconciler:
             result = stage_result(pods)
             self.metrics.update(result.metrics)
             self.artifacts.update(result.artifacts)
-            if stage in RESULT_ARTIFACT and RESULT_ARTIFACT[stage] not in self.artifacts:
-                self.artifacts[RESULT_ARTIFACT[stage]] = self._default_artifact(stage)
+            self._default_artifact(stage)
             record.update(state=StageState.SUCCEEDED.value, message=result.message or "Succeeded.")
         else:
             detail = failure_message(pods)
@@ -246,10 +224,12 @@ class _Reconciler:
                 record["message"] = "Waiting for the reward server to be ready."
                 return
         self._ensure_config(stage, endpoint)
-        if stage is StageName.POLICY and (
-            self.spec.stages.policy.nodes > 1 or self.spec.stages.policy.pod.resources.gpus > 1
+        if (
+            STAGES[stage]
+            .job_shape(child_name(self.identity.name, stage), self.identity.namespace, self.spec)
+            .headless_service
         ):
-            self._ensure_service(policy_headless_service(self.identity))
+            self._ensure_service(headless_service(self.identity, stage))
         self.plan.create.append(
             stage_job(self.identity, self.spec, stage, self.config, suspend=bool(self.spec.queue_name))
         )
@@ -264,13 +244,13 @@ class _Reconciler:
             names.append(child_name(self.identity.name, StageName.REWARD_SERVER))
         return names
 
-    def _default_artifact(self, stage: StageName) -> str:
-        return {
-            StageName.PRECOMPUTE: artifacts.precompute_manifest(self.root),
-            StageName.RANKING: artifacts.ranking_pairs(self.root),
-            StageName.REWARD_MODEL: artifacts.reward_model_dir(self.root),
-            StageName.POLICY: artifacts.policy_model_dir(self.root),
-        }[stage]
+    def _default_artifact(self, stage: StageName) -> None:
+        """Where the stage's output is when its pod reported none, so an old value is not kept."""
+        definition = STAGES[stage]
+        if definition.artifact_field is None or definition.default_artifact is None:
+            return
+        key = Artifacts.model_fields[definition.artifact_field].alias or definition.artifact_field
+        self.artifacts.setdefault(key, definition.default_artifact(self.root))
 
     def _ensure_config(self, stage: StageName, endpoint: str | None = None) -> None:
         if config_map_name(self.identity.name, stage) not in self.observed.config_maps:
@@ -461,10 +441,6 @@ def reconcile(
     return _Reconciler(job, status, observed, config, now).run()
 
 
-def status_changed(old: Manifest | None, new: Manifest) -> bool:
-    return (old or {}) != new
-
-
 @dataclass
 class RetentionPlan:
     create: list[Manifest] = field(default_factory=list)
@@ -505,7 +481,7 @@ def retention(
     if finished[0] == "Complete":
         plan.events.append(Event("Normal", "ArtifactsDeleted", f"Deleted the artifacts under {root}."))
     else:
-        detail = failure_message(observed.pods_of(StageName.EVALUATION)) or finished[1].get("message", "")
+        detail = failure_message(observed.pods_of(CLEANUP)) or finished[1].get("message", "")
         plan.events.append(
             Event(
                 "Warning", "ArtifactCleanupFailed", f"Could not delete the artifacts under {root}: {detail}"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from rlhf_operator.api.stage_config import parse_stage_config
 from rlhf_operator.api.v1alpha1 import RLHFJob, StageName
@@ -17,47 +16,14 @@ from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import MAX_CHILD_NAME, child_name
 from rlhf_operator.pipeline import Observed, reconcile
 from rlhf_operator.results import failure_message, stage_result
+from tests.support.builders import finished_job, pod, rlhfjob
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 CONFIG = OperatorConfig()
 
 
 def tiny(**spec: Any) -> RLHFJob:
-    manifest = yaml.safe_load((ROOT / "examples" / "tiny-rlhfjob.yaml").read_text())
-    manifest["metadata"] = {"name": "tiny", "namespace": "ml", "uid": "u-1", "generation": 1}
-    manifest["spec"] = deep_merge(manifest["spec"], spec)
-    return RLHFJob.model_validate(manifest)
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = (
-            deep_merge(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
-
-
-def finished_job(kind: str = "Complete", **status: Any) -> dict[str, Any]:
-    return {"spec": {}, "status": {"conditions": [{"type": kind, "status": "True", "reason": "Done",
-                                                  "lastTransitionTime": "2026-11-24T11:00:00Z"}], **status}}  # fmt: skip
-
-
-def pod(stage: StageName, phase: str, message: str, exit_code: int = 0, **extra: Any) -> dict[str, Any]:
-    terminated = {
-        "exitCode": exit_code,
-        "message": message,
-        "reason": "Completed",
-        "finishedAt": extra.get("at", ""),
-    }
-    return {
-        "metadata": {"labels": {"rlhf-operator.dev/stage": stage.value}, "annotations": {}},
-        "status": {"phase": phase, "containerStatuses": [{"state": {"terminated": terminated}}],
-                   "conditions": extra.get("conditions", [])},
-    }  # fmt: skip
+    return rlhfjob(**spec)
 
 
 def test_child_names_are_deterministic_and_short() -> None:

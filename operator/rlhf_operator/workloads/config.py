@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from rlhf_operator.api.stage_config import StageConfig
     from rlhf_operator.api.v1alpha1 import RLHFJobSpec
 
-STAGES = ("precompute", "ranking", "reward-model", "serve-reward", "policy", "evaluation")
-
 #: Knobs of the stage programs that the API does not expose. Every API field arrives in the config
 #: with its default filled in (the operator validates and dumps the spec with the API models), so
 #: the API's defaults are not repeated here.
