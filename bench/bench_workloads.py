@@ -24,6 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' helpers, when run as a script
 
+from rlhf_operator.api.stage_io import ProgressRecord  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -146,7 +147,7 @@ def bench_pipeline(workdir: Path) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     rss: dict[str, float] = {}
-    curve: list[dict[str, Any]] = []
+    curve: list[ProgressRecord] = []
     configs = workdir / "configs"
     for stage in ("precompute", "ranking", "reward-model", "policy", "evaluation"):
         if stage == "policy":  # rerun from scratch, not from the finished checkpoints
@@ -173,11 +174,11 @@ def bench_pipeline(workdir: Path) -> dict[str, Any]:
             from rlhf_operator.workloads.progress import parse_progress
 
             curve = [r for r in (parse_progress(line) for line in proc.stdout.splitlines()) if r]
-    seconds = [r["seconds"] for r in curve[1:]]  # step 1 includes warm-up
+    seconds = [r.seconds or 0.0 for r in curve[1:]]  # step 1 includes warm-up
     return {
         "peak_rss_mib": rss,
         "ppo_seconds_per_step": statistics.median(seconds),
-        "reward_curve": [(r["step"], round(r["meanReward"], 2), round(r["kl"], 2)) for r in curve],
+        "reward_curve": [(r.step, round(r.mean_reward or 0.0, 2), round(r.kl or 0.0, 2)) for r in curve],
     }
 
 

@@ -30,6 +30,7 @@ from rlhf_operator.children import JobIdentity, stage_config
 from rlhf_operator.stages import STAGES, skipped
 from rlhf_operator.workloads.exit_codes import EX_CONFIG
 from rlhf_operator.workloads.progress import parse_progress
+from rlhf_operator.workloads.result import RESULT_PREFIX
 
 
 def remap(value: Any, mount_path: str, workdir: str) -> Any:
@@ -94,11 +95,11 @@ def run_stage(
         record = parse_progress(line)
         if record is not None:
             print(
-                f"[{cli_stage}] step {record['step']}/{record.get('totalSteps')} reward "
-                f"{record.get('meanReward') or 0:.3f} kl {record.get('kl') or 0:.3f}",
+                f"[{cli_stage}] step {record.step}/{record.total_steps} reward "
+                f"{record.mean_reward or 0:.3f} kl {record.kl or 0:.3f}",
                 flush=True,
             )
-        elif not line.startswith("RLHF_RESULT"):
+        elif not line.startswith(RESULT_PREFIX):
             print(f"[{cli_stage}] {line.rstrip()}", flush=True)
     rc = proc.wait()
     result = json.loads(result_path.read_text()) if result_path.exists() else {}

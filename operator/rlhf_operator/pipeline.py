@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from rlhf_operator.api import artifacts
+from rlhf_operator.api.stage_io import ProgressRecord
 from rlhf_operator.api.v1alpha1 import (
     PIPELINE_STAGES,
     ArtifactRetention,
@@ -64,7 +65,7 @@ class Observed:
     pods: tuple[Manifest, ...] = ()
     # None: not checked yet; the caller checks and reconciles again when the plan asks for it.
     missing: tuple[str, ...] | None = None
-    progress: dict[str, Any] | None = None
+    progress: ProgressRecord | None = None
 
     def pods_of(self, stage: StageKey) -> list[Manifest]:
         return [
@@ -190,8 +191,8 @@ class _Reconciler:
         )
         if kind == "Complete":
             result = stage_result(pods)
-            self.metrics.update(result.metrics)
-            self.artifacts.update(result.artifacts)
+            self.metrics.update(result.metrics.model_dump(by_alias=True, exclude_none=True))
+            self.artifacts.update(result.artifacts.model_dump(by_alias=True, exclude_none=True))
             self._default_artifact(stage)
             record.update(state=StageState.SUCCEEDED.value, message=result.message or "Succeeded.")
         else:
@@ -269,17 +270,8 @@ class _Reconciler:
             # With a queue, Kueue decides when a suspended Job runs.
             self.plan.patch.append(("Job", name, {"spec": {"suspend": False}}))
 
-    def _take_progress(self, progress: Manifest) -> None:
-        mapping = {
-            "step": "policyStep",
-            "totalSteps": "policyTotalSteps",
-            "meanReward": "meanReward",
-            "kl": "kl",
-        }
-        for key, metric in mapping.items():
-            value = progress.get(key)
-            if isinstance(value, int | float):
-                self.metrics[metric] = value
+    def _take_progress(self, progress: ProgressRecord) -> None:
+        self.metrics.update(progress.metrics().model_dump(by_alias=True, exclude_none=True))
 
     # ------------------------------------------------------------------------------ reward server
     def _reward_server_ready(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rlhf_operator.api.stage_io import ProgressRecord
 from tests.support.ports import free_port
 from tests.train.conftest import env, run_cli, stage_config
 
@@ -29,7 +30,7 @@ def _run_stage(
     )
 
 
-def _progress(stdout: str) -> list[dict[str, Any]]:
+def _progress(stdout: str) -> list[ProgressRecord]:
     from rlhf_operator.workloads.progress import parse_progress
 
     return [r for r in (parse_progress(line) for line in stdout.splitlines()) if r is not None]
@@ -89,11 +90,14 @@ def test_remote_reward_matches_colocated(pipeline: dict[str, Any], fresh_root: P
         server.wait(timeout=30)
     assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-3000:]
     a, b = _progress(colocated.stdout), _progress(remote.stdout)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r.step for r in a] == [r.step for r in b] == [1, 2, 3, 4]
     for x, y in zip(a, b, strict=True):
         # Same seed, same prompts, same samples: only float noise from different batch padding.
-        assert abs(x["meanReward"] - y["meanReward"]) < 1e-2 * max(1.0, abs(x["meanReward"])), (a, b)
-        assert abs(x["kl"] - y["kl"]) < 1e-2 * max(1.0, abs(x["kl"])), (a, b)
+        assert (
+            x.mean_reward is not None and y.mean_reward is not None and x.kl is not None and y.kl is not None
+        )
+        assert abs(x.mean_reward - y.mean_reward) < 1e-2 * max(1.0, abs(x.mean_reward)), (a, b)
+        assert abs(x.kl - y.kl) < 1e-2 * max(1.0, abs(x.kl)), (a, b)
 
 
 def _wait_ready(endpoint: str, timeout: float = 90.0) -> None:

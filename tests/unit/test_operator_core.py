@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rlhf_operator.api.stage_config import parse_stage_config
-from rlhf_operator.api.v1alpha1 import RLHFJob, StageName
+from rlhf_operator.api.v1alpha1 import Artifacts, RLHFJob, StageName
 from rlhf_operator.children import JobIdentity, stage_job
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import MAX_CHILD_NAME, child_name
@@ -168,7 +168,7 @@ def test_remote_policy_waits_for_a_ready_reward_server() -> None:
 
 def test_results_merge_shards_and_failures_prefer_counted_ones() -> None:
     a = pod(StageName.PRECOMPUTE, "Succeeded", json.dumps({"artifacts": {"responses": "s3://b/m.json"}}))
-    assert stage_result([a]).artifacts == {"responses": "s3://b/m.json"}
+    assert stage_result([a]).artifacts == Artifacts(responses="s3://b/m.json")
     drained = pod(StageName.POLICY, "Failed", "node drained", exit_code=137, at="2026-11-24T11:00:02Z",
                   conditions=[{"type": "DisruptionTarget", "status": "True"}])  # fmt: skip
     crash = pod(StageName.POLICY, "Failed", "Traceback: boom", exit_code=1, at="2026-11-24T11:00:01Z")

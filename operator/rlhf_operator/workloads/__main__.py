@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             failure(f"{type(exc).__name__}: {exc}; the stage will be retried.", "StageError")
         )
         return EX_RETRYABLE
-    if payload:
+    if payload is not None:
         write_termination_message(payload)
     return EX_OK
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
@@ -19,7 +21,6 @@ from rlhf_operator.workloads.modeling import (
     load_causal_lm,
     load_tokenizer,
 )
-from rlhf_operator.workloads.result import success
 from rlhf_operator.workloads.runtime import completion_index, seed_everything
 
 
@@ -132,7 +133,7 @@ def write_manifest_if_complete(ctx: StageContext, settings: dict[str, Any], held
     return True
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     train, held, prompts_hash = split_prompts(ctx)
     settings = settings_of(ctx, prompts_hash)
     count = settings["shards"]
@@ -157,7 +158,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     message = f"Shard {index + 1} of {count} holds responses for {produced} prompts" + (
         "; all shards are complete." if complete else "; other shards are still running."
     )
-    return success({}, {"responses": layout.precompute_dir(root)}, message)
+    return StageResult(artifacts=Artifacts(responses=layout.precompute_dir(root)), message=message)
 
 
 def training_prompts(ctx: StageContext) -> list[str]:

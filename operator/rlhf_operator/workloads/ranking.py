@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.judges import LogProbJudge, rule_from_spec
-from rlhf_operator.workloads.result import success
 
 Pair = dict[str, Any]
 
@@ -191,7 +192,7 @@ def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
     return pairs
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     method = str(ctx.get("stages.ranking.method"))
     if method == "human":
         pairs = human_pairs(ctx)
@@ -213,8 +214,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         layout.ranking_manifest(root),
         {"method": method, "pairs": len(pairs), "file": layout.pairs_file(root), "complete": True},
     )
-    return success(
-        {},
-        {"rankings": layout.pairs_file(root)},
-        f"Ranking ({method}) produced {len(pairs)} preference pairs.",
+    return StageResult(
+        artifacts=Artifacts(rankings=layout.pairs_file(root)),
+        message=f"Ranking ({method}) produced {len(pairs)} preference pairs.",
     )
