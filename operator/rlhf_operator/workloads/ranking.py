@@ -6,11 +6,11 @@ import time
 from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
-from rlhf_operator.api.v1alpha1 import Artifacts
+from rlhf_operator.api.v1alpha1 import AiJudge, Artifacts, RankingMethod, RuleName, RuleSpec
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.judges import LogProbJudge, rule_from_spec
+from rlhf_operator.workloads.judges import DEFAULT_KEYWORDS, LogProbJudge, rule_from_spec
 
 Pair = dict[str, Any]
 
@@ -18,9 +18,9 @@ Pair = dict[str, Any]
 def load_responses(ctx: StageContext) -> list[dict[str, Any]]:
     """Rows {prompt, responses}: `dataset.responses` when given (precompute is skipped then),
     else the precompute artifact (all shards, in input order)."""
-    source = ctx.get("dataset.responses.source", None)
-    if source:
-        return read_responses_file(source, ctx.get("dataset.responses.format", None))
+    responses = ctx.typed_spec.dataset.responses
+    if responses is not None:
+        return read_responses_file(responses.source, responses.format.value)
     manifest_uri = layout.responses_manifest(ctx.artifact_root)
     if not storage.exists(manifest_uri):
         raise StageConfigError(
@@ -78,14 +78,10 @@ def pairs_from_scores(
 
 
 def _known_prompts(ctx: StageContext) -> set[str] | None:
-    source = ctx.get("dataset.prompts.source", None)
-    if not source or not storage.exists(source):
+    prompts = ctx.typed_spec.dataset.prompts
+    if not storage.exists(prompts.source):
         return None
-    return set(
-        data.read_prompts(
-            source, ctx.get("dataset.prompts.format"), str(ctx.get("dataset.prompts.promptField"))
-        )
-    )
+    return set(data.read_prompts(prompts.source, prompts.format.value, prompts.prompt_field))
 
 
 def validate_human_row(row: dict[str, Any], number: int, source: str, known: set[str] | None) -> list[Pair]:
@@ -148,13 +144,13 @@ def wait_for(source: str, timeout_s: float, poll_s: float = 2.0) -> None:
 
 
 def human_pairs(ctx: StageContext) -> list[Pair]:
-    source = ctx.get("stages.ranking.human.source", None)
-    if not source:
+    human = ctx.typed_spec.stages.ranking.human
+    if human is None or not human.source:
         raise StageConfigError(
             "stages.ranking.human.source must name the rankings file for the human method.", "MissingField"
         )
-    wait_for(source, float(ctx.get("stages.ranking.human.waitTimeoutSeconds")))
-    return read_rankings_file(ctx, source, None)
+    wait_for(human.source, float(human.wait_timeout_seconds))
+    return read_rankings_file(ctx, human.source, None)
 
 
 def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[Pair]:
@@ -166,24 +162,23 @@ def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[
     return pairs
 
 
-def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
+def scored_pairs(ctx: StageContext, method: RankingMethod) -> list[Pair]:
     rows = load_responses(ctx)
-    pairing = str(ctx.get("stages.ranking.pairs"))
+    spec = ctx.typed_spec
+    ranking = spec.stages.ranking
+    pairing = ranking.pairs.value
     pairs: list[Pair] = []
-    if method == "rule":
-        rule = ctx.get("stages.ranking.rule", {}) or {}
-        scorer = rule_from_spec(rule, ctx, "stages.ranking.rule")
-        label = f"rule:{rule.get('name', 'keywords')}"
+    if method is RankingMethod.RULE:
+        rule = ranking.rule or RuleSpec(name=RuleName.KEYWORDS, keywords=list(DEFAULT_KEYWORDS))
+        scorer = rule_from_spec(rule, where="stages.ranking.rule")
+        label = f"rule:{rule.name.value}"
         for row in rows:
             scores = scorer([row["prompt"]] * len(row["responses"]), row["responses"])
             pairs.extend(pairs_from_scores(row["prompt"], row["responses"], scores, pairing, label))
         return pairs
-    judge_model = ctx.get("stages.ranking.aiJudge.model", None) or ctx.require("baseModel.source")
-    judge = LogProbJudge(
-        judge_model,
-        str(ctx.get("stages.ranking.aiJudge.rubric")),
-        str(ctx.get("stages.ranking.aiJudge.mode")),
-    )
+    # The API requires aiJudge (and its model) for the aiJudge method.
+    judge_spec = ranking.ai_judge or AiJudge(model=spec.base_model.source)
+    judge = LogProbJudge(judge_spec.model, judge_spec.rubric, judge_spec.mode)
     for row in rows:
         scores = judge.rank_group(row["prompt"], row["responses"])
         pairs.extend(
@@ -193,15 +188,8 @@ def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
 
 
 def run(ctx: StageContext) -> StageResult:
-    method = str(ctx.get("stages.ranking.method"))
-    if method == "human":
-        pairs = human_pairs(ctx)
-    elif method in {"rule", "aiJudge"}:
-        pairs = scored_pairs(ctx, method)
-    else:
-        raise StageConfigError(
-            f"stages.ranking.method must be human, aiJudge or rule, not {method!r}.", "InvalidRankingMethod"
-        )
+    method = ctx.typed_spec.stages.ranking.method
+    pairs = human_pairs(ctx) if method is RankingMethod.HUMAN else scored_pairs(ctx, method)
     if len(pairs) < 2:
         raise StageConfigError(
             f"ranking produced {len(pairs)} preference pairs; at least 2 are needed to train a "
@@ -212,9 +200,9 @@ def run(ctx: StageContext) -> StageResult:
     storage.write_jsonl_atomic(layout.pairs_file(root), pairs)
     storage.write_json_atomic(
         layout.ranking_manifest(root),
-        {"method": method, "pairs": len(pairs), "file": layout.pairs_file(root), "complete": True},
+        {"method": method.value, "pairs": len(pairs), "file": layout.pairs_file(root), "complete": True},
     )
     return StageResult(
         artifacts=Artifacts(rankings=layout.pairs_file(root)),
-        message=f"Ranking ({method}) produced {len(pairs)} preference pairs.",
+        message=f"Ranking ({method.value}) produced {len(pairs)} preference pairs.",
     )
