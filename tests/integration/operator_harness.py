@@ -44,6 +44,7 @@ class OperatorProcess:
             RLHF_OPERATOR_NAMESPACES=self.namespaces,
             RLHF_OPERATOR_METRICS_PORT=str(self.settings.pop("metrics_port", "0")),
             RLHF_OPERATOR_PROGRESS_INTERVAL_SECONDS="1",
+            RLHF_OPERATOR_RESYNC_INTERVAL_SECONDS="1",
             **{f"RLHF_OPERATOR_{k.upper()}": v for k, v in self.settings.items()},
         )
         log = self.log_path.open("ab")

@@ -16,6 +16,10 @@ Manifest = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def TOKEN() -> str:  # noqa: N802 - a constant token source for the planner
+    return "test-token"
+
+
 def rlhfjob(name: str = "tiny", namespace: str = "ml", uid: str = "u-1", **spec: Any) -> RLHFJob:
     """The tiny example RLHFJob with `spec` merged in, as the API server stores it."""
     manifest = yaml.safe_load((ROOT / "examples" / "tiny-rlhfjob.yaml").read_text())

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from rlhf_operator.api.stage_io import ProgressRecord, StageFailure, StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
 from rlhf_operator.config import OperatorConfig
-from rlhf_operator.pipeline import Observed, reconcile
+from rlhf_operator.pipeline import reconcile
+from rlhf_operator.plan import Observed
 from rlhf_operator.results import failure_message, stage_result
 from rlhf_operator.workloads.evaluation import evaluation_result
 from rlhf_operator.workloads.result import MAX_MESSAGE_BYTES, failure, write_termination_message
-from tests.support.builders import finished_job, pod, rlhfjob
+from tests.support.builders import TOKEN, finished_job, pod, rlhfjob
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 REPORT = {"winRate": 0.75, "baseReward": 1.0, "policyReward": 2.0, "rewardGain": 1.0, "kl": 0.125}
@@ -80,7 +81,7 @@ def test_evaluation_reports_its_kl_apart_from_the_policys() -> None:
         pods=(pod("evaluation", "Succeeded", result.model_dump(by_alias=True, exclude_none=True)),),
         missing=(),
     )
-    metrics = reconcile(job, status, observed, OperatorConfig(), NOW).status["metrics"]
+    metrics = reconcile(job, status, observed, OperatorConfig(), NOW, new_token=TOKEN).status["metrics"]
     assert metrics["kl"] == 3.25 and metrics["evaluationKl"] == 0.125 and metrics["winRate"] == 0.75
 
 

@@ -13,11 +13,12 @@ from rlhf_operator.children import JobIdentity, stage_job
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.local_runner import plan as local_plan
 from rlhf_operator.naming import LABEL_COMPONENT, LABEL_STAGE, child_name
-from rlhf_operator.pipeline import Observed, reconcile, retention
+from rlhf_operator.pipeline import reconcile, retention
+from rlhf_operator.plan import Observed
 from rlhf_operator.stages import BY_COMMAND, CLEANUP, STAGES, skipped
 from rlhf_operator.workloads import __main__ as entry
 from rlhf_operator.workloads import layout
-from tests.support.builders import finished_job, pod, rlhfjob
+from tests.support.builders import TOKEN, finished_job, pod, rlhfjob
 
 CONFIG = OperatorConfig()
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
@@ -44,7 +45,7 @@ def test_run_local_and_the_operator_skip_the_same_stages(dataset: dict[str, obje
     job = rlhfjob(dataset=dataset)
     assert [s.value for s in local_plan(job.spec)] == runs
     assert [s.value for s in PIPELINE_STAGES if not skipped(job.spec, s)] == runs
-    status = reconcile(job, {}, Observed(missing=()), CONFIG, NOW).status
+    status = reconcile(job, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).status
     assert [r["name"] for r in status["stages"] if r["state"] != "Skipped"] == runs
 
 
@@ -67,7 +68,7 @@ def test_job_shape_is_the_stages_hook(stage: StageName, completions: int, indexe
 def test_multi_node_policy_asks_for_its_headless_service() -> None:
     job = rlhfjob(stages={"policy": {"nodes": 2}})
     done = {"stages": [{"name": s, "state": "Succeeded"} for s in ("precompute", "ranking", "rewardModel")]}
-    created = reconcile(job, done, Observed(missing=()), CONFIG, NOW).create
+    created = reconcile(job, done, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).create
     service = next(m for m in created if m["kind"] == "Service")
     assert service["metadata"]["name"] == "tiny-policy" and service["spec"]["clusterIP"] == "None"
 
@@ -78,7 +79,7 @@ def test_default_precompute_artifact_is_what_the_stage_reports() -> None:
     observed = Observed(
         jobs={"tiny-precompute": finished_job()}, pods=(pod("precompute", "Succeeded", {}),), missing=()
     )
-    status = reconcile(rlhfjob(), {}, observed, CONFIG, NOW).status
+    status = reconcile(rlhfjob(), {}, observed, CONFIG, NOW, new_token=TOKEN).status
     assert status["artifacts"]["responses"] == layout.precompute_dir(root) == artifacts.precompute_dir(root)
 
 
