@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' helpers, when run as a script
 
 from rlhf_operator.api.stage_io import ProgressRecord  # noqa: E402
+from tests.support.launchers import wait_http_ready  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -95,7 +96,6 @@ async def _load(port: int, clients: int, per_client: int) -> tuple[float, list[f
 
 
 def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> dict[str, float]:
-    import urllib.request
 
     out: dict[str, float] = {}
     for label, batching in (("unbatched", False), ("batched", True)):
@@ -106,12 +106,7 @@ def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> di
             stdout=subprocess.DEVNULL,
         )
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_http_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
             elapsed, latencies = asyncio.run(_load(port, clients, per_client))
         finally:
             proc.terminate()

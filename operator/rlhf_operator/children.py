@@ -138,6 +138,28 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
+def _volumes(
+    job: JobIdentity, spec: RLHFJobSpec, stage: StageKey, with_config: bool
+) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, mounts): /tmp, the stage's config, the storage volume, the reward token."""
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if with_config:
+        volumes.append({"name": "config", "configMap": {"name": config_map_name(job.name, stage)}})
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    if spec.storage.volume is not None:
+        volume = spec.storage.volume
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": volume.claim_name}})
+        mount: Manifest = {"name": "data", "mountPath": volume.mount_path}
+        if volume.sub_path:
+            mount["subPath"] = volume.sub_path
+        mounts.append(mount)
+    if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
+        volumes.append({"name": "reward-token", "secret": {"secretName": token_secret_name(job.name)}})
+        mounts.append({"name": "reward-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
 def pod_spec(
     job: JobIdentity,
     spec: RLHFJobSpec,
@@ -165,21 +187,8 @@ def pod_spec(
         *(extra_env or []),
         *({"name": e.name, "value": e.value} for e in settings.env),
     ]
-    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if with_config:
-        volumes.append({"name": "config", "configMap": {"name": config_map_name(job.name, stage)}})
-        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
-    if spec.storage.volume is not None:
-        volume = spec.storage.volume
-        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": volume.claim_name}})
-        mount: Manifest = {"name": "data", "mountPath": volume.mount_path}
-        if volume.sub_path:
-            mount["subPath"] = volume.sub_path
-        mounts.append(mount)
+    volumes, mounts = _volumes(job, spec, stage, with_config)
     if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
-        volumes.append({"name": "reward-token", "secret": {"secretName": token_secret_name(job.name)}})
-        mounts.append({"name": "reward-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
         env.append({"name": "RLHF_REWARD_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/{TOKEN_KEY}"})
     container: Manifest = {
         "name": CONTAINER,

@@ -32,6 +32,8 @@ from rlhf_operator.workloads.exit_codes import EX_CONFIG
 from rlhf_operator.workloads.progress import parse_progress
 from rlhf_operator.workloads.result import RESULT_PREFIX
 
+SERVE_REWARD = str(STAGES[StageName.REWARD_SERVER].command)
+
 
 def remap(value: Any, mount_path: str, workdir: str) -> Any:
     """Every string under the volume's mountPath, rewritten to the same place under workdir."""
@@ -125,7 +127,7 @@ class RewardServer:
                 sys.executable,
                 "-m",
                 "rlhf_operator.workloads",
-                "serve-reward",
+                SERVE_REWARD,
                 "--config",
                 str(config),
                 "--host",
@@ -135,7 +137,7 @@ class RewardServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_stage_env(workdir, "serve-reward", {"RLHF_REWARD_TOKEN": self.token}),
+            env=_stage_env(workdir, SERVE_REWARD, {"RLHF_REWARD_TOKEN": self.token}),
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

@@ -12,6 +12,7 @@ import importlib
 import sys
 import traceback
 
+from rlhf_operator.api.v1alpha1 import StageName
 from rlhf_operator.stages import BY_COMMAND
 from rlhf_operator.workloads.config import load_config
 from rlhf_operator.workloads.errors import StageConfigError
@@ -26,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     for stage in BY_COMMAND:
         p = sub.add_parser(stage)
         p.add_argument("--config", required=True, help="StageConfig file (JSON or YAML)")
-        if stage == "serve-reward":
+        if BY_COMMAND[stage].name is StageName.REWARD_SERVER:
             p.add_argument("--host", default="0.0.0.0")
             p.add_argument("--port", type=int, default=None)
             p.add_argument(
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = load_config(args.config, stage=args.stage)
         module = importlib.import_module(str(BY_COMMAND[args.stage].module))
-        payload = module.run(ctx, args) if args.stage == "serve-reward" else module.run(ctx)
+        serves = BY_COMMAND[args.stage].name is StageName.REWARD_SERVER
+        payload = module.run(ctx, args) if serves else module.run(ctx)
     except StageConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
         write_termination_message(failure(exc.message, exc.reason))
