@@ -17,13 +17,19 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from rlhf_operator import metrics
-from rlhf_operator.api.v1alpha1 import Phase, RLHFJob
+from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
 from rlhf_operator.coalescer import Coalescer
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.executor import KubeApi, PlanExecutor
 from rlhf_operator.naming import CLEANUP_FINALIZER
-from rlhf_operator.pipeline import dependencies, finished_plan, progress_pod, reconcile, retention
-from rlhf_operator.pipeline.context import stored_status
+from rlhf_operator.pipeline import (
+    dependencies,
+    finished_plan,
+    progress_pod,
+    reconcile,
+    retention,
+    stored_status,
+)
 from rlhf_operator.plan import Manifest, Observed
 from rlhf_operator.store import Key, Store
 from rlhf_operator.workloads.progress import last_progress
@@ -85,18 +91,19 @@ class Controller:
             return
         uid = body["metadata"]["uid"]
         observed = self.store.observed(uid)
-        done = finished_plan(job, status, observed)
+        old = stored_status(status)  # parsed once for every step below
+        done = finished_plan(job, old, observed)
         if done is not None:
             self.executor.execute(key, uid, done)
             return
         finalizers = list(body["metadata"].get("finalizers") or [])
         self.executor.execute_retention(key, uid, retention(job, finalizers, False, observed, self.config))
-        observed = self._with_progress(key, status, observed)
+        observed = self._with_progress(key, old, observed)
         now = self._clock()
-        plan = reconcile(job, status, observed, self.config, now, new_token=self._new_token)
+        plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         if plan.check_dependencies:
             observed = observed.with_missing(self.kube.missing(key[0], dependencies(job, self.config)))
-            plan = reconcile(job, status, observed, self.config, now, new_token=self._new_token)
+            plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         if self.executor.execute(key, uid, plan) is not None:
             metrics.observe_stage_durations(status, plan.status)
 
@@ -132,9 +139,9 @@ class Controller:
         )  # fmt: skip
         self.store.put_job(self.kube.patch_status(*key, status))
 
-    def _with_progress(self, key: Key, status: Manifest, observed: Observed) -> Observed:
+    def _with_progress(self, key: Key, status: RLHFJobStatus, observed: Observed) -> Observed:
         """Reads the running policy's latest progress line, at most once per progress interval."""
-        pod = progress_pod(stored_status(status), observed)
+        pod = progress_pod(status, observed)
         now = time.monotonic()
         if (
             pod is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rlhf_operator.api.v1alpha1 import Phase, RLHFJob
+from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
 from rlhf_operator.children import JobIdentity, Manifest
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.pipeline.context import PlanningPass, TokenSource, dump, stored_status
@@ -25,12 +25,12 @@ from rlhf_operator.plan import Observed, Plan
 
 FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 
-__all__ = ["dependencies", "finished_plan", "progress_pod", "reconcile", "retention"]
+__all__ = ["dependencies", "finished_plan", "progress_pod", "reconcile", "retention", "stored_status"]
 
 
 def reconcile(
     job: RLHFJob,
-    status: Manifest,
+    status: RLHFJobStatus | Manifest,
     observed: Observed,
     config: OperatorConfig,
     now: datetime,
@@ -38,7 +38,8 @@ def reconcile(
     new_token: TokenSource,
 ) -> Plan:
     """What should exist for `job` (its spec) given its stored `status` and `observed` children."""
-    ctx = PlanningPass(job, stored_status(status), observed, config, now, new_token)
+    old = status if isinstance(status, RLHFJobStatus) else stored_status(status)
+    ctx = PlanningPass(job, old, observed, config, now, new_token)
     records = stage_records(ctx)
     reward_server_lifecycle(ctx, records)
     new = build_status(ctx, records)
@@ -49,10 +50,9 @@ def reconcile(
     return ctx.plan
 
 
-def finished_plan(job: RLHFJob, status: Manifest, observed: Observed) -> Plan | None:
+def finished_plan(job: RLHFJob, old: RLHFJobStatus, observed: Observed) -> Plan | None:
     """For a job that finished at its current generation: only what must go (a reward server
     left behind, e.g. by an operator restart); None while the job still has work."""
-    old = stored_status(status)
     if old.phase not in FINISHED_PHASES or old.observed_generation != job.metadata.generation:
         return None
     meta = job.metadata

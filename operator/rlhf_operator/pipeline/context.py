@@ -64,8 +64,9 @@ class PlanningPass:
         self.root = artifacts.job_root(self.job.spec.storage, meta.namespace, meta.name, meta.uid)
         # Status times have second precision; so does everything the pass writes.
         self.now = self.now.replace(microsecond=0)
-        self.metrics = self.old.metrics or Metrics()
-        self.artifacts = self.old.artifacts or Artifacts()
+        # Copies: the stored status stays as it was, to tell whether the new one differs.
+        self.metrics = (self.old.metrics or Metrics()).model_copy()
+        self.artifacts = (self.old.artifacts or Artifacts()).model_copy()
         self.previous: dict[str, StageStatus] = {s.name.value: s for s in self.old.stages}
 
     @property
