@@ -34,7 +34,6 @@ import platform
 import re
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +54,9 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from localcluster import LocalCluster, load_shape, node_manifests  # noqa: E402
 from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES  # noqa: E402
 from tests.conftest import Kube  # noqa: E402
-from tests.integration.operator_harness import SIM, create_pvc, free_port, rlhfjob  # noqa: E402
+from tests.integration.operator_harness import SIM, create_pvc, rlhfjob  # noqa: E402
+from tests.support.launchers import OperatorLauncher, wait_http_ready  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 STAGES = tuple(stage.value for stage in PIPELINE_STAGES)
 SECTION = "## Operator at scale"
@@ -148,37 +149,23 @@ def apiserver_requests(cluster: LocalCluster) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------- operator
 class Operator:
+    """The operator under test (tests.support.launchers), with its metrics endpoint."""
+
     def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, python: Path) -> None:
         self.metrics_port = free_port()
-        self.health_port = free_port()
-        env = dict(
-            os.environ,
-            KUBECONFIG=str(kubeconfig),
-            RLHF_OPERATOR_NAMESPACES=namespace,
-            RLHF_OPERATOR_METRICS_PORT=str(self.metrics_port),
-            PYTHONPATH=str(ROOT / "operator"),
+        # Every other setting at its default (the launcher drops RLHF_OPERATOR_* from the shell).
+        env = {"RLHF_OPERATOR_NAMESPACES": namespace, "RLHF_OPERATOR_METRICS_PORT": str(self.metrics_port)}
+        self.launcher = OperatorLauncher(
+            kubeconfig, log_path, env, python=python, pythonpath=ROOT / "operator"
         )
-        env.pop("RLHF_OPERATOR_PROGRESS_INTERVAL_SECONDS", None)  # the default interval
-        self.log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(python), "-m", "rlhf_operator", "operator",
-             f"--liveness=http://127.0.0.1:{self.health_port}/healthz"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+        self.launcher.start()
+        assert self.launcher.process is not None
+        self.process = self.launcher.process
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the operator exited with {self.process.returncode}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).read()
-                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read()
-                time.sleep(1.0)  # let the watches start
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("the operator did not become ready")
+        self.launcher.wait_ready(timeout)
+        wait_http_ready(f"http://127.0.0.1:{self.metrics_port}/metrics", self.process, timeout)
+        time.sleep(1.0)  # let the watches start
 
     def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read()
@@ -201,14 +188,7 @@ class Operator:
         }
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
+        self.launcher.stop()
 
 
 # ---------------------------------------------------------------------------------- statistics

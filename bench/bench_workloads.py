@@ -21,9 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf_operator.local_runner import free_port
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' helpers, when run as a script
+
+from rlhf_operator.api.stage_io import ProgressRecord  # noqa: E402
+from tests.support.launchers import wait_http_ready  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -92,7 +96,6 @@ async def _load(port: int, clients: int, per_client: int) -> tuple[float, list[f
 
 
 def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> dict[str, float]:
-    import urllib.request
 
     out: dict[str, float] = {}
     for label, batching in (("unbatched", False), ("batched", True)):
@@ -103,12 +106,7 @@ def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> di
             stdout=subprocess.DEVNULL,
         )
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_http_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
             elapsed, latencies = asyncio.run(_load(port, clients, per_client))
         finally:
             proc.terminate()
@@ -121,7 +119,6 @@ def bench_server(model_dir: str, clients: int = 32, per_client: int = 150) -> di
 
 
 def bench_pipeline(workdir: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))
     import yaml
 
     from tests.train.conftest import tiny_manifest
@@ -145,7 +142,7 @@ def bench_pipeline(workdir: Path) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
     )
     rss: dict[str, float] = {}
-    curve: list[dict[str, Any]] = []
+    curve: list[ProgressRecord] = []
     configs = workdir / "configs"
     for stage in ("precompute", "ranking", "reward-model", "policy", "evaluation"):
         if stage == "policy":  # rerun from scratch, not from the finished checkpoints
@@ -172,11 +169,11 @@ def bench_pipeline(workdir: Path) -> dict[str, Any]:
             from rlhf_operator.workloads.progress import parse_progress
 
             curve = [r for r in (parse_progress(line) for line in proc.stdout.splitlines()) if r]
-    seconds = [r["seconds"] for r in curve[1:]]  # step 1 includes warm-up
+    seconds = [r.seconds or 0.0 for r in curve[1:]]  # step 1 includes warm-up
     return {
         "peak_rss_mib": rss,
         "ppo_seconds_per_step": statistics.median(seconds),
-        "reward_curve": [(r["step"], round(r["meanReward"], 2), round(r["kl"], 2)) for r in curve],
+        "reward_curve": [(r.step, round(r.mean_reward or 0.0, 2), round(r.kl or 0.0, 2)) for r in curve],
     }
 
 

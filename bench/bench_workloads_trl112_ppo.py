@@ -104,7 +104,7 @@ def train_ours(workdir: Path, root: Path) -> float:
 
     steps = [r for r in (parse_progress(line) for line in proc.stdout.splitlines()) if r]
     assert len(steps) == SETTINGS["batches"], proc.stdout[-2000:]
-    return float(sum(r["seconds"] for r in steps)) / len(steps)
+    return float(sum(r.seconds or 0.0 for r in steps)) / len(steps)
 
 
 def evaluate(workdir: Path, root: Path) -> dict[str, float]:

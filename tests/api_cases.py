@@ -8,9 +8,10 @@ An `update` case creates `before` first, then changes it into `manifest` (transi
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.support.merge import merged
 
 Manifest = dict[str, Any]
 
@@ -25,19 +26,6 @@ BASE: Manifest = {
         "stages": {"ranking": {"method": "rule", "rule": {"name": "keywords", "keywords": ["good"]}}},
     },
 }
-
-
-def merged(base: Manifest, patch: Manifest) -> Manifest:
-    """JSON merge patch (RFC 7386): maps merge recursively, None deletes, anything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def spec(patch: Manifest) -> Manifest:

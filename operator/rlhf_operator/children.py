@@ -20,7 +20,7 @@ from rlhf_operator.api.stage_config import (
 )
 from rlhf_operator.api.stage_config import dump_stage_config as dump_config
 from rlhf_operator.api.v1alpha1 import API_VERSION, KIND, PodSettings, RLHFJobSpec, StageName
-from rlhf_operator.config import OperatorConfig, Role
+from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
     child_name,
@@ -29,32 +29,15 @@ from rlhf_operator.naming import (
     labels,
     token_secret_name,
 )
+from rlhf_operator.stages import CLEANUP, MASTER_PORT, STAGES, StageKey, pod_settings
 from rlhf_operator.workloads.exit_codes import EX_CONFIG
 
 Manifest = dict[str, Any]
 
 CONTAINER = "stage"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-MASTER_PORT = 29500
 TOKEN_MOUNT = "/var/run/secrets/rlhf-operator/reward"
 TOKEN_KEY = "token"
-
-ROLE_OF_STAGE = {
-    StageName.PRECOMPUTE: Role.CPU,
-    StageName.RANKING: Role.CPU,
-    StageName.REWARD_MODEL: Role.REWARD,
-    StageName.REWARD_SERVER: Role.REWARD,
-    StageName.POLICY: Role.POLICY,
-    StageName.EVALUATION: Role.CPU,
-}
-COMMAND_OF_STAGE = {
-    StageName.PRECOMPUTE: "precompute",
-    StageName.RANKING: "ranking",
-    StageName.REWARD_MODEL: "reward-model",
-    StageName.REWARD_SERVER: "serve-reward",
-    StageName.POLICY: "policy",
-    StageName.EVALUATION: "evaluation",
-}
 
 
 @dataclass(frozen=True)
@@ -75,26 +58,13 @@ class JobIdentity:
             "blockOwnerDeletion": True,
         }
 
-    def metadata(self, name: str, stage: StageName) -> Manifest:
+    def metadata(self, name: str, stage: StageKey) -> Manifest:
         return {
             "name": name,
             "namespace": self.namespace,
             "labels": labels(self.name, self.uid, stage),
             "ownerReferences": [self.owner_reference()],
         }
-
-
-def pod_settings(spec: RLHFJobSpec, stage: StageName) -> PodSettings:
-    stages = spec.stages
-    settings: dict[StageName, PodSettings] = {
-        StageName.PRECOMPUTE: stages.precompute.pod,
-        StageName.RANKING: stages.ranking.pod,
-        StageName.REWARD_MODEL: stages.reward_model.pod,
-        StageName.REWARD_SERVER: stages.reward_model.pod,
-        StageName.POLICY: stages.policy.pod,
-        StageName.EVALUATION: stages.evaluation.pod,
-    }
-    return settings[stage]
 
 
 def stage_config(
@@ -168,33 +138,10 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
-def pod_spec(
-    job: JobIdentity,
-    spec: RLHFJobSpec,
-    stage: StageName,
-    config: OperatorConfig,
-    *,
-    command: list[str],
-    extra_env: list[Manifest] | None = None,
-    restart_policy: str = "Never",
-    ports: list[Manifest] | None = None,
-    readiness_probe: Manifest | None = None,
-    with_config: bool = True,
-) -> Manifest:
-    settings = pod_settings(spec, stage)
-    role = ROLE_OF_STAGE[stage]
-    selector = {
-        config.node_group_label: settings.node_group or config.node_group(role),
-        **settings.node_selector,
-    }
-    env = [
-        {"name": CONFIG_ENV, "value": CONFIG_PATH},
-        {"name": "RLHF_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
-        {"name": "HOME", "value": "/tmp"},
-        *(extra_env or []),
-        *({"name": e.name, "value": e.value} for e in settings.env),
-    ]
+def _volumes(
+    job: JobIdentity, spec: RLHFJobSpec, stage: StageKey, with_config: bool
+) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, mounts): /tmp, the stage's config, the storage volume, the reward token."""
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
     if with_config:
@@ -207,12 +154,41 @@ def pod_spec(
         if volume.sub_path:
             mount["subPath"] = volume.sub_path
         mounts.append(mount)
-    if spec.stages.policy.reward_placement == "remote" and stage in (
-        StageName.POLICY,
-        StageName.REWARD_SERVER,
-    ):
+    if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         volumes.append({"name": "reward-token", "secret": {"secretName": token_secret_name(job.name)}})
         mounts.append({"name": "reward-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def pod_spec(
+    job: JobIdentity,
+    spec: RLHFJobSpec,
+    stage: StageKey,
+    config: OperatorConfig,
+    *,
+    command: list[str],
+    extra_env: list[Manifest] | None = None,
+    restart_policy: str = "Never",
+    ports: list[Manifest] | None = None,
+    readiness_probe: Manifest | None = None,
+    with_config: bool = True,
+) -> Manifest:
+    settings = pod_settings(spec, stage)
+    role = STAGES[stage].role
+    selector = {
+        config.node_group_label: settings.node_group or config.node_group(role),
+        **settings.node_selector,
+    }
+    env = [
+        {"name": CONFIG_ENV, "value": CONFIG_PATH},
+        {"name": "RLHF_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        *(extra_env or []),
+        *({"name": e.name, "value": e.value} for e in settings.env),
+    ]
+    volumes, mounts = _volumes(job, spec, stage, with_config)
+    if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         env.append({"name": "RLHF_REWARD_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/{TOKEN_KEY}"})
     container: Manifest = {
         "name": CONTAINER,
@@ -255,10 +231,6 @@ def pod_spec(
     return pod
 
 
-def _workload_command(stage: StageName) -> list[str]:
-    return ["python", "-m", "rlhf_operator.workloads", COMMAND_OF_STAGE[stage], "--config", CONFIG_PATH]
-
-
 def _pod_failure_policy() -> Manifest:
     return {
         "rules": [
@@ -285,37 +257,18 @@ def stage_job(
     settings = pod_settings(spec, stage)
     name = child_name(job.name, stage)
     metadata = job.metadata(name, stage)
-    command = _workload_command(stage)
-    extra_env: list[Manifest] = []
-    completions = 1
-    parallelism = 1
-    indexed = False
-    if stage is StageName.PRECOMPUTE:
-        completions = spec.stages.precompute.shards
-        parallelism = spec.stages.precompute.parallelism or completions
-        indexed = True
-    elif stage is StageName.POLICY:
-        nodes = spec.stages.policy.nodes
-        gpus = settings.resources.gpus
-        if nodes > 1 or gpus > 1:
-            completions = parallelism = nodes
-            indexed = True
-            extra_env = rendezvous_env(job, nodes, gpus)
-            command = [
-                "torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}",
-                "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
-                "-m", "rlhf_operator.workloads", "policy", "--config", CONFIG_PATH,
-            ]  # fmt: skip
+    shape = STAGES[stage].job_shape(name, job.namespace, spec)
+    command = list(shape.command or STAGES[stage].workload_command())
     template_labels = dict(metadata["labels"])
     if spec.queue_name:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
-    pod = pod_spec(job, spec, stage, config, command=command, extra_env=extra_env)
-    if indexed and stage is StageName.POLICY:
-        # Stable DNS names <job>-<index>.<service> for the rendezvous.
+    pod = pod_spec(job, spec, stage, config, command=command, extra_env=list(shape.extra_env))
+    if shape.headless_service:
+        # Stable DNS names <job>-<index>.<service>, e.g. for a rendezvous.
         pod["subdomain"] = name
     job_spec: Manifest = {
-        "completions": completions,
-        "parallelism": parallelism,
+        "completions": shape.completions,
+        "parallelism": shape.parallelism,
         "backoffLimit": settings.backoff_limit,
         "podFailurePolicy": _pod_failure_policy(),
         "suspend": suspend,
@@ -324,36 +277,20 @@ def stage_job(
             "spec": pod,
         },
     }
-    if indexed:
+    if shape.indexed:
         job_spec["completionMode"] = "Indexed"
     if settings.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = settings.active_deadline_seconds
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def rendezvous_env(job: JobIdentity, nodes: int, gpus: int) -> list[Manifest]:
-    """torchrun's rendezvous: node 0 of the Indexed Job is the master, the index is the node rank."""
-    name = child_name(job.name, StageName.POLICY)
-    return [
-        {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{job.namespace}.svc"},
-        {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
-        {"name": "WORLD_SIZE", "value": str(nodes * max(gpus, 1))},
-        {"name": "NNODES", "value": str(nodes)},
-        {
-            "name": "NODE_RANK",
-            "valueFrom": {
-                "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
-            },
-        },
-    ]
-
-
-def policy_headless_service(job: JobIdentity) -> Manifest:
-    name = child_name(job.name, StageName.POLICY)
+def headless_service(job: JobIdentity, stage: StageName) -> Manifest:
+    """Gives the pods of an Indexed Job stable DNS names (`JobShape.headless_service`)."""
+    name = child_name(job.name, stage)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": job.metadata(name, StageName.POLICY),
+        "metadata": job.metadata(name, stage),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -379,7 +316,7 @@ def reward_server_deployment(
         spec,
         stage,
         config,
-        command=[*_workload_command(stage), "--port", str(port)],
+        command=STAGES[stage].workload_command("--port", str(port)),
         restart_policy="Always",
         ports=[{"name": "http", "containerPort": port}],
         readiness_probe={"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
@@ -425,12 +362,10 @@ def reward_server_service(job: JobIdentity, spec: RLHFJobSpec) -> Manifest:
 
 
 def cleanup_job(job: JobIdentity, spec: RLHFJobSpec, config: OperatorConfig, artifact_root: str) -> Manifest:
-    """Deletes the job's artifacts (artifactRetention: Delete) on the CPU node group, with the
-    evaluation stage's pod settings (service account, credentials) since it touches the same storage."""
-    stage = StageName.EVALUATION
+    """Deletes the job's artifacts (artifactRetention: Delete); see `stages.CLEANUP`."""
+    stage = CLEANUP
     name = cleanup_job_name(job.name)
     metadata = job.metadata(name, stage)
-    metadata["labels"]["app.kubernetes.io/component"] = "cleanup"
     settings = pod_settings(spec, stage)
     command = ["python", "-m", "rlhf_operator", "cleanup-artifacts", artifact_root]
     pod = pod_spec(job, spec, stage, config, command=command, with_config=False)

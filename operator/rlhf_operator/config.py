@@ -50,6 +50,13 @@ class OperatorConfig(BaseModel):
     progress_interval_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a running policy's progress is read from its log."
     )
+    resync_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often every unfinished RLHFJob is reconciled even without an event (e.g. to see "
+        "a claim or Secret it waits for appear).",
+    )
     metrics_port: int = Field(
         8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
     )

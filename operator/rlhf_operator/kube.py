@@ -29,7 +29,7 @@ from lightkube.types import CascadeType, PatchType
 from prometheus_client import Counter
 
 from rlhf_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from rlhf_operator.pipeline import Event
+from rlhf_operator.plan import Event
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]

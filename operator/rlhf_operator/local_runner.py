@@ -22,13 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from rlhf_operator.children import COMMAND_OF_STAGE
+from rlhf_operator.api.stage_config import dump_stage_config
+from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES, RLHFJobSpec, StageName
+from rlhf_operator.children import JobIdentity, stage_config
+from rlhf_operator.stages import STAGES, skipped
 from rlhf_operator.workloads.exit_codes import EX_CONFIG
 from rlhf_operator.workloads.progress import parse_progress
+from rlhf_operator.workloads.result import RESULT_PREFIX
 
-# The same stage -> command mapping the operator puts in the pods.
-CLI_STAGES = {stage.value: command for stage, command in COMMAND_OF_STAGE.items()}
+SERVE_REWARD = str(STAGES[StageName.REWARD_SERVER].command)
 
 
 def remap(value: Any, mount_path: str, workdir: str) -> Any:
@@ -93,11 +97,11 @@ def run_stage(
         record = parse_progress(line)
         if record is not None:
             print(
-                f"[{cli_stage}] step {record['step']}/{record.get('totalSteps')} reward "
-                f"{record.get('meanReward') or 0:.3f} kl {record.get('kl') or 0:.3f}",
+                f"[{cli_stage}] step {record.step}/{record.total_steps} reward "
+                f"{record.mean_reward or 0:.3f} kl {record.kl or 0:.3f}",
                 flush=True,
             )
-        elif not line.startswith("RLHF_RESULT"):
+        elif not line.startswith(RESULT_PREFIX):
             print(f"[{cli_stage}] {line.rstrip()}", flush=True)
     rc = proc.wait()
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
@@ -123,7 +127,7 @@ class RewardServer:
                 sys.executable,
                 "-m",
                 "rlhf_operator.workloads",
-                "serve-reward",
+                SERVE_REWARD,
                 "--config",
                 str(config),
                 "--host",
@@ -133,7 +137,7 @@ class RewardServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_stage_env(workdir, "serve-reward", {"RLHF_REWARD_TOKEN": self.token}),
+            env=_stage_env(workdir, SERVE_REWARD, {"RLHF_REWARD_TOKEN": self.token}),
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -159,14 +163,52 @@ class RewardServer:
                 self.proc.kill()
 
 
-def plan(spec: dict[str, Any]) -> list[str]:
-    dataset = spec.get("dataset") or {}
-    stages = []
-    if not dataset.get("responses") and not dataset.get("rankings"):
-        stages.append("precompute")
-    if not dataset.get("rankings"):
-        stages.append("ranking")
-    return [*stages, "rewardModel", "policy", "evaluation"]
+def plan(spec: RLHFJobSpec) -> list[StageName]:
+    """The stages that run, in order: the operator's pipeline without those spec.dataset skips."""
+    return [stage for stage in PIPELINE_STAGES if not skipped(spec, stage)]
+
+
+class _LocalRun:
+    """Runs the stages of one RLHFJob as subprocesses, with the operator's StageConfig files."""
+
+    def __init__(self, job: JobIdentity, spec: RLHFJobSpec, root: str, workdir: Path) -> None:
+        self.job, self.spec, self.root, self.workdir = job, spec, root, workdir
+        self.configs = workdir / "configs"
+        self.configs.mkdir(exist_ok=True)
+
+    def write_config(self, stage: StageName, endpoint: str | None = None) -> Path:
+        path = self.configs / f"{STAGES[stage].command}.json"
+        path.write_text(dump_stage_config(stage_config(self.job, self.spec, stage, self.root, endpoint)))
+        return path
+
+    def _launcher(self, stage: StageName) -> list[str] | None:
+        nodes = self.spec.stages.policy.nodes if stage is StageName.POLICY else 1
+        return (
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nodes}"]
+            if nodes > 1
+            else None
+        )
+
+    def run(self, stage: StageName) -> tuple[int, dict[str, Any]]:
+        command = str(STAGES[stage].command)
+        if stage is StageName.PRECOMPUTE:  # the shards of the Indexed Job, one after the other
+            rc, result = 0, dict[str, Any]()
+            for index in range(self.spec.stages.precompute.shards):
+                env = {"JOB_COMPLETION_INDEX": str(index)}
+                rc, result = run_stage(command, self.write_config(stage), self.workdir, env)
+                if rc:
+                    break
+            return rc, result
+        if stage is StageName.POLICY and self.spec.stages.policy.reward_placement == "remote":
+            server = RewardServer(self.write_config(StageName.REWARD_SERVER), self.workdir)
+            try:
+                server.wait_ready()
+                config = self.write_config(stage, server.endpoint)
+                env = {"RLHF_REWARD_TOKEN": server.token}
+                return run_stage(command, config, self.workdir, env, self._launcher(stage))
+            finally:
+                server.stop()
+        return run_stage(command, self.write_config(stage), self.workdir, launcher=self._launcher(stage))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,73 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         ranking = ((manifest.get("spec") or {}).get("stages") or {}).get("ranking") or {}
         judge = ranking.get("method") == "aiJudge"  # the tiny judge takes seconds to train: only when used
         print(f"tiny assets: {make_tiny_assets(workdir, judge=judge)}", flush=True)
-    spec = manifest.get("spec") or {}
-    storage_spec = spec.get("storage") or {}
+    raw_spec = manifest.get("spec") or {}
+    storage_spec = raw_spec.get("storage") or {}
     mount = (storage_spec.get("volume") or {}).get("mountPath", "/data")
-    local_spec = remap(spec, mount, str(workdir))
+    try:
+        spec = RLHFJobSpec.model_validate(remap(raw_spec, mount, str(workdir)))
+    except ValidationError as exc:
+        print(f"error: the spec of {args.manifest} is invalid: {exc}", file=sys.stderr)
+        return EX_CONFIG
     from rlhf_operator.api.artifacts import JOBS_DIR, join
 
-    base = (
-        str(workdir)
-        if storage_spec.get("volume") or not storage_spec.get("s3")
-        else storage_spec["s3"]["prefix"]
+    base = spec.storage.s3.prefix if spec.storage.volume is None and spec.storage.s3 else str(workdir)
+    runner = _LocalRun(
+        JobIdentity(namespace, name, "local"), spec, join(base, JOBS_DIR, namespace, name, "local"), workdir
     )
-    root = join(base, JOBS_DIR, namespace, name, "local")
-    job = {"namespace": namespace, "name": name, "uid": "local"}
-    configs = workdir / "configs"
-    configs.mkdir(exist_ok=True)
-
-    def write_config(stage: str, endpoint: str | None = None) -> Path:
-        body: dict[str, Any] = {"job": job, "stage": stage, "spec": local_spec, "artifactRoot": root}
-        if endpoint:
-            body["rewardEndpoint"] = endpoint
-        path = configs / f"{CLI_STAGES[stage]}.json"
-        path.write_text(json.dumps(body, indent=2))
-        return path
-
-    policy_spec = (local_spec.get("stages") or {}).get("policy") or {}
     results: dict[str, dict[str, Any]] = {}
-    for stage in plan(local_spec):
-        cli = CLI_STAGES[stage]
-        if stage == "precompute":
-            shards = int(((local_spec.get("stages") or {}).get("precompute") or {}).get("shards", 1))
-            for index in range(shards):
-                rc, results[cli] = run_stage(
-                    cli, write_config(stage), workdir, {"JOB_COMPLETION_INDEX": str(index)}
-                )
-                if rc:
-                    return rc
-            continue
-        if stage == "policy" and policy_spec.get("rewardPlacement") == "remote":
-            server = RewardServer(write_config("rewardServer"), workdir)
-            try:
-                server.wait_ready()
-                nodes = int(policy_spec.get("nodes", 1))
-                launcher = (
-                    [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nodes}"]
-                    if nodes > 1
-                    else None
-                )
-                rc, results[cli] = run_stage(
-                    cli,
-                    write_config(stage, server.endpoint),
-                    workdir,
-                    {"RLHF_REWARD_TOKEN": server.token},
-                    launcher,
-                )
-            finally:
-                server.stop()
-        else:
-            nodes = int(policy_spec.get("nodes", 1)) if stage == "policy" else 1
-            launcher = (
-                [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nodes}"]
-                if nodes > 1
-                else None
-            )
-            rc, results[cli] = run_stage(cli, write_config(stage), workdir, launcher=launcher)
+    for stage in plan(spec):
+        rc, results[stage.value] = runner.run(stage)
         if rc:
             return rc
-    evaluation = results.get("evaluation", {})
+    root = runner.root
+    evaluation = results.get(StageName.EVALUATION.value, {})
     print("\n== evaluation ==", flush=True)
     print(json.dumps(evaluation.get("metrics", {}), indent=2), flush=True)
     print(evaluation.get("message", ""), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from rlhf_operator.api.v1alpha1 import GROUP, StageName
+from rlhf_operator.stages import CLEANUP, STAGES, StageKey
 
 MANAGED_BY = "rlhf-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -24,21 +25,12 @@ CLEANUP_FINALIZER = f"{GROUP}/artifact-cleanup"
 # add an index and a random suffix, so children keep well below that.
 MAX_CHILD_NAME = 52
 
-_STAGE_SLUG = {
-    StageName.PRECOMPUTE: "precompute",
-    StageName.RANKING: "ranking",
-    StageName.REWARD_MODEL: "reward-model",
-    StageName.REWARD_SERVER: "reward-server",
-    StageName.POLICY: "policy",
-    StageName.EVALUATION: "evaluation",
-}
+
+def stage_slug(stage: StageKey) -> str:
+    return STAGES[stage].slug
 
 
-def stage_slug(stage: StageName) -> str:
-    return _STAGE_SLUG[stage]
-
-
-def child_name(job_name: str, stage: StageName, suffix: str = "") -> str:
+def child_name(job_name: str, stage: StageKey, suffix: str = "") -> str:
     """`<job>-<stage>[-suffix]`, shortened with a stable hash when the job's name is long."""
     tail = stage_slug(stage) + (f"-{suffix}" if suffix else "")
     name = f"{job_name}-{tail}"
@@ -50,10 +42,10 @@ def child_name(job_name: str, stage: StageName, suffix: str = "") -> str:
 
 
 def cleanup_job_name(job_name: str) -> str:
-    return child_name(job_name, StageName.EVALUATION, "cleanup").replace("-evaluation-cleanup", "-cleanup")
+    return child_name(job_name, CLEANUP)
 
 
-def config_map_name(job_name: str, stage: StageName) -> str:
+def config_map_name(job_name: str, stage: StageKey) -> str:
     return child_name(job_name, stage, "config")
 
 
@@ -61,7 +53,7 @@ def token_secret_name(job_name: str) -> str:
     return child_name(job_name, StageName.REWARD_SERVER, "token")
 
 
-def labels(job_name: str, job_uid: str, stage: StageName) -> dict[str, str]:
+def labels(job_name: str, job_uid: str, stage: StageKey) -> dict[str, str]:
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_PART_OF: MANAGED_BY,
@@ -70,5 +62,5 @@ def labels(job_name: str, job_uid: str, stage: StageName) -> dict[str, str]:
         LABEL_COMPONENT: stage_slug(stage),
         LABEL_JOB_NAME: job_name[:63].rstrip("-_."),
         LABEL_JOB_UID: job_uid,
-        LABEL_STAGE: stage.value,
+        LABEL_STAGE: str(stage),
     }

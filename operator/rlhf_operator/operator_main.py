@@ -13,23 +13,24 @@ from prometheus_client import start_http_server
 
 from rlhf_operator import handlers
 from rlhf_operator.config import OperatorConfig
+from rlhf_operator.controller import Controller
 from rlhf_operator.kube import Kube
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Handlers are synchronous (the API client blocks); give them threads.
     settings.execution.max_workers = 16
     # Only watch-event handlers are used: Kopf stores no progress and adds no finalizers.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    controller = handlers.controller()
-    threading.Thread(target=controller.sweep_forever, name="sweep", daemon=True).start()
+    controller = handlers.controller_of(memo)
+    threading.Thread(target=controller.resync_forever, name="resync", daemon=True).start()
 
 
 @kopf.on.cleanup()
-def stop(**_: Any) -> None:
-    handlers.controller().stop()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    handlers.controller_of(memo).stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(quiet)
     # The HTTP client logs every request at INFO; the metrics count them instead.
     logging.getLogger("httpx2").setLevel(quiet)
-    handlers.CONTROLLER = handlers.Controller(config, Kube())
+    controller = Controller(config, Kube())
     if config.metrics_port:
         start_http_server(config.metrics_port)
     kopf.run(
@@ -53,5 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(controller=controller),
     )
     return 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
+
+from rlhf_operator.api.stage_io import StageFailure, StageResult, merge_results, parse_json
 
 Manifest = dict[str, Any]
 
@@ -18,13 +21,6 @@ class PodOutcome:
     finished_at: str
     disrupted: bool
     index: int = 0
-
-
-@dataclass
-class StageResult:
-    metrics: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-    message: str | None = None
 
 
 def pod_outcome(pod: Manifest) -> PodOutcome | None:
@@ -55,35 +51,37 @@ def pod_outcome(pod: Manifest) -> PodOutcome | None:
     )
 
 
-def parse_message(message: str) -> Manifest:
-    """The JSON a stage program wrote, or {} when the message is plain text (e.g. a log tail)."""
+def _result(message: str) -> StageResult:
+    data = parse_json(message)
+    if data is None:
+        return StageResult()
     try:
-        data = json.loads(message)
-    except (json.JSONDecodeError, TypeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return StageResult.model_validate(data)
+    except ValidationError as err:
+        # The pod and the operator disagree on the contract (e.g. different versions): say so
+        # rather than dropping the fields silently.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:3])
+        return StageResult(message=f"Succeeded, but its result was not understood: {problems}"[:2048])
 
 
 def stage_result(pods: list[Manifest]) -> StageResult:
     """Metrics and artifacts of the succeeded pods of a stage, in completion-index order."""
-    result = StageResult()
     outcomes = sorted(
         (o for o in map(pod_outcome, pods) if o and o.phase == "Succeeded"), key=lambda o: o.index
     )
-    for outcome in outcomes:
-        data = parse_message(outcome.message)
-        metrics = data.get("metrics")
-        if isinstance(metrics, dict):
-            result.metrics.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
-        artifacts = data.get("artifacts")
-        if isinstance(artifacts, dict):
-            result.artifacts.update({k: v for k, v in artifacts.items() if isinstance(v, str)})
-        if isinstance(data.get("message"), str):
-            result.message = data["message"]
+    result = merge_results([_result(o.message) for o in outcomes])
     if len(outcomes) > 1:
         # Each shard speaks for itself only; the stage's message speaks for all of them.
-        result.message = f"All {len(outcomes)} shards succeeded."
+        result = result.model_copy(update={"message": f"All {len(outcomes)} shards succeeded."})
     return result
+
+
+def _failure(message: str) -> StageFailure | None:
+    data = parse_json(message)
+    try:
+        return StageFailure.model_validate(data) if data is not None else None
+    except ValidationError:
+        return None
 
 
 def failure_message(pods: list[Manifest]) -> str | None:
@@ -94,9 +92,9 @@ def failure_message(pods: list[Manifest]) -> str | None:
     if not failed:
         return None
     latest = max(failed, key=lambda o: o.finished_at)
-    data = parse_message(latest.message)
-    text = data.get("error") if isinstance(data.get("error"), str) else latest.message.strip()
+    failure = _failure(latest.message)
+    text = failure.error if failure else latest.message.strip()
     exit_part = f"exit code {latest.exit_code}" if latest.exit_code is not None else "no exit code"
-    reason = data.get("reason") or latest.reason or "Error"
+    reason = (failure.reason if failure else None) or latest.reason or "Error"
     detail = f": {text}" if text else ""
     return f"{reason} ({exit_part}){detail}"[:2048]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhf_operator.naming import LABEL_JOB_UID
-from rlhf_operator.pipeline import Observed
+from rlhf_operator.plan import Observed
 
 Manifest = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)

@@ -3,20 +3,15 @@ kwok plays (succeed with a given termination message, fail, hang)."""
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.conftest import ROOT, Kube
+from tests.support.launchers import OperatorLauncher
+from tests.support.merge import merged
 
 SIM = "sim.rlhf-operator.dev"
 STAGE_RESULTS: dict[str, dict[str, Any]] = {
@@ -28,49 +23,16 @@ STAGE_RESULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OperatorProcess:
-    """`python -m rlhf_operator operator` as a child process, watching the given namespaces."""
-
-    def __init__(self, kubeconfig: str, namespaces: str, log_path: Path, **settings: str) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespaces = namespaces
-        self.log_path = log_path
-        self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(
-            os.environ,
-            KUBECONFIG=self.kubeconfig,
-            RLHF_OPERATOR_NAMESPACES=self.namespaces,
-            RLHF_OPERATOR_METRICS_PORT=str(self.settings.pop("metrics_port", "0")),
-            RLHF_OPERATOR_PROGRESS_INTERVAL_SECONDS="1",
-            **{f"RLHF_OPERATOR_{k.upper()}": v for k, v in self.settings.items()},
-        )
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_operator", "operator", f"--liveness=http://127.0.0.1:{free_port()}/healthz"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def operator_process(kubeconfig: str, namespaces: str, log_path: Path, **settings: str) -> OperatorLauncher:
+    """The operator for the integration tests: fast progress reads and resyncs, no metrics port."""
+    env = {
+        "RLHF_OPERATOR_NAMESPACES": namespaces,
+        "RLHF_OPERATOR_METRICS_PORT": "0",
+        "RLHF_OPERATOR_PROGRESS_INTERVAL_SECONDS": "1",
+        "RLHF_OPERATOR_RESYNC_INTERVAL_SECONDS": "1",
+        **{f"RLHF_OPERATOR_{k.upper()}": v for k, v in settings.items()},
+    }
+    return OperatorLauncher(kubeconfig, log_path, env)
 
 
 def rlhfjob(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
@@ -81,22 +43,12 @@ def rlhfjob(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
         set_stage_annotations(
             job, stage, {f"{SIM}/message": json.dumps(result), f"{SIM}/run-duration": "300ms"}
         )
-    return merge(job, overrides)
+    return merged(job, overrides)
 
 
 def set_stage_annotations(job: dict[str, Any], stage: str, annotations: dict[str, str]) -> None:
     pod = job["spec"].setdefault("stages", {}).setdefault(stage, {}).setdefault("pod", {})
     pod.setdefault("annotations", {}).update(annotations)
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def apply(cluster: Kube, job: dict[str, Any]) -> None:
@@ -157,11 +109,24 @@ def children(cluster: Kube, namespace: str, kind: str) -> list[dict[str, Any]]:
     return listing["items"]  # type: ignore[no-any-return]
 
 
-def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
+def hold(job: dict[str, Any], stage: str) -> None:
+    """The stage's pods run until `release` lets them succeed (kwok's `hang` outcome), so a test acts
+    while the stage runs without racing a simulated run time."""
+    set_stage_annotations(job, stage, {f"{SIM}/outcome": "hang"})
+
+
+def release(cluster: Kube, namespace: str, component: str, pods: int = 1) -> list[str]:
+    """Waits for `pods` running pods of a held stage (by component label) and lets them succeed."""
+
+    def running() -> list[str] | None:
+        names = [
+            p["metadata"]["name"] for p in children(cluster, namespace, "pods")
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") == component
+            and p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
+        return names if len(names) >= pods else None
+
+    names = cluster.wait_for(running, timeout=60, what=f"{pods} running {component} pod(s)")
+    for name in names:
+        cluster.kubectl("annotate", "pod", name, "-n", namespace, f"{SIM}/outcome=succeed", "--overwrite")
+    return names

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from rlhf_operator.api.v1alpha1 import RLHFJob
-from tests.api_cases import ALLOWED_UPDATES, BASE, CASES, Case, Manifest, merged
+from tests.api_cases import ALLOWED_UPDATES, BASE, CASES, Case, Manifest
 from tests.conftest import Kube
+from tests.support.merge import merged
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 MANAGER = "api-test"

@@ -5,10 +5,6 @@ chart's RBAC lacks shows up here as a Forbidden error or a stuck job."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.chart_support import CHART, helm, service_account_kubeconfig
-from tests.conftest import ROOT, Kube
-from tests.integration.operator_harness import apply, create_pvc, free_port, rlhfjob, wait_phase
+from tests.conftest import Kube
+from tests.integration.operator_harness import apply, create_pvc, rlhfjob, wait_phase
+from tests.support.launchers import OperatorLauncher
 
 # Chart values of this test: the stricter namespaced scope (a Role in the watched namespace, only
 # Kopf's discovery cluster-wide). Metrics are off so that no fixed port is bound on this machine.
@@ -25,6 +22,7 @@ VALUES = {
     "rbac": {"scope": "namespaced"},
     "metrics": {"port": 0},
     "stages": {"progressIntervalSeconds": 1},
+    "resyncIntervalSeconds": 1,
     "tests": {"enabled": False},
 }
 
@@ -49,7 +47,7 @@ def test_operator_as_the_chart_service_account_runs_the_tiny_example(
         "install", release, str(CHART), "--namespace", namespace, "--take-ownership", "--wait",
         "--timeout", "120s", values=values, kubeconfig=cluster.kubeconfig,
     )  # fmt: skip
-    process: subprocess.Popen[bytes] | None = None
+    operator: OperatorLauncher | None = None
     log_path = tmp_path / "operator.log"
     try:
         deployment = cluster.get_json("deployment", fullname, "-n", namespace)
@@ -61,47 +59,23 @@ def test_operator_as_the_chart_service_account_runs_the_tiny_example(
         kubeconfig = service_account_kubeconfig(
             cluster, namespace, fullname, tmp_path / "operator.kubeconfig"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_OPERATOR_")}
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        env.update(chart_env, KUBECONFIG=kubeconfig)
-        liveness = f"http://127.0.0.1:{free_port()}/healthz"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "rlhf_operator", "operator", f"--liveness={liveness}"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
-
-        def log_tail() -> str:
-            return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-
-        def alive() -> bool:
-            assert process is not None and process.poll() is None, f"the operator exited:\n{log_tail()}"
-            try:
-                with urllib.request.urlopen(liveness, timeout=2) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
-
-        cluster.wait_for(alive, timeout=60, what="the operator's liveness endpoint")
+        operator = OperatorLauncher(kubeconfig, log_path, chart_env)
+        operator.start()
+        operator.wait_ready()
 
         create_pvc(cluster, jobs_namespace)
         apply(cluster, rlhfjob("tiny", jobs_namespace))
         try:
             final = wait_phase(cluster, jobs_namespace, "tiny", "Succeeded", timeout=180)
         except AssertionError as error:
-            raise AssertionError(f"{error}\noperator log (as {fullname}):\n{log_tail()}") from error
+            raise AssertionError(f"{error}\noperator log (as {fullname}):\n{operator.log_tail()}") from error
         assert [s["state"] for s in final["stages"]] == ["Succeeded"] * 5
-        assert alive()
+        assert operator.alive()
         output = log_path.read_text(errors="replace")
         assert "Forbidden" not in output and " 403" not in output, (
-            f"RBAC refused the operator something:\n{log_tail()}"
+            f"RBAC refused the operator something:\n{operator.log_tail()}"
         )
     finally:
-        if process and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        if operator is not None:
+            operator.stop()
         helm("uninstall", release, "--namespace", namespace, kubeconfig=cluster.kubeconfig, check=False)

@@ -12,17 +12,18 @@ import pytest
 
 from tests.conftest import Kube
 from tests.integration.operator_harness import (
-    SIM,
-    OperatorProcess,
     apply,
     children,
     create_pvc,
+    hold,
+    operator_process,
+    release,
     rlhfjob,
-    set_stage_annotations,
     stage_record,
     status,
     wait_phase,
 )
+from tests.support.launchers import OperatorLauncher
 
 
 def patch_spec(cluster: Kube, namespace: str, name: str, spec: dict[str, Any]) -> None:
@@ -46,7 +47,7 @@ def running_pods(cluster: Kube, namespace: str, component: str) -> list[dict[str
 def test_suspend_in_the_middle_of_a_stage_then_resume_and_finish(cluster: Kube, op_namespace: str) -> None:
     create_pvc(cluster, op_namespace)
     job = rlhfjob("pausable", op_namespace)
-    set_stage_annotations(job, "policy", {f"{SIM}/run-duration": "5s"})
+    hold(job, "policy")
     apply(cluster, job)
     cluster.wait_for(
         lambda: running_pods(cluster, op_namespace, "policy"), timeout=60, what="a running policy pod"
@@ -66,6 +67,7 @@ def test_suspend_in_the_middle_of_a_stage_then_resume_and_finish(cluster: Kube, 
     )
 
     patch_spec(cluster, op_namespace, "pausable", {"suspend": False})
+    release(cluster, op_namespace, "policy")  # the pod of the resumed Job
     final = wait_phase(cluster, op_namespace, "pausable", "Succeeded")
     assert stage_record(final, "policy")["state"] == "Succeeded"
     reasons = cluster.kubectl("get", "events", "-n", op_namespace, "-o", "jsonpath={.items[*].reason}").stdout
@@ -109,7 +111,7 @@ def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_afte
     create_pvc(cluster, op_namespace)
     job = rlhfjob("remote", op_namespace, spec={"stages": {"policy": {"rewardPlacement": "remote"},
                                                          "rewardModel": {"serving": {"replicas": 2}}}})  # fmt: skip
-    set_stage_annotations(job, "policy", {f"{SIM}/run-duration": "3s"})
+    hold(job, "policy")
     apply(cluster, job)
 
     def server_and_policy() -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -135,6 +137,7 @@ def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_afte
         f"http://remote-reward-server.{op_namespace}.svc:8080"
     )
 
+    release(cluster, op_namespace, "policy")
     wait_phase(cluster, op_namespace, "remote", "Succeeded")
     cluster.wait_for(
         lambda: not children(cluster, op_namespace, "deployments"), what="the reward server removed"
@@ -145,36 +148,57 @@ def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_afte
 
 
 @pytest.fixture
-def own_operator(crd_installed: Kube, tmp_path: Path) -> Iterator[tuple[str, OperatorProcess]]:
+def own_operator(crd_installed: Kube, tmp_path: Path) -> Iterator[tuple[str, OperatorLauncher]]:
     """An operator of this test's own, on a namespace the session operator does not watch."""
     namespace = f"t-kill-{uuid.uuid4().hex[:8]}"
     crd_installed.kubectl("create", "namespace", namespace)
-    process = OperatorProcess(crd_installed.kubeconfig, namespace, tmp_path / "operator.log")
+    process = operator_process(crd_installed.kubeconfig, namespace, tmp_path / "operator.log")
     process.start()
+    process.wait_ready()
     yield namespace, process
     process.stop()
     crd_installed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_operator_killed_at_several_points_makes_no_duplicates_and_the_job_finishes(
-    cluster: Kube, own_operator: tuple[str, OperatorProcess]
+    cluster: Kube, own_operator: tuple[str, OperatorLauncher]
 ) -> None:
     namespace, operator = own_operator
     create_pvc(cluster, namespace)
     job = rlhfjob("survivor", namespace)
     for stage in ("precompute", "ranking", "rewardModel", "policy", "evaluation"):
-        set_stage_annotations(job, stage, {f"{SIM}/run-duration": "2s"})
+        hold(job, stage)
     apply(cluster, job)
 
     def stage_is(stage: str, state: str) -> bool:
         records = status(cluster, namespace, "survivor").get("stages", [])
         return any(r["name"] == stage and r["state"] == state for r in records)
 
-    # During a stage, right after one finished, and while the operator is away for a whole stage.
-    for stage, state in (("precompute", "Running"), ("ranking", "Succeeded"), ("policy", "Running")):
-        cluster.wait_for(lambda s=stage, t=state: stage_is(s, t), timeout=60, what=f"{stage} {state}")  # type: ignore[misc]
+    def restart() -> None:
         operator.kill()
         operator.start()
+        operator.wait_ready()
+
+    # During a stage: both precompute shards run while the operator restarts.
+    cluster.wait_for(lambda: stage_is("precompute", "Running"), timeout=60, what="precompute Running")
+    restart()
+    release(cluster, namespace, "precompute", pods=2)
+    # Right after a stage finished.
+    release(cluster, namespace, "ranking")
+    cluster.wait_for(lambda: stage_is("ranking", "Succeeded"), timeout=60, what="ranking Succeeded")
+    restart()
+    release(cluster, namespace, "reward-model")
+    # While the operator is away for a whole stage.
+    cluster.wait_for(lambda: stage_is("policy", "Running"), timeout=60, what="policy Running")
+    operator.kill()
+    release(cluster, namespace, "policy")
+    cluster.wait_for(
+        lambda: (job_named(cluster, namespace, "survivor-policy") or {}).get("status", {}).get("succeeded"),
+        what="the policy Job to complete while the operator is away",
+    )
+    operator.start()
+    operator.wait_ready()
+    release(cluster, namespace, "evaluation")
 
     final = wait_phase(cluster, namespace, "survivor", "Succeeded", timeout=120)
     assert [s["state"] for s in final["stages"]] == ["Succeeded"] * 5
@@ -190,7 +214,7 @@ def test_operator_killed_at_several_points_makes_no_duplicates_and_the_job_finis
 def test_a_running_stage_job_deleted_by_hand_is_created_again(cluster: Kube, op_namespace: str) -> None:
     create_pvc(cluster, op_namespace)
     job = rlhfjob("stubborn", op_namespace)
-    set_stage_annotations(job, "ranking", {f"{SIM}/run-duration": "4s"})
+    hold(job, "ranking")
     apply(cluster, job)
     first = cluster.wait_for(lambda: job_named(cluster, op_namespace, "stubborn-ranking"), what="ranking Job")
     cluster.kubectl("delete", "job", "stubborn-ranking", "-n", op_namespace, "--cascade=foreground")
@@ -200,5 +224,6 @@ def test_a_running_stage_job_deleted_by_hand_is_created_again(cluster: Kube, op_
         return again if again and again["metadata"]["uid"] != first["metadata"]["uid"] else None
 
     cluster.wait_for(recreated, timeout=60, what="the ranking Job to be created again")
+    release(cluster, op_namespace, "ranking")
     final = wait_phase(cluster, op_namespace, "stubborn", "Succeeded")
     assert [s["state"] for s in final["stages"]] == ["Succeeded"] * 5

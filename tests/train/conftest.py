@@ -86,15 +86,17 @@ def run_cli(
 def stage_config(
     root: str, spec: dict[str, Any], stage: str = "policy", endpoint: str | None = None
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "job": {"namespace": "default", "name": "t", "uid": "u"},
-        "stage": stage,
-        "spec": spec,
-        "artifactRoot": root,
-    }
-    if endpoint:
-        body["rewardEndpoint"] = endpoint
-    return body
+    """The StageConfig the operator would write (its one builder), as the JSON object."""
+    from rlhf_operator.api.stage_config import dump_stage_config
+    from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName
+    from rlhf_operator.children import JobIdentity
+    from rlhf_operator.children import stage_config as build
+
+    config = build(
+        JobIdentity("default", "t", "u"), RLHFJobSpec.model_validate(spec), StageName(stage), root, endpoint
+    )
+    loaded: dict[str, Any] = json.loads(dump_stage_config(config))
+    return loaded
 
 
 @pytest.fixture(scope="session")

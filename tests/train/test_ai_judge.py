@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
+from rlhf_operator.api.v1alpha1 import JudgeMode
 from rlhf_operator.tiny.judge import build_judge_tokenizer, sample_response, train_tiny_judge
 from rlhf_operator.tiny.task import count_positive, make_prompts
 from rlhf_operator.workloads.judge_prompts import render, score_question
+from tests.support.ports import free_port
 from tests.train.conftest import REPO, env, stage_config
 
 pytestmark = pytest.mark.train
@@ -66,7 +67,7 @@ def test_judge_is_prompted_through_its_chat_template() -> None:
 def test_tiny_judge_agrees_with_the_true_preference(judge_dir: Path) -> None:
     from rlhf_operator.workloads.judges import LogProbJudge
 
-    judge = LogProbJudge(str(judge_dir), "Prefer the response that is more helpful.", "score")
+    judge = LogProbJudge(str(judge_dir), "Prefer the response that is more helpful.", JudgeMode.SCORE)
     agreement = _agreement(judge.rank_group, _held_out_pairs(200))
     print(f"tiny judge agreement with the true preference: {agreement:.3f}")
     assert agreement >= 0.9
@@ -129,7 +130,7 @@ def test_endpoint_judge_ranks_like_the_local_judge(judge_dir: Path, endpoint: st
 
     pairs = _held_out_pairs(60)
     assert _agreement(rank, pairs) >= 0.9
-    local = LogProbJudge(str(judge_dir), rubric, "score")
+    local = LogProbJudge(str(judge_dir), rubric, JudgeMode.SCORE)
     prompt, a, b = pairs[0]
     assert rank(prompt, [a, b]) == pytest.approx(local.rank_group(prompt, [a, b]), abs=1e-3)
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
+from rlhf_operator.api.stage_io import ProgressRecord
+from tests.support.launchers import RewardServerLauncher
 from tests.train.conftest import env, run_cli, stage_config
 
 pytestmark = pytest.mark.train
@@ -29,7 +28,7 @@ def _run_stage(
     )
 
 
-def _progress(stdout: str) -> list[dict[str, Any]]:
+def _progress(stdout: str) -> list[ProgressRecord]:
     from rlhf_operator.workloads.progress import parse_progress
 
     return [r for r in (parse_progress(line) for line in stdout.splitlines()) if r is not None]
@@ -55,54 +54,27 @@ def test_remote_reward_matches_colocated(pipeline: dict[str, Any], fresh_root: P
     spec["stages"]["policy"].update(steps=4, checkpointInterval=0)
     colocated = _run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
     assert colocated.returncode == 0, colocated.stderr[-3000:]
-    port = free_port()
     server_cfg = tmp_path / "serve.json"
     server_cfg.write_text(json.dumps(stage_config(str(fresh_root), spec, "rewardServer")))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhf_operator.workloads",
-            "serve-reward",
-            "--config",
-            str(server_cfg),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**env(), "RLHF_REWARD_TOKEN": "s3cret"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RewardServerLauncher(server_cfg, env(), tmp_path / "serve.log")
     try:
-        _wait_ready(f"http://127.0.0.1:{port}")
+        server.wait_ready()
         spec["stages"]["policy"]["rewardPlacement"] = "remote"
         remote = _run_stage(
             "policy",
-            stage_config(str(tmp_path / "remote-root"), spec, endpoint=f"http://127.0.0.1:{port}"),
+            stage_config(str(tmp_path / "remote-root"), spec, endpoint=server.url),
             tmp_path,
-            {"RLHF_REWARD_TOKEN": "s3cret"},
+            {"RLHF_REWARD_TOKEN": str(server.token)},
         )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
     assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-3000:]
     a, b = _progress(colocated.stdout), _progress(remote.stdout)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r.step for r in a] == [r.step for r in b] == [1, 2, 3, 4]
     for x, y in zip(a, b, strict=True):
         # Same seed, same prompts, same samples: only float noise from different batch padding.
-        assert abs(x["meanReward"] - y["meanReward"]) < 1e-2 * max(1.0, abs(x["meanReward"])), (a, b)
-        assert abs(x["kl"] - y["kl"]) < 1e-2 * max(1.0, abs(x["kl"])), (a, b)
-
-
-def _wait_ready(endpoint: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(endpoint + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(endpoint)
+        assert (
+            x.mean_reward is not None and y.mean_reward is not None and x.kl is not None and y.kl is not None
+        )
+        assert abs(x.mean_reward - y.mean_reward) < 1e-2 * max(1.0, abs(x.mean_reward)), (a, b)
+        assert abs(x.kl - y.kl) < 1e-2 * max(1.0, abs(x.kl)), (a, b)

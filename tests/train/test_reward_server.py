@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -14,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
+from tests.support.launchers import RewardServerLauncher
 from tests.train.conftest import env, stage_config
-from tests.train.test_algorithms import _wait_ready
 
 pytestmark = pytest.mark.train
 
@@ -43,28 +41,10 @@ def _post(
 def test_reward_server(pipeline: dict[str, Any], tmp_path: Path) -> None:
     config = tmp_path / "serve.json"
     config.write_text(json.dumps(stage_config(str(pipeline["root"]), pipeline["spec"], "rewardServer")))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlhf_operator.workloads",
-            "serve-reward",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**env(), "RLHF_REWARD_TOKEN": "tok"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = RewardServerLauncher(config, env(), tmp_path / "serve.log", token="tok")
+    url = server.url
     try:
-        _wait_ready(url)
+        server.wait_ready()
         assert _post(url + "/score", {"texts": ["w01 good"]})[0] == 401
         assert _post(url + "/score", {"texts": ["w01 good"]}, token="wrong")[0] == 401
         assert _post(url + "/score", {"texts": ["w01"] * 5000}, token="tok")[0] == 413
@@ -83,9 +63,8 @@ def test_reward_server(pipeline: dict[str, Any], tmp_path: Path) -> None:
         assert status == 200 and openrlhf["rewards"][0] == pytest.approx(body["rewards"][0], abs=1e-4)
         _poison_requests_fail_alone(url + "/score")
     finally:
-        server.send_signal(signal.SIGTERM)
-        out, _ = server.communicate(timeout=30)
-    assert server.returncode == 0, out[-2000:]
+        out = server.stop()
+    assert server.process.returncode == 0, out[-2000:]
     assert "draining" in out
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from rlhf_operator.api import artifacts
-from rlhf_operator.local_runner import free_port
+from tests.support.ports import free_port
 from tests.train.conftest import run_cli, stage_config, tiny_manifest
 
 pytestmark = pytest.mark.train

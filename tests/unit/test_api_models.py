@@ -20,7 +20,8 @@ from rlhf_operator.api.v1alpha1 import (
     StageName,
     validate_update,
 )
-from tests.api_cases import ALLOWED_UPDATES, BASE, CASES, Case, merged
+from tests.api_cases import ALLOWED_UPDATES, BASE, CASES, Case
+from tests.support.merge import merged
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 

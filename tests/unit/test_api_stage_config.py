@@ -16,7 +16,8 @@ from rlhf_operator.api.stage_config import (
     parse_stage_config,
 )
 from rlhf_operator.api.v1alpha1 import RLHFJob, StageName
-from tests.api_cases import BASE, merged
+from tests.api_cases import BASE
+from tests.support.merge import merged
 
 
 def _config(**overrides: object) -> StageConfig:

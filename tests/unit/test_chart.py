@@ -148,6 +148,7 @@ def test_operator_env_follows_the_values() -> None:
             "pullPolicy": "Always",
         },
         "stages": {"serviceAccountName": "s3-writer", "progressIntervalSeconds": 2.5},
+        "resyncIntervalSeconds": 60,
         "metrics": {"port": 9090},
         "logLevel": "DEBUG",
         "extraEnv": [{"name": "AWS_REGION", "value": "us-east-1"}],
@@ -165,6 +166,7 @@ def test_operator_env_follows_the_values() -> None:
     assert config.image_pull_policy == "Always"
     assert config.stage_service_account == "s3-writer"
     assert config.progress_interval_seconds == 2.5
+    assert config.resync_interval_seconds == 60
     assert config.metrics_port == 9090
     assert config.log_level == "DEBUG"
     container = operator_container(docs)

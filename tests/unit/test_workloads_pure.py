@@ -8,6 +8,7 @@ import io
 import pytest
 import torch
 
+from rlhf_operator.api.stage_io import ProgressRecord
 from rlhf_operator.workloads import ppo_core
 from rlhf_operator.workloads.data import shard, split_held_out
 from rlhf_operator.workloads.errors import StageConfigError
@@ -23,23 +24,20 @@ def test_progress_round_trip() -> None:
     emit_progress(3, 10, 1.5, 0.25, out, klCoef=0.05)
     line = out.getvalue()
     assert line.startswith(PROGRESS_PREFIX) and line.count("\n") == 1
-    assert parse_progress("2026-01-01T00:00:00Z " + line) == {
-        "step": 3,
-        "totalSteps": 10,
-        "meanReward": 1.5,
-        "kl": 0.25,
-        "klCoef": 0.05,
-    }
+    assert parse_progress("2026-01-01T00:00:00Z " + line) == ProgressRecord(
+        step=3, total_steps=10, mean_reward=1.5, kl=0.25, kl_coef=0.05
+    )
     assert parse_progress("hello") is None
     assert parse_progress(PROGRESS_PREFIX + "{broken") is None
     assert parse_progress(PROGRESS_PREFIX + '{"step": "x"}') is None
-    assert last_progress("a\n" + line + "b\n")["step"] == 3  # type: ignore[index]
+    assert last_progress("a\n" + line + "b\n") == parse_progress(line)
 
 
 def test_progress_nan_becomes_null() -> None:
     out = io.StringIO()
     emit_progress(1, 2, float("nan"), 0.0, out)
-    assert parse_progress(out.getvalue())["meanReward"] is None  # type: ignore[index]
+    record = parse_progress(out.getvalue())
+    assert record is not None and record.mean_reward is None
 
 
 def test_response_mask_keeps_first_eos() -> None:

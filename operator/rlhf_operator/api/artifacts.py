@@ -43,6 +43,11 @@ def precompute_shards(root: str, count: int) -> list[str]:
     return [precompute_shard(root, i, count) for i in range(count)]
 
 
+def precompute_dir(root: str) -> str:
+    """What precompute reports as `status.artifacts.responses`: the directory of its shards."""
+    return join(root, PRECOMPUTE_DIR)
+
+
 def precompute_manifest(root: str) -> str:
     """Written last by precompute: which shards exist and how many responses each holds."""
     return join(root, PRECOMPUTE_DIR, "manifest.json")

@@ -749,7 +749,10 @@ class Metrics(ApiModel):
     policy_total_steps: int | None = Field(None, ge=0, description="Policy optimisation steps planned.")
     mean_reward: float | None = Field(None, description="Mean reward of the latest policy step.")
     kl: float | None = Field(
-        None, description="KL divergence of the policy from the base model at the latest step."
+        None, description="KL divergence of the policy from the base model at the latest policy step."
+    )
+    evaluation_kl: float | None = Field(
+        None, description="KL divergence of the policy from the base model on the evaluation prompts."
     )
     win_rate: float | None = Field(
         None, description="Share of evaluation prompts where the policy beats the base model."

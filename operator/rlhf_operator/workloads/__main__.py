@@ -12,29 +12,22 @@ import importlib
 import sys
 import traceback
 
-from rlhf_operator.workloads.config import STAGES, load_config
+from rlhf_operator.api.v1alpha1 import StageName
+from rlhf_operator.stages import BY_COMMAND
+from rlhf_operator.workloads.config import load_config
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.exit_codes import EX_CONFIG, EX_OK, EX_RETRYABLE
 from rlhf_operator.workloads.result import failure, write_termination_message
 from rlhf_operator.workloads.runtime import quiet_libraries
 
-MODULES = {
-    "precompute": "rlhf_operator.workloads.precompute",
-    "ranking": "rlhf_operator.workloads.ranking",
-    "reward-model": "rlhf_operator.workloads.reward_model",
-    "serve-reward": "rlhf_operator.workloads.serve_reward",
-    "policy": "rlhf_operator.workloads.policy",
-    "evaluation": "rlhf_operator.workloads.evaluation",
-}
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_operator.workloads", description=__doc__)
     sub = parser.add_subparsers(dest="stage", required=True)
-    for stage in STAGES:
+    for stage in BY_COMMAND:
         p = sub.add_parser(stage)
         p.add_argument("--config", required=True, help="StageConfig file (JSON or YAML)")
-        if stage == "serve-reward":
+        if BY_COMMAND[stage].name is StageName.REWARD_SERVER:
             p.add_argument("--host", default="0.0.0.0")
             p.add_argument("--port", type=int, default=None)
             p.add_argument(
@@ -62,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return EX_OK
     try:
         ctx = load_config(args.config, stage=args.stage)
-        module = importlib.import_module(MODULES[args.stage])
-        payload = module.run(ctx, args) if args.stage == "serve-reward" else module.run(ctx)
+        module = importlib.import_module(str(BY_COMMAND[args.stage].module))
+        serves = BY_COMMAND[args.stage].name is StageName.REWARD_SERVER
+        payload = module.run(ctx, args) if serves else module.run(ctx)
     except StageConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
         write_termination_message(failure(exc.message, exc.reason))
@@ -77,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             failure(f"{type(exc).__name__}: {exc}; the stage will be retried.", "StageError")
         )
         return EX_RETRYABLE
-    if payload:
+    if payload is not None:
         write_termination_message(payload)
     return EX_OK
 

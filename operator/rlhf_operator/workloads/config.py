@@ -1,10 +1,9 @@
-"""Reading the StageConfig file a stage pod receives, with the defaults the stage programs use.
+"""Reading the StageConfig file a stage pod receives.
 
 The file is the operator's `StageConfig` (`rlhf_operator.api.stage_config`): the job identity,
-the stage name, the whole RLHFJob spec (camelCase) and the artifact root. When the API package is
-importable the file is validated with it (so a bad field fails here with exit 78, not deep in
-training); the stages then read the camelCase dict, with the same defaults as the CRD, through
-`StageContext.get`.
+the stage name, the whole RLHFJob spec (camelCase, every default written out) and the artifact
+root. It is validated with the API's models, so a bad field fails here with exit 78, not deep in
+training, and the stage programs read the validated spec typed: `ctx.typed_spec`.
 """
 
 from __future__ import annotations
@@ -22,15 +21,6 @@ if TYPE_CHECKING:
     from rlhf_operator.api.stage_config import StageConfig
     from rlhf_operator.api.v1alpha1 import RLHFJobSpec
 
-STAGES = ("precompute", "ranking", "reward-model", "serve-reward", "policy", "evaluation")
-
-#: Knobs of the stage programs that the API does not expose. Every API field arrives in the config
-#: with its default filled in (the operator validates and dumps the spec with the API models), so
-#: the API's defaults are not repeated here.
-DEFAULTS: dict[str, Any] = {
-    "stages.policy.loggingSteps": 1,
-}
-
 _MISSING = object()
 
 
@@ -38,9 +28,7 @@ def lookup(tree: Any, dotted: str, default: Any = _MISSING) -> Any:
     node = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or node.get(part) is None:
-            if default is not _MISSING:
-                return default
-            return DEFAULTS.get(dotted)
+            return None if default is _MISSING else default
         node = node[part]
     return node
 
@@ -66,6 +54,8 @@ class StageContext:
             )
         return self.config.spec
 
+    # Deprecated: the string lookups below remain only in the stage programs whose typed
+    # conversion is under way elsewhere; new code reads `ctx.typed_spec`. Removed once unused.
     def get(self, dotted: str, default: Any = _MISSING) -> Any:
         return lookup(self.spec, dotted, default)
 
@@ -77,18 +67,7 @@ class StageContext:
 
     @property
     def seed(self) -> int:
-        return int(self.get("seed"))
-
-    def to_config(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "job": self.job,
-            "stage": self.stage,
-            "spec": self.spec,
-            "artifactRoot": self.artifact_root,
-        }
-        if self.reward_endpoint:
-            out["rewardEndpoint"] = self.reward_endpoint
-        return out
+        return self.typed_spec.seed
 
 
 def _validate_with_api(raw: dict[str, Any]) -> tuple[StageConfig, dict[str, Any]]:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
 from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
@@ -22,7 +24,6 @@ from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
 from rlhf_operator.workloads.ppo import position_ids, token_logprobs
 from rlhf_operator.workloads.ppo_core import response_mask
 from rlhf_operator.workloads.precompute import held_out_prompts
-from rlhf_operator.workloads.result import success
 from rlhf_operator.workloads.reward_source import make_reward
 
 
@@ -93,7 +94,7 @@ def plot(base: list[float], policy: list[float], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     root = ctx.artifact_root
     policy_uri = layout.policy_dir(root)
     if not storage.is_complete_dir(policy_uri):
@@ -165,13 +166,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     storage.write_bytes_atomic(
         layout.evaluation_plot(root), plot(base_r, pol_r, "Held-out reward: base vs policy")
     )
-    metrics: dict[str, float | int] = {
-        "winRate": round(report["winRate"], 4),
-        "baseReward": round(base_mean, 4),
-        "policyReward": round(pol_mean, 4),
-        "kl": round(report["kl"], 4),
-    }
-    metrics["rewardGain"] = round(report["rewardGain"], 4)
     summary = (
         f"On {len(prompts)} held-out prompts the policy wins {report['winRate']:.0%} against the base model "
         f"(mean reward {pol_mean:.2f} vs {base_mean:.2f}"
@@ -179,8 +173,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if true_rule:
         summary += f"; true rule {report['trueRulePolicy']:.2f} vs {report['trueRuleBase']:.2f}"
     print("evaluation: " + summary + ")", flush=True)
-    return success(
-        metrics,
-        {"evaluationReport": layout.evaluation_report(root), "evaluationPlot": layout.evaluation_plot(root)},
-        summary + ").",
+    return evaluation_result(report, root, summary + ").")
+
+
+def evaluation_result(report: dict[str, Any], root: str, summary: str) -> StageResult:
+    """The status metrics of an evaluation report; its KL is `evaluationKl`, not the policy's `kl`."""
+    return StageResult(
+        metrics=Metrics(
+            win_rate=round(report["winRate"], 4),
+            base_reward=round(report["baseReward"], 4),
+            policy_reward=round(report["policyReward"], 4),
+            reward_gain=round(report["rewardGain"], 4),
+            evaluation_kl=round(report["kl"], 4),
+        ),
+        artifacts=Artifacts(
+            evaluation_report=layout.evaluation_report(root), evaluation_plot=layout.evaluation_plot(root)
+        ),
+        message=summary,
     )

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
+from rlhf_operator.api.v1alpha1 import JudgeMode, RuleName, RuleSpec
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.judge_prompts import (
@@ -23,6 +25,8 @@ from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
 
 #: score(prompts, completions) -> one float per completion; higher is better.
 Scorer = Callable[[list[str], list[str]], list[float]]
+#: The keywords rule's words when a job names no rule.
+DEFAULT_KEYWORDS = ("good", "great", "nice", "happy")
 
 
 def keyword_rule(keywords: list[str]) -> Scorer:
@@ -42,27 +46,27 @@ def length_rule(target: int) -> Scorer:
 
 
 def rule_from_spec(
-    rule: dict[str, Any] | None, ctx: StageContext | None = None, where: str = "rule"
+    rule: RuleSpec | dict[str, Any] | None, ctx: StageContext | None = None, where: str = "rule"
 ) -> Scorer:
-    rule = rule or {}
-    name = rule.get("name", "keywords")
-    if name == "keywords":
-        keywords = rule.get("keywords") or ["good", "great", "nice", "happy"]
-        return keyword_rule(list(keywords))
-    if name == "length":
-        return length_rule(int(rule.get("targetLength") or 16))
-    if name == "classifier":
-        if not rule.get("model"):
-            raise StageConfigError(
-                f"{where}.model must name a sequence-classification model for the classifier rule.",
-                "MissingField",
-            )
-        from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
+    """The scorer of a rule. The API validated the rule (each name's required field is set);
+    `ctx` is not used and goes once no caller passes it. A dict is the rule's camelCase form."""
+    spec = rule if isinstance(rule, RuleSpec) else _validated(rule, where)
+    if spec.name is RuleName.KEYWORDS:
+        return keyword_rule(list(spec.keywords or DEFAULT_KEYWORDS))
+    if spec.name is RuleName.LENGTH:
+        return length_rule(spec.target_length or 16)
+    from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 
-        return LocalRewardScorer.from_path(str(rule["model"])).score
-    raise StageConfigError(
-        f"{where}.name must be keywords, length or classifier, not {name!r}.", "InvalidRule"
-    )
+    return LocalRewardScorer.from_path(str(spec.model)).score
+
+
+def _validated(rule: dict[str, Any] | None, where: str) -> RuleSpec:
+    try:
+        return RuleSpec.model_validate(
+            rule or {"name": RuleName.KEYWORDS, "keywords": list(DEFAULT_KEYWORDS)}
+        )
+    except ValidationError as exc:
+        raise StageConfigError(f"{where} is invalid: {exc}", "InvalidRule") from exc
 
 
 class LogProbJudge:
@@ -74,11 +78,7 @@ class LogProbJudge:
     its tokenizer has one (`judge_prompts`); the model runs on the GPU when the pod has one.
     """
 
-    def __init__(self, source: str, rubric: str, mode: str, batch_size: int = 16) -> None:
-        if mode not in {"score", "compare"}:
-            raise StageConfigError(
-                f"stages.ranking.aiJudge.mode must be score or compare, not {mode!r}.", "InvalidJudgeMode"
-            )
+    def __init__(self, source: str, rubric: str, mode: JudgeMode, batch_size: int = 16) -> None:
         self.tokenizer = load_tokenizer(source, padding_side="left")
         model = load_causal_lm(source, tokenizer=self.tokenizer, what="the judge model")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

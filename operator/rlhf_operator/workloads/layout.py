@@ -17,10 +17,7 @@ policy_dir = artifacts.policy_model_dir
 checkpoints_dir = artifacts.policy_checkpoints_dir
 evaluation_report = artifacts.evaluation_report
 evaluation_plot = artifacts.evaluation_plot
-
-
-def precompute_dir(root: str) -> str:
-    return join(root, artifacts.PRECOMPUTE_DIR)
+precompute_dir = artifacts.precompute_dir
 
 
 def heldout_prompts(root: str) -> str:
@@ -41,7 +38,3 @@ def ranking_manifest(root: str) -> str:
 
 def checkpoint_dir(root: str, step: int) -> str:
     return join(checkpoints_dir(root), f"step-{step:07d}")
-
-
-def evaluation_dir(root: str) -> str:
-    return join(root, artifacts.EVALUATION_DIR)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
 from rlhf_operator.workloads import checkpoint, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.distributed import barrier, init_distributed, shutdown
@@ -12,7 +14,6 @@ from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
-from rlhf_operator.workloads.result import success
 from rlhf_operator.workloads.reward_source import make_reward
 from rlhf_operator.workloads.runtime import seed_everything
 
@@ -36,7 +37,7 @@ def _settings(ctx: StageContext) -> Any:
     )
 
 
-def run_ppo(ctx: StageContext) -> dict[str, Any]:
+def run_ppo(ctx: StageContext) -> StageResult:
     from rlhf_operator.workloads.ppo import PolicyWithValueHead, PPOTrainerLite
 
     info = init_distributed()
@@ -107,20 +108,22 @@ def run_ppo(ctx: StageContext) -> dict[str, Any]:
     return _result(ctx, settings.steps, stats)
 
 
-def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> dict[str, Any]:
-    metrics: dict[str, float | int] = {"policyStep": steps, "policyTotalSteps": steps}
+def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResult:
+    metrics = Metrics(policy_step=steps, policy_total_steps=steps)
     if stats:
-        metrics.update(meanReward=round(stats["meanReward"], 4), kl=round(stats["kl"], 4))
+        metrics = metrics.model_copy(
+            update={"mean_reward": round(stats["meanReward"], 4), "kl": round(stats["kl"], 4)}
+        )
     algorithm = ctx.get("stages.policy.algorithm")
-    return success(
-        metrics,
-        {"policy": layout.policy_dir(ctx.artifact_root)},
-        f"Policy trained with {algorithm} for {steps} steps; final mean reward "
+    return StageResult(
+        metrics=metrics,
+        artifacts=Artifacts(policy=layout.policy_dir(ctx.artifact_root)),
+        message=f"Policy trained with {algorithm} for {steps} steps; final mean reward "
         f"{stats.get('meanReward', float('nan')):.3f}.",
     )
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     algorithm = str(ctx.get("stages.policy.algorithm"))
     if algorithm == "ppo":
         return run_ppo(ctx)

@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from rlhf_operator.api.artifacts import join
-from rlhf_operator.api.v1alpha1 import RankingMethod
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts, FileSource, RankingMethod
 from rlhf_operator.workloads import data, labelstudio, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
@@ -21,21 +22,21 @@ from rlhf_operator.workloads.modeling import (
     load_causal_lm,
     load_tokenizer,
 )
-from rlhf_operator.workloads.result import success
 from rlhf_operator.workloads.runtime import completion_index, seed_everything
 
 
 def split_prompts(ctx: StageContext) -> tuple[list[str], list[str], str]:
     """(train, held_out, prompts_hash) for the job, the same in every shard."""
-    source = ctx.require("dataset.prompts.source")
-    field = str(ctx.get("dataset.prompts.promptField"))
-    prompts = data.read_prompts(source, ctx.get("dataset.prompts.format"), field)
-    held_source = ctx.get("dataset.heldOut.source", None)
-    if held_source:
-        held = data.read_prompts(held_source, ctx.get("dataset.heldOut.format", None), field)
+    dataset = ctx.typed_spec.dataset
+    source = dataset.prompts
+    prompts = data.read_prompts(source.source, source.format.value, source.prompt_field)
+    held_out = dataset.held_out
+    if held_out.source:
+        held = data.read_prompts(held_out.source, held_out.format.value, held_out.prompt_field)
         train = prompts
     else:
-        train, held = data.split_held_out(prompts, float(ctx.get("dataset.heldOut.fraction")), ctx.seed)
+        # The API requires a fraction when there is no held-out source.
+        train, held = data.split_held_out(prompts, held_out.fraction or 0.0, ctx.seed)
     if not train:
         raise StageConfigError(
             "no training prompts are left after the held-out split; lower dataset.heldOut.fraction.",
@@ -45,16 +46,18 @@ def split_prompts(ctx: StageContext) -> tuple[list[str], list[str], str]:
 
 
 def settings_of(ctx: StageContext, prompts_hash: str) -> dict[str, Any]:
+    spec = ctx.typed_spec
+    stage = spec.stages.precompute
     return {
-        "model": ctx.require("baseModel.source"),
-        "revision": ctx.get("baseModel.revision"),
-        "prompts": ctx.get("dataset.prompts.source"),
+        "model": spec.base_model.source,
+        "revision": spec.base_model.revision,
+        "prompts": spec.dataset.prompts.source,
         "promptsHash": prompts_hash,
-        "responsesPerPrompt": int(ctx.get("stages.precompute.responsesPerPrompt")),
-        "maxNewTokens": int(ctx.get("stages.precompute.maxNewTokens")),
-        "temperature": float(ctx.get("stages.precompute.temperature")),
-        "topP": float(ctx.get("stages.precompute.topP")),
-        "shards": int(ctx.get("stages.precompute.shards")),
+        "responsesPerPrompt": stage.responses_per_prompt,
+        "maxNewTokens": stage.max_new_tokens,
+        "temperature": stage.temperature,
+        "topP": stage.top_p,
+        "shards": stage.shards,
         "seed": ctx.seed,
     }
 
@@ -69,13 +72,12 @@ def _shard_is_done(ctx: StageContext, index: int, count: int, settings: dict[str
 def _generate_shard(
     ctx: StageContext, prompts: list[str], offset: int, settings: dict[str, Any], index: int
 ) -> list[dict[str, Any]]:
-    if ctx.get("dataset.responses.source", None):
-        return _imported_responses(ctx, prompts, offset)
-    tokenizer = load_tokenizer(
-        ctx.get("baseModel.tokenizer", None) or settings["model"], settings["revision"]
-    )
+    spec = ctx.typed_spec
+    if spec.dataset.responses is not None:
+        return _imported_responses(spec.dataset.responses, prompts, offset)
+    tokenizer = load_tokenizer(spec.base_model.tokenizer or settings["model"], settings["revision"])
     model = load_causal_lm(
-        settings["model"], settings["revision"], ctx.get("baseModel.dtype"), tokenizer, "the base model"
+        settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
     )
     # Seed per shard: a retried pod produces the same responses as the first attempt.
     seed_everything(ctx.seed * 1000 + index)
@@ -86,7 +88,7 @@ def _generate_shard(
         tokenizer,
         prompts,
         gen,
-        batch_size=int(ctx.get("stages.precompute.batchSize")),
+        batch_size=spec.stages.precompute.batch_size,
         num_return_sequences=settings["responsesPerPrompt"],
     )
     elapsed = time.perf_counter() - started
@@ -100,14 +102,12 @@ def _generate_shard(
     ]
 
 
-def _imported_responses(ctx: StageContext, prompts: list[str], offset: int) -> list[dict[str, Any]]:
+def _imported_responses(responses: FileSource, prompts: list[str], offset: int) -> list[dict[str, Any]]:
     """Responses already in the dataset (the seed's "may already be in your ranking dataset")."""
     from rlhf_operator.workloads.ranking import read_responses_file
 
     by_prompt: dict[str, list[str]] = {}
-    for row in read_responses_file(
-        ctx.get("dataset.responses.source"), ctx.get("dataset.responses.format", None)
-    ):
+    for row in read_responses_file(responses.source, responses.format.value):
         by_prompt.setdefault(row["prompt"], []).extend(row["responses"])
     return [
         {"promptIndex": offset + i, "prompt": p, "responses": by_prompt[p]}
@@ -144,7 +144,7 @@ def write_labeling_tasks(root: str, shard_files: list[str]) -> None:
     storage.write_bytes_atomic(join(target, "config.xml"), labelstudio.LABEL_CONFIG.encode())
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     train, held, prompts_hash = split_prompts(ctx)
     settings = settings_of(ctx, prompts_hash)
     count = settings["shards"]
@@ -169,7 +169,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     message = f"Shard {index + 1} of {count} holds responses for {produced} prompts" + (
         "; all shards are complete." if complete else "; other shards are still running."
     )
-    return success({}, {"responses": layout.precompute_dir(root)}, message)
+    return StageResult(artifacts=Artifacts(responses=layout.precompute_dir(root)), message=message)
 
 
 def training_prompts(ctx: StageContext) -> list[str]:

@@ -1,25 +1,27 @@
 """Progress lines that the policy stage prints and the operator reads from the pod log tail.
 
-Pods carry no API credentials, so the log is the channel: one single-line JSON object per
-logging step after a fixed prefix.
+Pods carry no API credentials, so the log is the channel: one `ProgressRecord` as single-line
+JSON per logging step after a fixed prefix.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
+
+from pydantic import ValidationError
+
+from rlhf_operator.api.stage_io import ProgressRecord, dump
 
 PROGRESS_PREFIX: Final = "RLHF_PROGRESS "
 
 
 def format_progress(step: int, total_steps: int, mean_reward: float, kl: float, **extra: float) -> str:
-    """One progress line (without newline); non-finite numbers become null to keep it valid JSON."""
-    record: dict[str, Any] = {"step": step, "totalSteps": total_steps, "meanReward": mean_reward, "kl": kl}
-    record.update(extra)
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    return PROGRESS_PREFIX + json.dumps(clean, separators=(",", ":"))
+    """One progress line (without newline); `extra` are more ProgressRecord fields (camelCase)."""
+    record = ProgressRecord.model_validate(
+        {"step": step, "totalSteps": total_steps, "meanReward": mean_reward, "kl": kl, **extra}
+    )
+    return PROGRESS_PREFIX + dump(record)
 
 
 def emit_progress(
@@ -30,7 +32,7 @@ def emit_progress(
     out.flush()
 
 
-def parse_progress(line: str) -> dict[str, Any] | None:
+def parse_progress(line: str) -> ProgressRecord | None:
     """The progress record in a log line, or None when the line is not a (valid) progress line.
 
     Tolerates a timestamp or other text before the prefix (kubectl logs --timestamps).
@@ -39,15 +41,12 @@ def parse_progress(line: str) -> dict[str, Any] | None:
     if index < 0:
         return None
     try:
-        record = json.loads(line[index + len(PROGRESS_PREFIX) :].strip())
-    except json.JSONDecodeError:
+        return ProgressRecord.model_validate_json(line[index + len(PROGRESS_PREFIX) :].strip())
+    except ValidationError:
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-        return None
-    return record
 
 
-def last_progress(log_tail: str) -> dict[str, Any] | None:
+def last_progress(log_tail: str) -> ProgressRecord | None:
     """The newest progress record in a chunk of log text."""
     for line in reversed(log_tail.splitlines()):
         record = parse_progress(line)

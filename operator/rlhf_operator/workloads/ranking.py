@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts, RankingMethod, RuleName, RuleSpec
 from rlhf_operator.workloads import data, labelstudio, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.endpoint_judge import EndpointJudge
 from rlhf_operator.workloads.errors import Defects, StageConfigError
-from rlhf_operator.workloads.judges import Ask, LogProbJudge, rank_group, rule_from_spec
-from rlhf_operator.workloads.result import success
+from rlhf_operator.workloads.judges import DEFAULT_KEYWORDS, Ask, LogProbJudge, rank_group, rule_from_spec
 
 Pair = dict[str, Any]
 
@@ -18,9 +19,9 @@ Pair = dict[str, Any]
 def load_responses(ctx: StageContext) -> list[dict[str, Any]]:
     """Rows {prompt, responses}: `dataset.responses` when given (precompute is skipped then),
     else the precompute artifact (all shards, in input order)."""
-    source = ctx.get("dataset.responses.source", None)
-    if source:
-        return read_responses_file(source, ctx.get("dataset.responses.format", None))
+    responses = ctx.typed_spec.dataset.responses
+    if responses is not None:
+        return read_responses_file(responses.source, responses.format.value)
     manifest_uri = layout.responses_manifest(ctx.artifact_root)
     if not storage.exists(manifest_uri):
         raise StageConfigError(
@@ -79,14 +80,10 @@ def pairs_from_scores(
 
 
 def _known_prompts(ctx: StageContext) -> set[str] | None:
-    source = ctx.get("dataset.prompts.source", None)
-    if not source or not storage.exists(source):
+    prompts = ctx.typed_spec.dataset.prompts
+    if not storage.exists(prompts.source):
         return None
-    return set(
-        data.read_prompts(
-            source, ctx.get("dataset.prompts.format"), str(ctx.get("dataset.prompts.promptField"))
-        )
-    )
+    return set(data.read_prompts(prompts.source, prompts.format.value, prompts.prompt_field))
 
 
 def validate_human_row(row: dict[str, Any], known: set[str] | None) -> list[Pair]:
@@ -142,13 +139,13 @@ def wait_for(source: str, timeout_s: float, poll_s: float = 2.0) -> None:
 
 
 def human_pairs(ctx: StageContext) -> list[Pair]:
-    source = ctx.get("stages.ranking.human.source", None)
-    if not source:
+    human = ctx.typed_spec.stages.ranking.human
+    if human is None or not human.source:
         raise StageConfigError(
             "stages.ranking.human.source must name the rankings file for the human method.", "MissingField"
         )
-    wait_for(source, float(ctx.get("stages.ranking.human.waitTimeoutSeconds")))
-    return read_rankings_file(ctx, source, None)
+    wait_for(human.source, float(human.wait_timeout_seconds))
+    return read_rankings_file(ctx, human.source, None)
 
 
 def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[Pair]:
@@ -176,14 +173,16 @@ def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[
     return pairs
 
 
-def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
+def scored_pairs(ctx: StageContext, method: RankingMethod) -> list[Pair]:
     rows = load_responses(ctx)
-    pairing = str(ctx.get("stages.ranking.pairs"))
+    spec = ctx.typed_spec
+    ranking = spec.stages.ranking
+    pairing = ranking.pairs.value
     pairs: list[Pair] = []
-    if method == "rule":
-        rule = ctx.get("stages.ranking.rule", {}) or {}
-        scorer = rule_from_spec(rule, ctx, "stages.ranking.rule")
-        label = f"rule:{rule.get('name', 'keywords')}"
+    if method is RankingMethod.RULE:
+        rule = ranking.rule or RuleSpec(name=RuleName.KEYWORDS, keywords=list(DEFAULT_KEYWORDS))
+        scorer = rule_from_spec(rule, where="stages.ranking.rule")
+        label = f"rule:{rule.name.value}"
         for row in rows:
             scores = scorer([row["prompt"]] * len(row["responses"]), row["responses"])
             pairs.extend(pairs_from_scores(row["prompt"], row["responses"], scores, pairing, label))
@@ -205,16 +204,9 @@ def scored_pairs(ctx: StageContext, method: str) -> list[Pair]:
     return pairs
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    method = str(ctx.get("stages.ranking.method"))
-    if method == "human":
-        pairs = human_pairs(ctx)
-    elif method in {"rule", "aiJudge"}:
-        pairs = scored_pairs(ctx, method)
-    else:
-        raise StageConfigError(
-            f"stages.ranking.method must be human, aiJudge or rule, not {method!r}.", "InvalidRankingMethod"
-        )
+def run(ctx: StageContext) -> StageResult:
+    method = ctx.typed_spec.stages.ranking.method
+    pairs = human_pairs(ctx) if method is RankingMethod.HUMAN else scored_pairs(ctx, method)
     if len(pairs) < 2:
         raise StageConfigError(
             f"ranking produced {len(pairs)} preference pairs; at least 2 are needed to train a "
@@ -225,10 +217,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     storage.write_jsonl_atomic(layout.pairs_file(root), pairs)
     storage.write_json_atomic(
         layout.ranking_manifest(root),
-        {"method": method, "pairs": len(pairs), "file": layout.pairs_file(root), "complete": True},
+        {"method": method.value, "pairs": len(pairs), "file": layout.pairs_file(root), "complete": True},
     )
-    return success(
-        {},
-        {"rankings": layout.pairs_file(root)},
-        f"Ranking ({method}) produced {len(pairs)} preference pairs.",
+    return StageResult(
+        artifacts=Artifacts(rankings=layout.pairs_file(root)),
+        message=f"Ranking ({method.value}) produced {len(pairs)} preference pairs.",
     )

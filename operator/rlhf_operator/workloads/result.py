@@ -1,30 +1,33 @@
-"""The stage result: a small JSON written to the container's termination message path."""
+"""The stage's outcome, a `StageResult` or `StageFailure`, written to the container's termination
+message path (where the operator reads it) and echoed to stdout."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any, Final
+from typing import Final
+
+from rlhf_operator.api.stage_io import StageFailure, StageResult, dump
 
 DEFAULT_TERMINATION_PATH: Final = "/dev/termination-log"
 #: Kubernetes truncates termination messages at 4096 bytes; stay below it.
 MAX_MESSAGE_BYTES: Final = 4000
+RESULT_PREFIX: Final = "RLHF_RESULT "
 
 
 def termination_path() -> str:
     return os.environ.get("RLHF_TERMINATION_MESSAGE_PATH", DEFAULT_TERMINATION_PATH)
 
 
-def _fit(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, separators=(",", ":"), default=str)
+def _fit(outcome: StageResult | StageFailure) -> str:
+    text = dump(outcome)
     if len(text.encode()) <= MAX_MESSAGE_BYTES:
         return text
     # Shorten the free text first: metrics and artifact URIs are what the operator needs.
-    for key in ("message", "error"):
-        if key in payload and isinstance(payload[key], str):
-            payload = {**payload, key: payload[key][:500] + "..."}
-    text = json.dumps(payload, separators=(",", ":"), default=str)
+    if isinstance(outcome, StageResult) and outcome.message:
+        text = dump(outcome.model_copy(update={"message": outcome.message[:500] + "..."}))
+    elif isinstance(outcome, StageFailure):
+        text = dump(outcome.model_copy(update={"error": outcome.error[:500] + "..."}))
     return (
         text
         if len(text.encode()) <= MAX_MESSAGE_BYTES
@@ -32,26 +35,21 @@ def _fit(payload: dict[str, Any]) -> str:
     )
 
 
-def write_termination_message(payload: dict[str, Any]) -> str:
-    """Write the payload to the termination path and echo it to stdout; returns the text.
+def write_termination_message(outcome: StageResult | StageFailure) -> str:
+    """Write the outcome to the termination path and echo it to stdout; returns the text.
 
     Outside a pod the path may not be writable: printing is then the whole result.
     """
-    text = _fit(payload)
-    path = termination_path()
+    text = _fit(outcome)
     try:
-        with open(path, "w", encoding="utf-8") as handle:
+        with open(termination_path(), "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError:
         pass
-    sys.stdout.write("RLHF_RESULT " + text + "\n")
+    sys.stdout.write(RESULT_PREFIX + text + "\n")
     sys.stdout.flush()
     return text
 
 
-def success(metrics: dict[str, float | int], artifacts: dict[str, str], message: str) -> dict[str, Any]:
-    return {"metrics": metrics, "artifacts": artifacts, "message": message}
-
-
-def failure(error: str, reason: str) -> dict[str, Any]:
-    return {"error": error, "reason": reason}
+def failure(error: str, reason: str) -> StageFailure:
+    return StageFailure(error=error[:3500], reason=reason)

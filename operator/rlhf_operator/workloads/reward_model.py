@@ -8,11 +8,12 @@ import tempfile
 import time
 from typing import Any
 
+from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.v1alpha1 import Artifacts, Metrics, RLHFJobSpec
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, resolve_model_path
-from rlhf_operator.workloads.result import success
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
 
@@ -59,7 +60,15 @@ def load_pairs(ctx: StageContext) -> list[dict[str, Any]]:
     return pairs
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def tokenizer_source(spec: RLHFJobSpec, model_path: str) -> str:
+    """The base model's separate tokenizer when the reward model starts from the base model,
+    else the tokenizer stored with the reward model's own initial weights."""
+    if spec.stages.reward_model.model is None and spec.base_model.tokenizer:
+        return spec.base_model.tokenizer
+    return model_path
+
+
+def run(ctx: StageContext) -> StageResult:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, PrinterCallback
     from trl import RewardConfig, RewardTrainer  # type: ignore[attr-defined]
@@ -68,7 +77,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train, held = split_pairs_by_prompt(pairs, float(ctx.get("stages.rewardModel.evalFraction")), ctx.seed)
     source = ctx.get("stages.rewardModel.model", None) or ctx.require("baseModel.source")
     path = resolve_model_path(source, "the reward model's initial weights")
-    tokenizer = load_tokenizer(ctx.get("stages.rewardModel.tokenizer", None) or path, padding_side="right")
+    tokenizer = load_tokenizer(tokenizer_source(ctx.typed_spec, path), padding_side="right")
     seed_everything(ctx.seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
@@ -121,11 +130,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         f"held-out accuracy {accuracy:.3f}, train accuracy {train_accuracy:.3f}",
         flush=True,
     )
-    metrics: dict[str, float | int] = (
-        {} if math.isnan(accuracy) else {"rewardModelAccuracy": round(accuracy, 4)}
-    )
-    return success(
-        metrics,
-        {"rewardModel": layout.reward_model_dir(ctx.artifact_root)},
-        f"Reward model trained on {len(train)} pairs; held-out pair accuracy {accuracy:.3f}.",
+    return StageResult(
+        metrics=Metrics(reward_model_accuracy=None if math.isnan(accuracy) else round(accuracy, 4)),
+        artifacts=Artifacts(reward_model=layout.reward_model_dir(ctx.artifact_root)),
+        message=f"Reward model trained on {len(train)} pairs; held-out pair accuracy {accuracy:.3f}.",
     )

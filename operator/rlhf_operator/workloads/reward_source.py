@@ -21,7 +21,7 @@ def reward_model_uri(ctx: StageContext) -> str:
 
 
 def make_reward(ctx: StageContext, placement: str | None = None) -> Scorer:
-    placement = placement or str(ctx.get("stages.policy.rewardPlacement"))
+    placement = placement or ctx.typed_spec.stages.policy.reward_placement.value
     if placement == "remote":
         if not ctx.reward_endpoint:
             raise StageConfigError(
@@ -29,9 +29,4 @@ def make_reward(ctx: StageContext, placement: str | None = None) -> Scorer:
                 "MissingRewardEndpoint",
             )
         return RemoteRewardClient(ctx.reward_endpoint, read_token()).score
-    if placement != "colocated":
-        raise StageConfigError(
-            f"stages.policy.rewardPlacement must be colocated or remote, not {placement!r}.",
-            "InvalidRewardPlacement",
-        )
     return LocalRewardScorer.from_path(storage.localize_dir(reward_model_uri(ctx))).score

@@ -1,0 +1,90 @@
+"""What crosses the pod boundary back to the operator: a stage's result, its failure, its progress.
+
+Stage programs write these models (the result or failure to the termination message, progress as
+log lines) and the operator reads them with the same models. Metrics and artifacts ARE the status
+models' fields, so a misspelt metric fails where it is written instead of being pruned by the API
+server from `status.metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pydantic import ConfigDict, Field, field_validator
+
+from rlhf_operator.api.base import ApiModel
+from rlhf_operator.api.v1alpha1 import CONDITION_REASON_PATTERN, Artifacts, Metrics
+
+
+class StageResult(ApiModel):
+    """A stage's success: written by the program, merged into `status.metrics` and `status.artifacts`."""
+
+    metrics: Metrics = Field(default_factory=Metrics, description="Metrics the stage measured.")
+    artifacts: Artifacts = Field(default_factory=Artifacts, description="Where the stage wrote its output.")
+    message: str | None = Field(None, max_length=2048, description="One-line summary for the stage's status.")
+
+
+class StageFailure(ApiModel):
+    """A stage's failure, shown in the stage's status and the RLHFJob's Failed condition."""
+
+    error: str = Field(min_length=1, max_length=3500, description="What went wrong and how to fix it.")
+    reason: str | None = Field(
+        None, max_length=128, pattern=CONDITION_REASON_PATTERN, description="CamelCase reason."
+    )
+
+
+class ProgressRecord(ApiModel):
+    """One logged step of a running policy, printed after `PROGRESS_PREFIX` on one log line."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int = Field(ge=0, description="Optimisation steps done.")
+    total_steps: int = Field(ge=0, description="Optimisation steps planned.")
+    mean_reward: float | None = Field(None, description="Mean reward of the step; null when not finite.")
+    kl: float | None = Field(None, description="KL divergence from the reference policy.")
+    kl_coef: float | None = Field(None, description="Adaptive KL coefficient (PPO).")
+    seconds: float | None = Field(None, ge=0, description="Wall time of the step.")
+    response_length: float | None = Field(None, ge=0, description="Mean response length in tokens.")
+
+    @field_validator("mean_reward", "kl", "kl_coef", "seconds", "response_length", mode="before")
+    @classmethod
+    def _finite_or_null(cls, value: Any) -> Any:
+        # JSON has no NaN; a diverged step is reported as null rather than breaking the line.
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    def metrics(self) -> Metrics:
+        """The status metrics this record updates."""
+        return Metrics(
+            policy_step=self.step,
+            policy_total_steps=self.total_steps,
+            mean_reward=self.mean_reward,
+            kl=self.kl,
+        )
+
+
+def dump(model: StageResult | StageFailure | ProgressRecord) -> str:
+    """Compact camelCase JSON without unset fields."""
+    return model.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def parse_json(text: str) -> dict[str, Any] | None:
+    """The JSON object in a termination message, or None when it is plain text (e.g. a log tail)."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def merge_results(results: list[StageResult]) -> StageResult:
+    """Later results win field by field (the shards of one stage, the stages of one job)."""
+    metrics: dict[str, Any] = {}
+    artifacts: dict[str, Any] = {}
+    message = None
+    for result in results:
+        metrics.update(result.metrics.model_dump(exclude_none=True))
+        artifacts.update(result.artifacts.model_dump(exclude_none=True))
+        message = result.message or message
+    return StageResult(metrics=Metrics(**metrics), artifacts=Artifacts(**artifacts), message=message)

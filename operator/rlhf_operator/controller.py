@@ -1,0 +1,187 @@
+"""The controller: for one RLHFJob, read the store, plan with the pure pipeline, carry the plan out.
+
+Every event of an RLHFJob or of one of its children runs the same level-based reconcile of that
+RLHFJob (coalesced per job); a periodic resync catches what events miss and reads the progress of
+running policies.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from rlhf_operator import metrics
+from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
+from rlhf_operator.coalescer import Coalescer
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.executor import KubeApi, PlanExecutor
+from rlhf_operator.naming import CLEANUP_FINALIZER
+from rlhf_operator.pipeline import (
+    dependencies,
+    finished_plan,
+    progress_pod,
+    reconcile,
+    retention,
+    stored_status,
+)
+from rlhf_operator.plan import Manifest, Observed
+from rlhf_operator.store import Key, Store
+from rlhf_operator.workloads.progress import last_progress
+
+log = logging.getLogger(__name__)
+FINISHED_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Controller:
+    """What the handlers share; one per operator process, kept in Kopf's memo."""
+
+    def __init__(
+        self,
+        config: OperatorConfig,
+        kube: KubeApi,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        token_source: Callable[[], str] = new_token,
+    ) -> None:
+        self.config = config
+        self.kube = kube
+        self.store = Store()
+        self.executor = PlanExecutor(kube, self.store, self._job_created)
+        self._clock = clock
+        self._new_token = token_source
+        self._coalescer = Coalescer(self._reconcile_once)
+        self._last_progress_read: dict[Key, float] = {}
+        self._stop = threading.Event()
+
+    def reconcile(self, key: Key) -> None:
+        self._coalescer.run(key)
+
+    def _reconcile_once(self, key: Key) -> None:
+        body = self.store.job(key)
+        if body is None:
+            return
+        try:
+            if body["metadata"].get("deletionTimestamp"):
+                self._finalize(key, body)
+            else:
+                self._reconcile(key, body)
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            log.exception("reconcile of %s/%s failed; it is retried on the next event or resync", *key)
+
+    def _reconcile(self, key: Key, body: Manifest) -> None:
+        status: Manifest = body.get("status") or {}
+        try:
+            job = RLHFJob.model_validate(
+                {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": body["metadata"],
+                 "spec": body.get("spec") or {}}
+            )  # fmt: skip
+        except ValidationError as err:
+            self._write_invalid(key, body, err)
+            return
+        uid = body["metadata"]["uid"]
+        observed = self.store.observed(uid)
+        old = stored_status(status)  # parsed once for every step below
+        done = finished_plan(job, old, observed)
+        if done is not None:
+            self.executor.execute(key, uid, done)
+            return
+        finalizers = list(body["metadata"].get("finalizers") or [])
+        self.executor.execute_retention(key, uid, retention(job, finalizers, False, observed, self.config))
+        observed = self._with_progress(key, old, observed)
+        now = self._clock()
+        plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
+        if plan.check_dependencies:
+            observed = observed.with_missing(self.kube.missing(key[0], dependencies(job, self.config)))
+            plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
+        if self.executor.execute(key, uid, plan) is not None:
+            metrics.observe_stage_durations(status, plan.status)
+
+    def _finalize(self, key: Key, body: Manifest) -> None:
+        """A deleted RLHFJob: delete its artifacts first if its retention says so."""
+        finalizers = list(body["metadata"].get("finalizers") or [])
+        if not finalizers:
+            return
+        try:
+            job = RLHFJob.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
+        except ValidationError:  # nothing sensible to clean up with: let it go
+            self.kube.set_finalizers(*key, [f for f in finalizers if f != CLEANUP_FINALIZER])
+            return
+        observed = self.store.observed(body["metadata"]["uid"])
+        plan = retention(job, finalizers, True, observed, self.config)
+        self.executor.execute_retention(key, body["metadata"]["uid"], plan)
+
+    def _write_invalid(self, key: Key, body: Manifest, err: ValidationError) -> None:
+        """An object the API server let through but the models refuse (e.g. stored by an older CRD)."""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
+        message = f"The spec is invalid: {problems}. Fix the spec; nothing was started."
+        status = dict(body.get("status") or {})
+        if status.get("message") == message:
+            return
+        now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        generation = body["metadata"].get("generation")
+        status.update(
+            observedGeneration=generation,
+            phase=Phase.FAILED.value,
+            message=message,
+            conditions=[{"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message,
+                         "lastTransitionTime": now, "observedGeneration": generation}],
+        )  # fmt: skip
+        self.store.put_job(self.kube.patch_status(*key, status))
+
+    def _with_progress(self, key: Key, status: RLHFJobStatus, observed: Observed) -> Observed:
+        """Reads the running policy's latest progress line, at most once per progress interval."""
+        pod = progress_pod(status, observed)
+        now = time.monotonic()
+        if (
+            pod is None
+            or now - self._last_progress_read.get(key, float("-inf")) < self.config.progress_interval_seconds
+        ):
+            return observed
+        self._last_progress_read[key] = now
+        tail = self.kube.log_tail(key[0], pod)
+        progress = last_progress(tail) if tail else None
+        return observed.with_progress(progress) if progress else observed
+
+    def _job_created(self, manifest: Manifest) -> None:
+        uid = manifest["metadata"]["labels"]["rlhf-operator.dev/job-uid"]
+        metrics.observe_transition(manifest, lambda name: self.store.finished_at(uid, name))
+
+    def resync(self, *, everything: bool = True) -> None:
+        """Reconciles every unfinished job, or with `everything` False only those whose policy
+        runs (their progress is due); counts the jobs by phase for the metrics."""
+        phases: dict[str, int] = {}
+        for key in self.store.job_keys():
+            status = (self.store.job(key) or {}).get("status") or {}
+            phase = status.get("phase") or Phase.PENDING.value
+            phases[phase] = phases.get(phase, 0) + 1
+            if phase not in FINISHED_PHASES and (everything or _policy_running(status)):
+                self.reconcile(key)
+        metrics.set_jobs_by_phase(phases)
+
+    def resync_forever(self) -> None:
+        """Ticks at the progress interval; every job is reconciled at the resync interval."""
+        tick = min(self.config.progress_interval_seconds, self.config.resync_interval_seconds)
+        last_full = time.monotonic()
+        while not self._stop.wait(tick):
+            everything = time.monotonic() - last_full >= self.config.resync_interval_seconds - tick / 2
+            if everything:
+                last_full = time.monotonic()
+            self.resync(everything=everything)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _policy_running(status: Manifest) -> bool:
+    return any(s.get("name") == "policy" and s.get("state") == "Running" for s in status.get("stages", []))

@@ -1,0 +1,37 @@
+"""Kubernetes Events for what changed in one pass: stage transitions and the job's outcome."""
+
+from __future__ import annotations
+
+from rlhf_operator.api.v1alpha1 import Phase, RLHFJobStatus, StageState, StageStatus
+from rlhf_operator.plan import Event
+
+
+def stage_events(previous: dict[str, StageStatus], records: list[StageStatus]) -> list[Event]:
+    events = []
+    for record in records:
+        before = previous.get(record.name.value)
+        if before is not None and before.state is record.state:
+            continue
+        name = record.name.value
+        if record.state is StageState.RUNNING and record.start_time:
+            events.append(Event("Normal", "StageStarted", f"Stage {name} started."))
+        elif record.state is StageState.SUCCEEDED:
+            events.append(Event("Normal", "StageSucceeded", f"Stage {name} succeeded."))
+        elif record.state is StageState.FAILED:
+            events.append(Event("Warning", "StageFailed", f"Stage {name} failed: {record.message or ''}"))
+    return events
+
+
+def phase_events(old: RLHFJobStatus, new: RLHFJobStatus) -> list[Event]:
+    before, after = old.phase, new.phase
+    if before is after or after is None:
+        return []
+    message = new.message or ""
+    events = []
+    if after in (Phase.SUCCEEDED, Phase.FAILED):
+        events.append(
+            Event("Normal" if after is Phase.SUCCEEDED else "Warning", f"Job{after.value}", message)
+        )
+    if Phase.SUSPENDED in (before, after):
+        events.append(Event("Normal", "Suspended" if after is Phase.SUSPENDED else "Resumed", message))
+    return events

@@ -1,0 +1,147 @@
+"""Stage progression: each stage waits for the ones before it, starts its Job, and takes its result.
+
+A stage's terminal state (Succeeded, Failed, Skipped) is kept in status once reached: a finished
+child that is later deleted does not run again, while a running stage whose child disappears gets
+it recreated.
+"""
+
+from __future__ import annotations
+
+from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES, StageName, StageState, StageStatus
+from rlhf_operator.children import Manifest, headless_service, stage_job
+from rlhf_operator.naming import child_name
+from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
+from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
+from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
+from rlhf_operator.results import failure_message, stage_result
+from rlhf_operator.stages import STAGES, skipped
+
+DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
+FINISHED = {StageState.SUCCEEDED, StageState.FAILED}
+
+
+def job_finished(child: Manifest) -> tuple[str, Manifest] | None:
+    """("Complete" | "Failed", the condition) of a finished batch/v1 Job, else None."""
+    for condition in (child.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition["type"], condition
+    return None
+
+
+def _attempts(child: Manifest) -> int:
+    status = child.get("status") or {}
+    return int(status.get("failed") or 0) + int(status.get("succeeded") or 0) + int(status.get("active") or 0)
+
+
+def stage_records(ctx: PlanningPass) -> list[StageStatus]:
+    """One record per pipeline stage, in order, advancing the first stage that is not done."""
+    records = []
+    blocked = False  # an earlier stage is not done
+    for stage in PIPELINE_STAGES:
+        previous = ctx.previous.get(stage.value)
+        record = previous.model_copy(deep=True) if previous else StageStatus(name=stage)
+        if skipped(ctx.spec, stage):
+            record.state, record.message = StageState.SKIPPED, "Its output is given in spec.dataset."
+        elif record.state in FINISHED:
+            pass
+        elif blocked:
+            record.state = StageState.PENDING
+        else:
+            _advance(ctx, stage, record)
+        if record.state not in DONE:
+            blocked = True
+        records.append(record)
+    return records
+
+
+def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
+    name = child_name(ctx.identity.name, stage)
+    child = ctx.observed.jobs.get(name)
+    record.children = _children_of(ctx, stage)
+    if child is None:
+        _start(ctx, stage, record)
+        return
+    status = child.get("status") or {}
+    if record.start_time is None:
+        record.start_time = parse_time(status["startTime"]) if status.get("startTime") else ctx.now
+    record.attempts = max(_attempts(child), record.attempts or 0)
+    finished = job_finished(child)
+    if finished is None:
+        _keep_suspension(ctx, child, name)
+        suspended = bool((child.get("spec") or {}).get("suspend"))
+        record.state, record.message = StageState.RUNNING, "Suspended." if suspended else "Running."
+        if stage is StageName.POLICY and ctx.observed.progress:
+            ctx.metrics = updated(ctx.metrics, ctx.observed.progress.metrics())
+        return
+    kind, condition = finished
+    end = status.get("completionTime") or condition.get("lastTransitionTime")
+    record.completion_time = parse_time(end) if end else ctx.now
+    pods = ctx.observed.pods_of(stage)
+    if kind == "Complete":
+        _succeeded(ctx, stage, record, pods)
+    else:
+        detail = failure_message(pods)
+        reason = condition.get("reason") or "Failed"
+        text = condition.get("message") or "the stage's Job failed"
+        record.state = StageState.FAILED
+        record.message = f"{reason}: {text.rstrip('.')}." + (f" Last pod: {detail}" if detail else "")
+
+
+def _succeeded(ctx: PlanningPass, stage: StageName, record: StageStatus, pods: list[Manifest]) -> None:
+    result = stage_result(pods)
+    ctx.metrics = updated(ctx.metrics, result.metrics)
+    ctx.artifacts = updated(ctx.artifacts, result.artifacts)
+    definition = STAGES[stage]
+    # Where the output is when the pod reported none, so an older value is not kept by mistake.
+    field = definition.artifact_field
+    if field and definition.default_artifact and getattr(ctx.artifacts, field) is None:
+        setattr(ctx.artifacts, field, definition.default_artifact(ctx.root))
+    record.state, record.message = StageState.SUCCEEDED, result.message or "Succeeded."
+
+
+def _start(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
+    record.state = StageState.RUNNING
+    if ctx.spec.suspend:
+        record.message = "Suspended before it started."
+        return
+    if ctx.observed.missing is None:
+        ctx.plan.check_dependencies = True
+        record.message = "Starting."
+        return
+    if ctx.observed.missing:
+        record.state, record.message = StageState.PENDING, "Waiting for " + "; ".join(ctx.observed.missing)
+        return
+    endpoint = None
+    if stage is StageName.POLICY and ctx.spec.stages.policy.reward_placement == "remote":
+        endpoint = reward_server_endpoint_if_ready(ctx)
+        if endpoint is None:
+            record.message = "Waiting for the reward server to be ready."
+            return
+    ensure_config(ctx, stage, endpoint)
+    name = child_name(ctx.identity.name, stage)
+    if STAGES[stage].job_shape(name, ctx.identity.namespace, ctx.spec).headless_service:
+        ensure_service(ctx, headless_service(ctx.identity, stage))
+    ctx.plan.create.append(
+        stage_job(ctx.identity, ctx.spec, stage, ctx.config, suspend=bool(ctx.spec.queue_name))
+    )
+    if record.start_time is None:
+        record.start_time = ctx.now
+    record.children = _children_of(ctx, stage)
+    # What the record will say once the new Job is seen, so seeing it costs no status write.
+    record.message, record.attempts = "Running.", record.attempts or 0
+
+
+def _children_of(ctx: PlanningPass, stage: StageName) -> list[str]:
+    names = [child_name(ctx.identity.name, stage)]
+    if stage is StageName.POLICY and ctx.spec.stages.policy.reward_placement == "remote":
+        names.append(child_name(ctx.identity.name, StageName.REWARD_SERVER))
+    return names
+
+
+def _keep_suspension(ctx: PlanningPass, child: Manifest, name: str) -> None:
+    current = bool((child.get("spec") or {}).get("suspend"))
+    if ctx.spec.suspend and not current:
+        ctx.plan.patch.append(("Job", name, {"spec": {"suspend": True}}))
+    elif not ctx.spec.suspend and current and not ctx.spec.queue_name:
+        # With a queue, Kueue decides when a suspended Job runs.
+        ctx.plan.patch.append(("Job", name, {"spec": {"suspend": False}}))

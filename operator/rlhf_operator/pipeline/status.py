@@ -1,0 +1,97 @@
+"""The RLHFJob's status: phase, message and conditions, built as the `RLHFJobStatus` model."""
+
+from __future__ import annotations
+
+from rlhf_operator.api.v1alpha1 import (
+    Artifacts,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    Metrics,
+    Phase,
+    RLHFJobStatus,
+    StageName,
+    StageState,
+    StageStatus,
+)
+from rlhf_operator.pipeline.context import PlanningPass
+
+DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
+
+
+def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Phase, str]:
+    failed = next((r for r in records if r.state is StageState.FAILED), None)
+    current = current_stage(records)
+    if failed is not None:
+        return Phase.FAILED, f"Stage {failed.name.value} failed: {failed.message or ''}"
+    if all(r.state in DONE for r in records):
+        return Phase.SUCCEEDED, _success_message(ctx.metrics)
+    if ctx.spec.suspend:
+        return (
+            Phase.SUSPENDED,
+            f"Suspended during stage {current.value}; set spec.suspend to false to resume.",
+        )
+    if ctx.observed.missing:
+        return Phase.PENDING, f"Waiting before stage {current.value}: {'; '.join(ctx.observed.missing)}."
+    started = any(r.start_time for r in records)
+    return Phase.RUNNING, f"Stage {current.value} is running." if started else "Starting."
+
+
+def current_stage(records: list[StageStatus]) -> StageName:
+    return next((r.name for r in records if r.state not in DONE), records[-1].name)
+
+
+def _success_message(metrics: Metrics) -> str:
+    if metrics.win_rate is not None:
+        return f"Every stage succeeded; the policy wins {metrics.win_rate:.0%} of evaluation prompts over the base model."
+    return "Every stage succeeded."
+
+
+def build_status(ctx: PlanningPass, records: list[StageStatus]) -> RLHFJobStatus:
+    phase, message = phase_and_message(ctx, records)
+    starts = [r.start_time for r in records if r.start_time]
+    finished = phase in (Phase.SUCCEEDED, Phase.FAILED)
+    return RLHFJobStatus(
+        observed_generation=ctx.generation,
+        phase=phase,
+        current_stage=current_stage(records),
+        message=message,
+        start_time=(ctx.old.start_time or min(starts)) if starts else None,
+        completion_time=(ctx.old.completion_time or ctx.now) if finished else None,
+        stages=records,
+        metrics=ctx.metrics if ctx.metrics != Metrics() else None,
+        artifacts=ctx.artifacts if ctx.artifacts != Artifacts() else None,
+        conditions=conditions(ctx, phase, message),
+    )
+
+
+def conditions(ctx: PlanningPass, phase: Phase, message: str) -> list[Condition]:
+    waiting = bool(ctx.observed.missing)
+    wanted: list[tuple[ConditionType, bool, str]] = [
+        (ConditionType.RUNNING, phase is Phase.RUNNING, "StageRunning" if phase is Phase.RUNNING else phase.value),
+        (ConditionType.SUSPENDED, phase is Phase.SUSPENDED,
+         "SuspendedBySpec" if phase is Phase.SUSPENDED else "NotSuspended"),
+        (ConditionType.SUCCEEDED, phase is Phase.SUCCEEDED,
+         "AllStagesSucceeded" if phase is Phase.SUCCEEDED else "NotFinished"),
+        (ConditionType.FAILED, phase is Phase.FAILED, "StageFailed" if phase is Phase.FAILED else "NoStageFailed"),
+        (ConditionType.WAITING, waiting, "DependencyMissing" if waiting else "DependenciesPresent"),
+    ]  # fmt: skip
+    old = {c.type: c for c in ctx.old.conditions}
+    out = []
+    for kind, true, reason in wanted:
+        status = ConditionStatus.TRUE if true else ConditionStatus.FALSE
+        previous = old.get(kind.value)
+        changed = previous is None or previous.status is not status
+        out.append(
+            Condition(
+                type=kind.value,
+                status=status,
+                observed_generation=ctx.generation,
+                last_transition_time=ctx.now
+                if changed or previous is None
+                else previous.last_transition_time,
+                reason=reason,
+                message=message if true else "",
+            )
+        )
+    return out

@@ -1,0 +1,68 @@
+"""What the pure core reads (`Observed`) and what it decides (`Plan`, `RetentionPlan`, `Event`).
+
+Kept apart from the pipeline so the store (which builds `Observed`) and the Kubernetes access
+module (which posts `Event`s) do not depend on the state machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rlhf_operator.api.stage_io import ProgressRecord
+from rlhf_operator.naming import LABEL_STAGE
+from rlhf_operator.stages import StageKey
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The children of one RLHFJob as the operator's watches see them."""
+
+    jobs: dict[str, Manifest] = field(default_factory=dict)
+    deployments: dict[str, Manifest] = field(default_factory=dict)
+    services: frozenset[str] = frozenset()
+    config_maps: frozenset[str] = frozenset()
+    secrets: frozenset[str] = frozenset()
+    pods: tuple[Manifest, ...] = ()
+    # None: not checked yet; the caller checks and reconciles again when the plan asks for it.
+    missing: tuple[str, ...] | None = None
+    progress: ProgressRecord | None = None
+
+    def pods_of(self, stage: StageKey) -> list[Manifest]:
+        return [
+            p for p in self.pods if p.get("metadata", {}).get("labels", {}).get(LABEL_STAGE) == str(stage)
+        ]
+
+    def with_missing(self, missing: tuple[str, ...]) -> Observed:
+        return replace(self, missing=missing)
+
+    def with_progress(self, progress: ProgressRecord | None) -> Observed:
+        return replace(self, progress=progress)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    create: list[Manifest] = field(default_factory=list)
+    patch: list[tuple[str, str, Manifest]] = field(default_factory=list)  # (kind, name, merge patch)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    #: The new status (camelCase, as written), and whether it differs from the stored one.
+    status: Manifest = field(default_factory=dict)
+    status_changed: bool = False
+    events: list[Event] = field(default_factory=list)
+    check_dependencies: bool = False
+
+
+@dataclass
+class RetentionPlan:
+    create: list[Manifest] = field(default_factory=list)
+    finalizers: list[str] | None = None  # the RLHFJob's new finalizers, when they change
+    events: list[Event] = field(default_factory=list)

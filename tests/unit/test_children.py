@@ -1,0 +1,60 @@
+"""Child manifests: pure functions of (job, stage, config)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rlhf_operator.api.stage_config import parse_stage_config
+from rlhf_operator.api.v1alpha1 import StageName
+from rlhf_operator.children import JobIdentity, stage_job
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.pipeline import reconcile
+from rlhf_operator.plan import Observed
+from tests.support.builders import TOKEN, rlhfjob
+
+NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+CONFIG = OperatorConfig()
+
+
+def test_precompute_job_is_indexed_pinned_and_restricted() -> None:
+    job = rlhfjob()
+    manifest = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.PRECOMPUTE, CONFIG)
+    spec = manifest["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    pod_spec = spec["template"]["spec"]
+    assert pod_spec["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "cpu"}
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert pod_spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [78]
+    assert rules[1] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_multi_node_policy_gets_rendezvous_and_gpus() -> None:
+    job = rlhfjob(stages={"policy": {"nodes": 2, "pod": {"resources": {"gpus": 8}}}})
+    manifest = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.POLICY, CONFIG)
+    spec = manifest["spec"]
+    assert (spec["completionMode"], spec["completions"]) == ("Indexed", 2)
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"][0] == "torchrun" and "--nproc-per-node=8" in container["command"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MASTER_ADDR"]["value"] == "tiny-policy-0.tiny-policy.ml.svc"
+    assert env["WORLD_SIZE"]["value"] == "16"
+    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert spec["template"]["spec"]["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists",
+                                                          "effect": "NoSchedule"}  # fmt: skip
+    assert spec["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "policy-gpu"}
+
+
+def test_config_map_holds_a_stage_config_the_pod_can_validate() -> None:
+    plan = reconcile(rlhfjob(), {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
+    data = plan.create[0]["data"]["stage.json"]
+    config = parse_stage_config(data)
+    assert config.stage is StageName.PRECOMPUTE
+    assert config.artifact_root == "/data/rlhf-jobs/ml/tiny/u-1"
+    assert plan.create[0]["immutable"] is True

@@ -1,0 +1,132 @@
+"""The controller against an in-memory API (tests.support.fake_kube): what it asks of Kubernetes
+for a new job, an invalid spec, a running policy's progress and a finished job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.controller import Controller
+from rlhf_operator.workloads.progress import format_progress
+from tests.support.builders import TOKEN, finished_job, pod, rlhfjob
+from tests.support.fake_kube import FakeKube
+
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
+KEY = ("ml", "tiny")
+Manifest = dict[str, Any]
+
+
+def body(status: Manifest | None = None, **spec: Any) -> Manifest:
+    job = rlhfjob(**spec).model_dump(mode="json", by_alias=True, exclude_none=True)
+    job["metadata"]["resourceVersion"] = "1"
+    if status is not None:
+        job["status"] = status
+    return job
+
+
+def controller(kube: FakeKube, **settings: Any) -> Controller:
+    return Controller(OperatorConfig(**settings), kube, clock=lambda: NOW, token_source=TOKEN)
+
+
+def start(kube: FakeKube, job: Manifest, **settings: Any) -> Controller:
+    ctl = controller(kube, **settings)
+    kube.add_rlhfjob(job)
+    ctl.store.put_job(job)
+    ctl.reconcile(KEY)
+    return ctl
+
+
+def test_a_new_job_checks_dependencies_once_creates_its_first_stage_and_writes_status_once() -> None:
+    kube = FakeKube()
+    ctl = start(kube, body())
+    assert kube.requests == [
+        ("get", "dependencies", "ml"),
+        ("create", "ConfigMap", "tiny-precompute-config"),
+        ("create", "Job", "tiny-precompute"),
+        ("patch_status", "RLHFJob", "tiny"),
+    ]
+    assert [e.reason for e in kube.events] == ["StageStarted"]
+    kube.requests.clear()
+    ctl.reconcile(KEY)  # e.g. the watch event of its own status write
+    assert kube.requests == []
+
+
+def test_a_missing_dependency_is_written_to_status_and_nothing_is_created() -> None:
+    kube = FakeKube(absent=("PersistentVolumeClaim rlhf-data does not exist",))
+    ctl = start(kube, body())
+    assert kube.count("create") == 0
+    job = ctl.store.job(KEY)
+    assert job is not None and job["status"]["phase"] == "Pending"
+
+
+def test_an_invalid_spec_fails_the_job_once_with_what_is_wrong() -> None:
+    kube = FakeKube()
+    invalid = body()
+    invalid["spec"]["stages"]["policy"]["klCoef"] = -1
+    ctl = start(kube, invalid)
+    assert kube.requests == [("patch_status", "RLHFJob", "tiny")]
+    status = (ctl.store.job(KEY) or {})["status"]
+    assert status["phase"] == "Failed" and "klCoef" in status["message"]
+    assert status["conditions"][0]["reason"] == "InvalidSpec"
+    ctl.reconcile(KEY)
+    assert kube.count("patch_status") == 1
+
+
+def _running_policy() -> Manifest:
+    done = [{"name": s, "state": "Succeeded"} for s in ("precompute", "ranking", "rewardModel")]
+    return {
+        "phase": "Running",
+        "observedGeneration": 1,
+        "stages": [*done, {"name": "policy", "state": "Running"}],
+    }
+
+
+@pytest.mark.parametrize(("interval", "reads"), [(300.0, 1), (1e-6, 2)])
+def test_progress_is_read_at_most_once_per_interval(interval: float, reads: int) -> None:
+    kube = FakeKube(logs={"tiny-policy-0": format_progress(7, 30, 1.5, 0.25) + "\n"})
+    ctl = controller(kube, progress_interval_seconds=interval)
+    job = body(_running_policy())
+    kube.add_rlhfjob(job)
+    ctl.store.put_job(job)
+    labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "policy"}
+    ctl.store.put_child(
+        "Job", {"metadata": {"name": "tiny-policy", "labels": labels}, "spec": {}, "status": {"active": 1}}
+    )
+    running = pod("policy", "Running", name="tiny-policy-0")
+    running["metadata"]["labels"] = labels
+    ctl.store.put_child("Pod", running)
+    ctl.reconcile(KEY)
+    ctl.reconcile(KEY)
+    assert kube.count("log") == reads
+    metrics = (ctl.store.job(KEY) or {})["status"]["metrics"]
+    assert metrics == {"policyStep": 7, "policyTotalSteps": 30, "meanReward": 1.5, "kl": 0.25}
+
+
+def test_a_finished_job_only_removes_a_reward_server_left_behind() -> None:
+    kube = FakeKube()
+    ctl = controller(kube)
+    status = {"phase": "Succeeded", "observedGeneration": 1, "stages": []}
+    job = body(status, stages={"policy": {"rewardPlacement": "remote"}})
+    kube.add_rlhfjob(job)
+    ctl.store.put_job(job)
+    labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "rewardServer"}
+    for kind in ("Deployment", "Service"):
+        ctl.store.put_child(kind, {"metadata": {"name": "tiny-reward-server", "labels": labels}, "spec": {}})
+    ctl.store.put_child("Job", {"metadata": {"name": "tiny-evaluation", "labels": labels}, **finished_job()})
+    ctl.reconcile(KEY)
+    assert kube.requests == [
+        ("delete", "Deployment", "tiny-reward-server"),
+        ("delete", "Service", "tiny-reward-server"),
+    ]
+
+
+def test_artifact_retention_delete_adds_the_finalizer_before_anything_starts() -> None:
+    kube = FakeKube()
+    start(kube, body(artifactRetention="Delete"))
+    assert kube.requests[0] == ("set_finalizers", "RLHFJob", "tiny")
+    assert kube.objects[("RLHFJob", "ml", "tiny")]["metadata"]["finalizers"] == [
+        "rlhf-operator.dev/artifact-cleanup"
+    ]

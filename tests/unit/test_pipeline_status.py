@@ -1,0 +1,94 @@
+"""Status: the phase, message and conditions of an RLHFJob for each combination of stage states."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.pipeline import reconcile
+from rlhf_operator.plan import Observed
+from tests.support.builders import TOKEN, rlhfjob
+
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
+STAGES = ("precompute", "ranking", "rewardModel", "policy", "evaluation")
+
+
+def stored(*states: str, **extra: Any) -> dict[str, Any]:
+    records = [
+        {"name": n, "state": s, "startTime": "2026-11-24T11:00:00Z"}
+        for n, s in zip(STAGES, states, strict=False)
+    ]
+    return {"stages": records, **extra}
+
+
+SUCCEEDED = ("Succeeded",) * 5
+CASES = [
+    # (case, spec, stored status, missing, phase, current stage, message contains, true conditions)
+    ("all done", {}, stored(*SUCCEEDED, metrics={"winRate": 0.75}), (), "Succeeded", "evaluation", "wins 75%", {"Succeeded"}),
+    ("one failed", {}, stored("Succeeded", "Failed"), (), "Failed", "ranking", "Stage ranking failed", {"Failed"}),
+    ("suspended", {"suspend": True}, stored("Succeeded", "Running"), (), "Suspended", "ranking", "spec.suspend", {"Suspended"}),
+    ("waiting", {}, {}, ("Secret s3 does not exist",), "Pending", "precompute", "Secret s3", {"Waiting"}),
+    ("running", {}, stored("Succeeded", "Running"), (), "Running", "ranking", "Stage ranking is running", {"Running"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "missing", "phase", "current", "text", "true"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_phase_message_and_conditions(  # noqa: PLR0917 - pytest parameters
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    missing: tuple[str, ...],
+    phase: str,
+    current: str,
+    text: str,
+    true: set[str],
+) -> None:
+    jobs = {"tiny-ranking": {"spec": {"suspend": bool(spec.get("suspend"))}, "status": {"active": 1}}}
+    new = reconcile(
+        rlhfjob(**spec), status, Observed(jobs=jobs, missing=missing), OperatorConfig(), NOW, new_token=TOKEN
+    ).status
+    assert (new["phase"], new["currentStage"]) == (phase, current)
+    assert text in new["message"]
+    assert {c["type"] for c in new["conditions"] if c["status"] == "True"} == true
+    assert all(c["observedGeneration"] == 1 for c in new["conditions"])
+
+
+def test_condition_transition_time_moves_only_when_its_status_changes() -> None:
+    job = rlhfjob()
+    jobs: dict[str, dict[str, Any]] = {"tiny-ranking": {"spec": {}, "status": {"active": 1}}}
+    first = reconcile(
+        job,
+        stored("Succeeded", "Running"),
+        Observed(jobs=jobs, missing=()),
+        OperatorConfig(),
+        NOW,
+        new_token=TOKEN,
+    )
+    later = datetime(2026, 11, 24, 13, tzinfo=UTC)
+    again = reconcile(
+        job, first.status, Observed(jobs=jobs, missing=()), OperatorConfig(), later, new_token=TOKEN
+    )
+    assert again.status == first.status and not again.status_changed
+    jobs["tiny-ranking"]["status"] = {
+        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+    }
+    failed = reconcile(
+        job, first.status, Observed(jobs=jobs, missing=()), OperatorConfig(), later, new_token=TOKEN
+    )
+    times = {c["type"]: c["lastTransitionTime"] for c in failed.status["conditions"]}
+    assert times["Failed"] == times["Running"] == "2026-11-24T13:00:00Z"
+    assert times["Suspended"] == "2026-11-24T12:00:00Z"
+
+
+def test_status_is_built_as_the_model_and_dumped_by_alias() -> None:
+    from rlhf_operator.api.v1alpha1 import RLHFJobStatus
+
+    new = reconcile(rlhfjob(), {}, Observed(missing=()), OperatorConfig(), NOW, new_token=TOKEN).status
+    assert RLHFJobStatus.model_validate(new).model_dump(mode="json", by_alias=True, exclude_none=True) == new
+    assert new["startTime"] == "2026-11-24T12:00:00Z" and "observedGeneration" in new
