@@ -19,7 +19,15 @@ from rlhf_operator.api.stage_config import (
     StageConfig,
 )
 from rlhf_operator.api.stage_config import dump_stage_config as dump_config
-from rlhf_operator.api.v1alpha1 import API_VERSION, KIND, PodSettings, RLHFJobSpec, StageName
+from rlhf_operator.api.v1alpha1 import (
+    API_VERSION,
+    KIND,
+    PodSettings,
+    RankingMethod,
+    RLHFJobSpec,
+    SecretKeyRef,
+    StageName,
+)
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
@@ -160,6 +168,17 @@ def _volumes(
     return volumes, mounts
 
 
+#: The served AI judge's API key, from `aiJudge.endpoint.apiKeySecret` (read by endpoint_judge).
+JUDGE_API_KEY_ENV = "RLHF_JUDGE_API_KEY"
+
+
+def judge_api_key_secret(spec: RLHFJobSpec) -> SecretKeyRef | None:
+    judge = spec.stages.ranking.ai_judge
+    if spec.stages.ranking.method is not RankingMethod.AI_JUDGE or judge is None or judge.endpoint is None:
+        return None
+    return judge.endpoint.api_key_secret
+
+
 def pod_spec(
     job: JobIdentity,
     spec: RLHFJobSpec,
@@ -203,6 +222,10 @@ def pod_spec(
         # A crash before the program writes its result still tells the operator something.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    judge_key = judge_api_key_secret(spec) if stage is StageName.RANKING else None
+    if judge_key is not None:
+        ref = {"name": judge_key.name, "key": judge_key.key}
+        env.append({"name": JUDGE_API_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
     if spec.storage.credentials is not None and spec.storage.credentials.secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.storage.credentials.secret_ref.name}}]
     if ports:

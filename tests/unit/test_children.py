@@ -58,3 +58,19 @@ def test_config_map_holds_a_stage_config_the_pod_can_validate() -> None:
     assert config.stage is StageName.PRECOMPUTE
     assert config.artifact_root == "/data/rlhf-jobs/ml/tiny/u-1"
     assert plan.create[0]["immutable"] is True
+
+
+def test_a_served_judge_gets_its_api_key_from_the_secret_and_the_secret_is_a_dependency() -> None:
+    from rlhf_operator.pipeline.dependencies import dependencies
+
+    endpoint = {"url": "http://judge.ml.svc:8000/v1", "model": "judge", "apiKeySecret": {"name": "judge-key"}}
+    job = rlhfjob(stages={"ranking": {"method": "aiJudge", "rule": None, "aiJudge": {"endpoint": endpoint}}})
+    ranking = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.RANKING, CONFIG)
+    env = {e["name"]: e for e in ranking["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RLHF_JUDGE_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "judge-key", "key": "api-key"}}
+    policy = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.POLICY, CONFIG)
+    assert "RLHF_JUDGE_API_KEY" not in {
+        e["name"] for e in policy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert ("Secret", "judge-key") in dependencies(job, CONFIG)
+    assert ("Secret", "judge-key") not in dependencies(rlhfjob(), CONFIG)
