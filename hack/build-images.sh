@@ -47,7 +47,7 @@ base_image() {
     command -v mmdebstrap >/dev/null || { log "mmdebstrap is required to make the base (apt-get install mmdebstrap)"; exit 1; }
     log "base: mmdebstrap $BASE_SUITE ($BASE_PACKAGES)"
     local start=$SECONDS
-    mmdebstrap --quiet --mode=root --variant=minbase --include="$BASE_PACKAGES" \
+    mmdebstrap --quiet --mode=root --format=tar --variant=minbase --include="$BASE_PACKAGES" \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
       --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
