@@ -393,10 +393,10 @@ class LocalCluster:
         )
 
 
-def image_archive(image: str) -> Path:
-    """A docker-archive of a locally built image (hack/image-archive.sh), for the real node."""
+def image_archive(*images: str) -> Path:
+    """One docker-archive of locally built images (hack/image-archive.sh), for the real node."""
     result = subprocess.run(
-        ["bash", str(HERE / "image-archive.sh"), image], capture_output=True, text=True, check=False
+        ["bash", str(HERE / "image-archive.sh"), *images], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise ClusterError(result.stderr.strip())
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         "--image", action="append", default=[], help="local image to load into the real node (repeatable)"
     )
     args = parser.parse_args(argv)
-    archives = [image_archive(image) for image in args.image]
+    archives = [image_archive(*args.image)] if args.image else []
     cluster = LocalCluster(
         args.name, executed=args.executed, real_node=args.real_node, real_node_images=archives
     )

@@ -44,7 +44,7 @@ KUBELET_SYSCTLS = {
 # node's mount namespace hides each one.
 PRIVATE_DIRS = ("/run/netns", "/run/containerd", "/var/lib/cni", "/var/log/containers")
 PACKAGES = {"containerd": "containerd", "runc": "runc", "/usr/lib/cni/bridge": "containernetworking-plugins",
-            "iptables": "iptables", "catatonit": "catatonit", "podman": "podman"}  # fmt: skip
+            "iptables": "iptables", "catatonit": "catatonit", "buildah": "buildah"}  # fmt: skip
 
 
 def images_cache() -> Path:
