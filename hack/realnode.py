@@ -252,6 +252,18 @@ class RealNode:
                 "patch", "node", self.name, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
             )
 
+    def container_writes(self, container_id: str) -> list[str]:
+        """Paths a container created or changed in its own root filesystem: its overlay upper dir.
+
+        runc adds the mount points of the container's volumes there; anything else is a write
+        outside the container's mounts (which a read-only root filesystem would have refused)."""
+        key = json.loads(self._ctr("containers", "info", container_id.removeprefix("containerd://")).stdout)[
+            "SnapshotKey"
+        ]
+        mount = self._ctr("snapshots", "mounts", "/mnt", key).stdout
+        upper = Path(next(o.split("=", 1)[1] for o in mount.split(",") if o.startswith("upperdir=")))
+        return sorted("/" + str(p.relative_to(upper)) for p in upper.rglob("*"))
+
     @staticmethod
     def _wait_for_socket(path: Path, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -48,18 +48,33 @@ def pods(cluster: LocalCluster, namespace: str, *selector: str) -> list[dict[str
     return items
 
 
+# Mount points the runtime itself adds to every container's root filesystem.
+RUNTIME_MOUNTS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/termination-log", "/proc", "/dev",
+                  "/sys", "/run/secrets/kubernetes.io/serviceaccount")  # fmt: skip
+
+
 def assert_runs_restricted_on_the_node(cluster: LocalCluster, pod: dict[str, Any], image: str) -> None:
     name = pod["metadata"]["name"]
     assert pod["spec"]["nodeName"] == cluster.node.name, name
     container = pod["spec"]["containers"][0]
     assert container["image"] == images(TAG)[image], name
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
     assert pod["spec"]["securityContext"]["runAsUser"] == 65532, name
+
+
+def writes_outside_mounts(cluster: LocalCluster, pod: dict[str, Any]) -> list[str]:
+    """What the pod's container wrote to its root filesystem other than its mount points."""
+    mounts = [m["mountPath"] for m in pod["spec"]["containers"][0].get("volumeMounts", [])]
+    mounts += RUNTIME_MOUNTS
+    written = cluster.node.container_writes(pod["status"]["containerStatuses"][0]["containerID"])
+    return [p for p in written if not any(m == p or m.startswith(p.rstrip("/") + "/") for m in mounts)]
 
 
 def test_operator_runs_in_its_image_on_the_real_node(demo_cluster: LocalCluster) -> None:
     (operator,) = [p for p in pods(demo_cluster, OPERATOR_NAMESPACE) if "test" not in p["metadata"]["name"]]
     assert_runs_restricted_on_the_node(demo_cluster, operator, "operator")
+    assert operator["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     labels = json.loads(demo_cluster.kubectl("get", "namespace", NAMESPACE, "-o", "json").stdout)["metadata"]
     assert labels["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
@@ -88,6 +103,10 @@ def test_tiny_job_runs_for_real_on_the_node(demo_cluster: LocalCluster, remote_r
         stages.add(stage)
         if pod["spec"].get("nodeName"):
             assert_runs_restricted_on_the_node(demo_cluster, pod, IMAGE_OF_STAGE[stage])
+        if stage != "rewardServer":
+            # The operator does not set readOnlyRootFilesystem on stage containers: their overlay
+            # upper dirs show whether a stage wrote anywhere but its volumes.
+            assert writes_outside_mounts(demo_cluster, pod) == [], pod_name
         if stage != "rewardServer":  # the server's Deployment is removed once the policy is done
             logs = demo_cluster.kubectl("logs", "-n", NAMESPACE, pod_name).stdout
             assert logs.strip(), f"kubectl logs {pod_name} is empty"
