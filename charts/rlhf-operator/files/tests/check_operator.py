@@ -1,7 +1,7 @@
 """`helm test` check: the RLHFJob CRD is served and the operator's liveness endpoint answers.
 
-Runs in the operator image (Python + the kubernetes client) as a ServiceAccount that may only `get`
-the RLHFJob CRD. Settings come from the environment: CRD_NAME, CRD_VERSION, HEALTH_URL, TIMEOUT_SECONDS.
+Runs in the operator image (Python + lightkube, the operator's own client; the image has no other)
+as a ServiceAccount that may only `get` the RLHFJob CRD. Settings come from the environment: CRD_NAME, CRD_VERSION, HEALTH_URL, TIMEOUT_SECONDS.
 """
 
 import os
@@ -10,12 +10,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from kubernetes import client, config
+from lightkube import Client
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
 
-def crd_problem(name: str, version: str) -> str | None:
-    crd = client.ApiextensionsV1Api().read_custom_resource_definition(name)
-    conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+def crd_problem(client: Client, name: str, version: str) -> str | None:
+    crd = client.get(CustomResourceDefinition, name)
+    conditions = {c.type: c.status for c in ((crd.status and crd.status.conditions) or [])}
     if conditions.get("Established") != "True":
         return f"CRD {name} is not Established: {conditions}"
     served = [v.name for v in crd.spec.versions if v.served]
@@ -32,16 +33,13 @@ def health_problem(url: str) -> str | None:
 
 
 def main() -> int:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    client = Client()  # in-cluster service account, else $KUBECONFIG
     name = os.environ.get("CRD_NAME", "rlhfjobs.rlhf-operator.dev")
     version = os.environ.get("CRD_VERSION", "v1alpha1")
     url = os.environ["HEALTH_URL"]
     deadline = time.monotonic() + float(os.environ.get("TIMEOUT_SECONDS", "120"))
     checks: dict[str, Callable[[], str | None]] = {
-        "crd": lambda: crd_problem(name, version),
+        "crd": lambda: crd_problem(client, name, version),
         "liveness": lambda: health_problem(url),
     }
     while True:
