@@ -30,7 +30,7 @@ from rlhf_operator.pipeline import (
     retention,
     stored_status,
 )
-from rlhf_operator.plan import Manifest, Observed
+from rlhf_operator.plan import Event, Manifest, Observed, RequestRefusedError
 from rlhf_operator.store import Key, Store
 from rlhf_operator.workloads.progress import last_progress
 
@@ -104,7 +104,12 @@ class Controller:
         if plan.check_dependencies:
             observed = observed.with_missing(self.kube.missing(key[0], dependencies(job, self.config)))
             plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
-        if self.executor.execute(key, uid, plan) is not None:
+        try:
+            updated = self.executor.execute(key, uid, plan)
+        except RequestRefusedError as refusal:
+            self._write_refused(key, body, plan.status, refusal)
+            return
+        if updated is not None:
             metrics.observe_stage_durations(status, plan.status)
 
     def _finalize(self, key: Key, body: Manifest) -> None:
@@ -125,19 +130,36 @@ class Controller:
         """An object the API server let through but the models refuse (e.g. stored by an older CRD)."""
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
         message = f"The spec is invalid: {problems}. Fix the spec; nothing was started."
-        status = dict(body.get("status") or {})
-        if status.get("message") == message:
-            return
+        self._write_failed(key, body, dict(body.get("status") or {}), "InvalidSpec", message)
+
+    def _write_refused(
+        self, key: Key, body: Manifest, status: Manifest, refusal: RequestRefusedError
+    ) -> None:
+        """A child the API server refuses (4xx): retrying cannot help, so the job fails once, saying
+        what was refused and why, instead of asking again on every event."""
+        message = f"{refusal.sentence()}. Fix the spec (its pod settings or names); nothing more is started."
+        log.warning("%s/%s: %s", *key, refusal.sentence())
+        if self._write_failed(key, body, status, "RequestRefused", message):
+            self.kube.post_event(
+                key[0], key[1], body["metadata"]["uid"], Event("Warning", "RequestRefused", message)
+            )
+
+    def _write_failed(self, key: Key, body: Manifest, status: Manifest, reason: str, message: str) -> bool:
+        """Fails the job with `reason`; False when its status says so already."""
+        if (body.get("status") or {}).get("message") == message:
+            return False
         now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
         generation = body["metadata"].get("generation")
-        status.update(
-            observedGeneration=generation,
-            phase=Phase.FAILED.value,
-            message=message,
-            conditions=[{"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message,
-                         "lastTransitionTime": now, "observedGeneration": generation}],
-        )  # fmt: skip
+        changed = [
+            {"type": kind, "status": value, "reason": reason, "message": message,
+             "lastTransitionTime": now, "observedGeneration": generation}
+            for kind, value in (("Running", "False"), ("Failed", "True"))
+        ]  # fmt: skip
+        kept = [c for c in status.get("conditions") or [] if c.get("type") not in {"Running", "Failed"}]
+        status = {**status, "observedGeneration": generation, "phase": Phase.FAILED.value, "message": message,
+                  "conditions": [*kept, *changed]}  # fmt: skip
         self.store.put_job(self.kube.patch_status(*key, status))
+        return True
 
     def _with_progress(self, key: Key, status: RLHFJobStatus, observed: Observed) -> Observed:
         """Reads the running policy's latest progress line, at most once per progress interval."""

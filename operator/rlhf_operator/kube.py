@@ -29,7 +29,7 @@ from lightkube.types import CascadeType, PatchType
 from prometheus_client import Counter
 
 from rlhf_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
-from rlhf_operator.plan import Event
+from rlhf_operator.plan import Event, RequestRefusedError
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
@@ -83,6 +83,18 @@ def _is(err: ApiError, code: int) -> bool:
     return err.status.code == code
 
 
+#: 4xx answers that may clear by themselves (a conflict, throttling, a timeout): retried, not reported.
+TRANSIENT = {404, 408, 409, 429}
+
+
+def _refusal(err: ApiError, verb: str, kind: str, name: str) -> ApiError | RequestRefusedError:
+    """A refusal that retrying cannot fix becomes RequestRefusedError (reported on the RLHFJob once)."""
+    code = int(err.status.code or 0)
+    if 400 <= code < 500 and code not in TRANSIENT:
+        return RequestRefusedError(verb, kind, name, code, str(err.status.message or err))
+    return err
+
+
 def _manifest(resource: Any) -> Manifest:
     data: Manifest = resource.to_dict()
     return data
@@ -104,7 +116,7 @@ class Kube:
         except ApiError as err:
             if _is(err, 409):
                 return False
-            raise
+            raise _refusal(err, "create", manifest["kind"], manifest["metadata"]["name"]) from err
         return True
 
     def patch(self, kind: str, namespace: str, name: str, body: Manifest) -> None:
@@ -113,7 +125,7 @@ class Kube:
             self.client.patch(KINDS[kind], name, body, namespace=namespace, patch_type=PatchType.MERGE)
         except ApiError as err:
             if not _is(err, 404):
-                raise
+                raise _refusal(err, "patch", kind, name) from err
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         API_REQUESTS.labels("delete", RESOURCES[kind]).inc()

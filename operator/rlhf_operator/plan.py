@@ -49,6 +49,18 @@ class Event:
     message: str
 
 
+class RequestRefusedError(Exception):
+    """The API server refused a request for a reason that retrying will not change (a 4xx other
+    than conflict, not-found and throttling): e.g. a name or a pod field it finds invalid."""
+
+    def __init__(self, verb: str, kind: str, name: str, code: int, reason: str) -> None:
+        super().__init__(f"{verb} {kind} {name}: {code} {reason}")
+        self.verb, self.kind, self.name, self.code, self.reason = verb, kind, name, code, reason
+
+    def sentence(self) -> str:
+        return f"The API server refused to {self.verb} {self.kind} {self.name} ({self.code}): {self.reason}"
+
+
 @dataclass
 class Plan:
     create: list[Manifest] = field(default_factory=list)

@@ -124,6 +124,23 @@ def test_missing_volume_claim_leaves_the_job_waiting_until_it_exists(
     wait_phase(cluster, op_namespace, "early", "Succeeded")
 
 
+def test_a_child_the_api_server_refuses_fails_the_job_once_with_its_reason(
+    cluster: Kube, op_namespace: str
+) -> None:
+    create_pvc(cluster, op_namespace)
+    job = rlhfjob("refused", op_namespace)
+    set_stage_annotations(job, "precompute", {"not a valid key!": "x"})
+    apply(cluster, job)
+    failed = wait_phase(cluster, op_namespace, "refused", "Failed", timeout=10)
+    condition = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "RequestRefused"
+    assert "refused to create Job refused-precompute (422)" in condition["message"]
+    assert "not a valid key!" in condition["message"]
+    warnings = cluster.get_json("events", "-n", op_namespace, "--field-selector", "reason=RequestRefused")
+    assert len(warnings["items"]) == 1 and warnings["items"][0]["type"] == "Warning"
+    assert children(cluster, op_namespace, "jobs") == []
+
+
 def test_concurrent_jobs_do_not_interfere_and_deleting_one_keeps_the_other(
     cluster: Kube, op_namespace: str
 ) -> None:

@@ -7,7 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_operator.plan import Event
+from rlhf_operator.plan import Event, RequestRefusedError
 
 Manifest = dict[str, Any]
 
@@ -21,6 +21,8 @@ class FakeKube:
     events: list[Event] = field(default_factory=list)
     absent: tuple[str, ...] = ()
     logs: dict[str, str] = field(default_factory=dict)
+    #: kind -> (code, reason): creating an object of that kind is refused as the API server would.
+    refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def add_rlhfjob(self, body: Manifest) -> None:
         meta = body["metadata"]
@@ -33,6 +35,10 @@ class FakeKube:
         meta = manifest["metadata"]
         key = (manifest["kind"], meta["namespace"], meta["name"])
         self.requests.append(("create", manifest["kind"], meta["name"]))
+        if manifest["kind"] in self.refuse:
+            raise RequestRefusedError(
+                "create", manifest["kind"], meta["name"], *self.refuse[manifest["kind"]]
+            )
         if key in self.objects:
             return False
         self.objects[key] = copy.deepcopy(manifest)

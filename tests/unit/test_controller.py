@@ -130,3 +130,22 @@ def test_artifact_retention_delete_adds_the_finalizer_before_anything_starts() -
     assert kube.objects[("RLHFJob", "ml", "tiny")]["metadata"]["finalizers"] == [
         "rlhf-operator.dev/artifact-cleanup"
     ]
+
+
+def test_a_refused_child_fails_the_job_once_with_the_servers_reason_and_one_warning() -> None:
+    reason = 'Job.batch "tiny-precompute" is invalid: metadata.annotations: Invalid value: "a b"'
+    kube = FakeKube(refuse={"Job": (422, reason)})
+    ctl = start(kube, body())
+    status = (ctl.store.job(KEY) or {})["status"]
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith(
+        "The API server refused to create Job tiny-precompute (422): Job.batch"
+    )
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "RequestRefused")
+    assert [(e.type, e.reason) for e in kube.events] == [("Warning", "RequestRefused")]
+    creates = kube.count("create")
+    for _ in range(3):  # the watch event of its own status write, resyncs: no retry loop
+        ctl.reconcile(KEY)
+    ctl.resync()
+    assert kube.count("create") == creates and kube.count("patch_status") == 1 and len(kube.events) == 1
