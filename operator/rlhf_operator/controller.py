@@ -62,6 +62,8 @@ class Controller:
         self._coalescer = Coalescer(self._reconcile_once)
         self._last_progress_read: dict[Key, float] = {}
         self._stop = threading.Event()
+        self._sweep_failed: set[Key] = set()
+        self._sweep_ticked: float | None = None
 
     def reconcile(self, key: Key) -> None:
         self._coalescer.run(key)
@@ -80,7 +82,7 @@ class Controller:
             log.exception("reconcile of %s/%s failed; it is retried on the next event or resync", *key)
 
     def _reconcile(self, key: Key, body: Manifest) -> None:
-        status: Manifest = body.get("status") or {}
+        status = _status_of(body)
         try:
             job = RLHFJob.model_validate(
                 {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": body["metadata"],
@@ -181,29 +183,58 @@ class Controller:
 
     def resync(self, *, everything: bool = True) -> None:
         """Reconciles every unfinished job, or with `everything` False only those whose policy
-        runs (their progress is due); counts the jobs by phase for the metrics."""
+        runs (their progress is due); counts the jobs by phase for the metrics. One job's bad
+        object never stops the others: its error is logged once, with its name, and the sweep goes on."""
         phases: dict[str, int] = {}
         for key in self.store.job_keys():
-            status = (self.store.job(key) or {}).get("status") or {}
-            phase = status.get("phase") or Phase.PENDING.value
-            phases[phase] = phases.get(phase, 0) + 1
-            if phase not in FINISHED_PHASES and (everything or _policy_running(status)):
-                self.reconcile(key)
+            try:
+                status = _status_of(self.store.job(key))
+                phase = str(status.get("phase") or Phase.PENDING.value)
+                phases[phase] = phases.get(phase, 0) + 1
+                if phase not in FINISHED_PHASES and (everything or _policy_running(status)):
+                    self.reconcile(key)
+            except Exception:
+                metrics.RECONCILE_ERRORS.inc()
+                if key not in self._sweep_failed:
+                    log.exception("the sweep could not handle %s/%s; it goes on with the others", *key)
+                self._sweep_failed.add(key)
         metrics.set_jobs_by_phase(phases)
 
     def resync_forever(self) -> None:
-        """Ticks at the progress interval; every job is reconciled at the resync interval."""
+        """Ticks at the progress interval; every job is reconciled at the resync interval. Any
+        error of a tick is logged and the loop goes on; `alive` tells the liveness probe."""
         tick = min(self.config.progress_interval_seconds, self.config.resync_interval_seconds)
         last_full = time.monotonic()
+        self._sweep_ticked = time.monotonic()
         while not self._stop.wait(tick):
             everything = time.monotonic() - last_full >= self.config.resync_interval_seconds - tick / 2
             if everything:
                 last_full = time.monotonic()
-            self.resync(everything=everything)
+            try:
+                self.resync(everything=everything)
+            except Exception:
+                log.exception("a sweep failed; the next one runs in %.0fs", tick)
+            self._sweep_ticked = time.monotonic()
+
+    def alive(self) -> bool:
+        """False when the sweep loop has not ticked for three resync intervals (it died or hangs)."""
+        if self._sweep_ticked is None:
+            return True
+        limit = 3 * max(self.config.resync_interval_seconds, self.config.progress_interval_seconds)
+        return time.monotonic() - self._sweep_ticked < limit
 
     def stop(self) -> None:
         self._stop.set()
 
 
+def _status_of(body: Manifest | None) -> Manifest:
+    """The stored status as a dict, or {} when it is missing or not an object (a bad write)."""
+    status = (body or {}).get("status")
+    return status if isinstance(status, dict) else {}
+
+
 def _policy_running(status: Manifest) -> bool:
-    return any(s.get("name") == "policy" and s.get("state") == "Running" for s in status.get("stages", []))
+    stages = status.get("stages")
+    return isinstance(stages, list) and any(
+        isinstance(s, dict) and s.get("name") == "policy" and s.get("state") == "Running" for s in stages
+    )

@@ -28,6 +28,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     threading.Thread(target=controller.resync_forever, name="resync", daemon=True).start()
 
 
+@kopf.on.probe(id="sweep")
+def sweep_alive(memo: kopf.Memo, **_: Any) -> str:
+    """Kopf's liveness endpoint fails while this raises: a dead sweep loop restarts the pod."""
+    if not handlers.controller_of(memo).alive():
+        raise kopf.PermanentError("the periodic sweep has stopped ticking")
+    return "ticking"
+
+
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
     handlers.controller_of(memo).stop()

@@ -149,3 +149,31 @@ def test_a_refused_child_fails_the_job_once_with_the_servers_reason_and_one_warn
         ctl.reconcile(KEY)
     ctl.resync()
     assert kube.count("create") == creates and kube.count("patch_status") == 1 and len(kube.events) == 1
+
+
+@pytest.mark.parametrize("garbage", ["garbage", {"phase": 5}, {"stages": "x", "startTime": "yesterday"}])
+def test_one_jobs_garbage_status_is_repaired_and_stops_no_other(garbage: Any) -> None:
+    kube = FakeKube()
+    ctl = controller(kube)
+    bad = body(garbage)
+    good = body()
+    good["metadata"] = {**good["metadata"], "name": "other", "uid": "u-2"}
+    for job in (bad, good):
+        kube.add_rlhfjob(job)
+        ctl.store.put_job(job)
+    ctl.resync()
+    for name in ("tiny", "other"):
+        status = (ctl.store.job(("ml", name)) or {})["status"]
+        assert isinstance(status, dict) and status["phase"] == "Running", name  # recomputed from the children
+    assert kube.count("create", "Job") == 2
+
+
+def test_liveness_fails_when_the_sweep_stops_ticking(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as clock
+
+    ctl = controller(FakeKube(), resync_interval_seconds=30)
+    assert ctl.alive()  # not started yet: nothing to judge
+    ctl._sweep_ticked = clock.monotonic()
+    assert ctl.alive()
+    ctl._sweep_ticked = clock.monotonic() - 3 * 30 - 1
+    assert not ctl.alive()
