@@ -151,9 +151,11 @@ def _slim_status(kind: str, status: Manifest) -> Manifest:
             "reason": status.get("reason"),
             "message": status.get("message"),
             "conditions": [
-                {"type": c.get("type"), "status": c.get("status")}
+                {k: c.get(k) for k in ("type", "status", "reason", "message") if c.get(k) is not None}
                 for c in status.get("conditions") or []
+                # Disruptions (not the stage's fault) and the scheduler's verdict (why it waits).
                 if c.get("type") == "DisruptionTarget"
+                or (c.get("type") == "PodScheduled" and c.get("status") == "False")
             ],
             "containerStatuses": [
                 {"state": {"terminated": (c.get("state") or {}).get("terminated")}}

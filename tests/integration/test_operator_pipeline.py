@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any
 
 from tests.conftest import Kube
 from tests.integration.operator_harness import (
@@ -139,6 +141,39 @@ def test_a_child_the_api_server_refuses_fails_the_job_once_with_its_reason(
     warnings = cluster.get_json("events", "-n", op_namespace, "--field-selector", "reason=RequestRefused")
     assert len(warnings["items"]) == 1 and warnings["items"][0]["type"] == "Warning"
     assert children(cluster, op_namespace, "jobs") == []
+
+
+def test_a_stage_no_node_can_take_waits_with_the_schedulers_reason_until_one_joins(
+    cluster: Kube, op_namespace: str
+) -> None:
+    from localcluster import NodeGroup, load_shape, node_manifests
+
+    group = f"xl-{op_namespace[-6:]}"  # a node group no node has yet
+    create_pvc(cluster, op_namespace)
+    apply(cluster, rlhfjob("xl", op_namespace, spec={"stages": {"policy": {"pod": {"nodeGroup": group}}}}))
+
+    def unschedulable() -> dict[str, Any] | None:
+        current = status(cluster, op_namespace, "xl")
+        waiting: dict[str, Any] = next(
+            (c for c in current.get("conditions", []) if c["type"] == "Waiting"), {}
+        )
+        return current if waiting.get("reason") == "Unschedulable" else None
+
+    waiting = cluster.wait_for(unschedulable, timeout=30, what="Waiting/Unschedulable")
+    assert waiting["phase"] == "Pending" and waiting["currentStage"] == "policy"
+    assert "didn't match Pod's node affinity/selector" in waiting["message"], waiting["message"]
+
+    shape = load_shape()
+    node = node_manifests(
+        replace(shape, node_groups=[NodeGroup(group, 1, "p4d.24xlarge", "96", "1152Gi", 8, "A100")])
+    )[0]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
+    try:
+        final = wait_phase(cluster, op_namespace, "xl", "Succeeded")
+        waiting_now = next(c for c in final["conditions"] if c["type"] == "Waiting")
+        assert waiting_now["status"] == "False"
+    finally:
+        cluster.kubectl("delete", "node", node["metadata"]["name"], "--wait=false", check=False)
 
 
 def test_concurrent_jobs_do_not_interfere_and_deleting_one_keeps_the_other(

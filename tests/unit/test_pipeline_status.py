@@ -92,3 +92,39 @@ def test_status_is_built_as_the_model_and_dumped_by_alias() -> None:
     new = reconcile(rlhfjob(), {}, Observed(missing=()), OperatorConfig(), NOW, new_token=TOKEN).status
     assert RLHFJobStatus.model_validate(new).model_dump(mode="json", by_alias=True, exclude_none=True) == new
     assert new["startTime"] == "2026-11-24T12:00:00Z" and "observedGeneration" in new
+
+
+UNSCHEDULABLE = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+}
+
+
+@pytest.mark.parametrize(
+    ("pod_conditions", "phase", "waiting_reason"),
+    [
+        ([UNSCHEDULABLE], "Pending", "Unschedulable"),
+        ([{**UNSCHEDULABLE, "reason": "SchedulingGated"}], "Running", "DependenciesPresent"),
+        ([], "Running", "DependenciesPresent"),  # scheduled: the wait clears
+    ],
+)
+def test_a_stage_whose_pod_cannot_be_scheduled_waits_with_the_schedulers_message(
+    pod_conditions: list[dict[str, Any]], phase: str, waiting_reason: str
+) -> None:
+    from tests.support.builders import pod
+
+    jobs = {"tiny-policy": {"spec": {"suspend": False}, "status": {"active": 1}}}
+    pending = pod("policy", "Pending", name="tiny-policy-0-x", conditions=pod_conditions)
+    status = stored("Succeeded", "Succeeded", "Succeeded", "Running")
+    observed = Observed(jobs=jobs, pods=(pending,), missing=())
+    new = reconcile(rlhfjob(), status, observed, OperatorConfig(), NOW, new_token=TOKEN).status
+    waiting = next(c for c in new["conditions"] if c["type"] == "Waiting")
+    assert (new["phase"], waiting["reason"]) == (phase, waiting_reason)
+    if phase == "Pending":
+        assert new["message"] == (
+            "Stage policy waits for a node: pod tiny-policy-0-x cannot be scheduled: "
+            "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+        )
+        assert waiting["status"] == "True" and "Insufficient nvidia.com/gpu" in waiting["message"]

@@ -15,6 +15,7 @@ from rlhf_operator.api.v1alpha1 import (
     StageStatus,
 )
 from rlhf_operator.pipeline.context import PlanningPass
+from rlhf_operator.pipeline.scheduling import unschedulable
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 
@@ -33,6 +34,9 @@ def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Ph
         )
     if ctx.observed.missing:
         return Phase.PENDING, f"Waiting before stage {current.value}: {'; '.join(ctx.observed.missing)}."
+    blocked = unschedulable(ctx.observed, current)
+    if blocked is not None:
+        return Phase.PENDING, f"Stage {current.value} waits for a node: {blocked.rstrip('.')}."
     started = any(r.start_time for r in records)
     return Phase.RUNNING, f"Stage {current.value} is running." if started else "Starting."
 
@@ -61,12 +65,21 @@ def build_status(ctx: PlanningPass, records: list[StageStatus]) -> RLHFJobStatus
         stages=records,
         metrics=ctx.metrics if ctx.metrics != Metrics() else None,
         artifacts=ctx.artifacts if ctx.artifacts != Artifacts() else None,
-        conditions=conditions(ctx, phase, message),
+        conditions=conditions(ctx, phase, message, current_stage(records)),
     )
 
 
-def conditions(ctx: PlanningPass, phase: Phase, message: str) -> list[Condition]:
-    waiting = bool(ctx.observed.missing)
+def _waiting_reason(ctx: PlanningPass, phase: Phase, current: StageName) -> str | None:
+    if ctx.observed.missing:
+        return "DependencyMissing"
+    if phase is Phase.PENDING and unschedulable(ctx.observed, current) is not None:
+        return "Unschedulable"
+    return None
+
+
+def conditions(ctx: PlanningPass, phase: Phase, message: str, current: StageName) -> list[Condition]:
+    reason = _waiting_reason(ctx, phase, current)
+    waiting = reason is not None
     wanted: list[tuple[ConditionType, bool, str]] = [
         (ConditionType.RUNNING, phase is Phase.RUNNING, "StageRunning" if phase is Phase.RUNNING else phase.value),
         (ConditionType.SUSPENDED, phase is Phase.SUSPENDED,
@@ -74,7 +87,7 @@ def conditions(ctx: PlanningPass, phase: Phase, message: str) -> list[Condition]
         (ConditionType.SUCCEEDED, phase is Phase.SUCCEEDED,
          "AllStagesSucceeded" if phase is Phase.SUCCEEDED else "NotFinished"),
         (ConditionType.FAILED, phase is Phase.FAILED, "StageFailed" if phase is Phase.FAILED else "NoStageFailed"),
-        (ConditionType.WAITING, waiting, "DependencyMissing" if waiting else "DependenciesPresent"),
+        (ConditionType.WAITING, waiting, reason or "DependenciesPresent"),
     ]  # fmt: skip
     old = {c.type: c for c in ctx.old.conditions}
     out = []
