@@ -98,3 +98,12 @@ def failure_message(pods: list[Manifest]) -> str | None:
     reason = (failure.reason if failure else None) or latest.reason or "Error"
     detail = f": {text}" if text else ""
     return f"{reason} ({exit_part}){detail}"[:2048]
+
+
+def outcomes_readable(kind: str, job_status: Manifest, pods: list[Manifest]) -> bool:
+    """Whether the pods whose outcome a finished Job counted are in view: as many succeeded pods
+    as it counts for "Complete", at least one failed pod for "Failed" (when it counted any)."""
+    phase = "Succeeded" if kind == "Complete" else "Failed"
+    seen = sum(1 for o in map(pod_outcome, pods) if o and o.phase == phase)
+    counted = int(job_status.get("succeeded" if kind == "Complete" else "failed") or 0)
+    return seen >= (counted if kind == "Complete" else min(counted, 1))

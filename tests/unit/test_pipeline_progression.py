@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from rlhf_operator.api.v1alpha1 import StageName
 from rlhf_operator.config import OperatorConfig
@@ -99,3 +100,40 @@ def test_suspend_patches_the_running_job_and_resume_respects_kueue() -> None:
         ).patch
         == []
     )
+
+
+def _ranking_done(
+    pods: tuple[dict[str, Any], ...], now: datetime, kind: str = "Complete", **job_status: Any
+) -> dict[str, Any]:
+    stored = {"stages": [{"name": "precompute", "state": "Succeeded"},
+                         {"name": "ranking", "state": "Running", "startTime": "2026-11-24T11:59:59Z"}]}  # fmt: skip
+    jobs = {"tiny-ranking": finished_job(kind, startTime="2026-11-24T10:59:00Z", completionTime="2026-11-24T11:00:00Z",
+                                         **job_status)}  # fmt: skip
+    plan = reconcile(
+        rlhfjob(), stored, Observed(jobs=jobs, pods=pods, missing=()), CONFIG, now, new_token=TOKEN
+    )
+    return next(s for s in plan.status["stages"] if s["name"] == "ranking")
+
+
+def test_a_finished_stage_waits_for_its_pods_result_instead_of_losing_it() -> None:
+    result = {"artifacts": {"rankings": "/data/r.jsonl"}, "message": "Ranking produced 40 pairs."}
+    done = pod("ranking", "Succeeded", result)
+    soon = datetime(2026, 11, 24, 11, 0, 30, tzinfo=UTC)
+    # After an operator restart the Complete Job can be seen before its pod: the result is not lost.
+    waiting = _ranking_done((), soon, succeeded=1)
+    assert (waiting["state"], waiting["message"]) == ("Running", "Finished; reading its result.")
+    read = _ranking_done((done,), soon, succeeded=1)
+    assert (read["state"], read["message"]) == ("Succeeded", "Ranking produced 40 pairs.")
+    # The times are the Job's: the record's later start (the operator's clock) is replaced.
+    assert (read["startTime"], read["completionTime"]) == ("2026-11-24T10:59:00Z", "2026-11-24T11:00:00Z")
+    # Pods deleted for good: after the wait the stage is recorded without them.
+    gone = _ranking_done((), datetime(2026, 11, 24, 11, 5, tzinfo=UTC), succeeded=1)
+    assert gone["state"] == "Succeeded"
+
+
+def test_a_failed_stage_waits_for_its_failed_pod_to_say_why() -> None:
+    failed = pod("ranking", "Failed", {"error": "row 4 is a tie", "reason": "TiedRanking"}, exit_code=78)
+    soon = datetime(2026, 11, 24, 11, 0, 30, tzinfo=UTC)
+    assert _ranking_done((), soon, "Failed", failed=1)["state"] == "Running"
+    record = _ranking_done((failed,), soon, "Failed", failed=1)
+    assert record["state"] == "Failed" and "TiedRanking (exit code 78): row 4 is a tie" in record["message"]

@@ -13,11 +13,14 @@ from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
-from rlhf_operator.results import failure_message, stage_result
+from rlhf_operator.results import failure_message, outcomes_readable, stage_result
 from rlhf_operator.stages import STAGES, skipped
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 FINISHED = {StageState.SUCCEEDED, StageState.FAILED}
+#: How long a finished stage waits for its pods' results to be in view before it is recorded
+#: without them (pods deleted by hand or by a TTL are gone for good).
+RESULT_WAIT_SECONDS = 120.0
 
 
 def job_finished(child: Manifest) -> tuple[str, Manifest] | None:
@@ -62,8 +65,12 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         _start(ctx, stage, record)
         return
     status = child.get("status") or {}
-    if record.start_time is None:
-        record.start_time = parse_time(status["startTime"]) if status.get("startTime") else ctx.now
+    if status.get("startTime"):
+        # The Job's clock, not the operator's: after a restart the record may hold the time the
+        # operator first planned the stage, which can be later than the Job's own completion.
+        record.start_time = parse_time(status["startTime"])
+    elif record.start_time is None:
+        record.start_time = ctx.now
     record.attempts = max(_attempts(child), record.attempts or 0)
     finished = job_finished(child)
     if finished is None:
@@ -75,8 +82,17 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         return
     kind, condition = finished
     end = status.get("completionTime") or condition.get("lastTransitionTime")
-    record.completion_time = parse_time(end) if end else ctx.now
+    completed = parse_time(end) if end else ctx.now
     pods = ctx.observed.pods_of(stage)
+    if (
+        not outcomes_readable(kind, status, pods)
+        and (ctx.now - completed).total_seconds() < RESULT_WAIT_SECONDS
+    ):
+        # The Job finished but its pods are not in view yet (e.g. the operator just restarted and
+        # its pod watch is still listing): a finished stage is never read again, so wait for them.
+        record.state, record.message = StageState.RUNNING, "Finished; reading its result."
+        return
+    record.completion_time = completed
     if kind == "Complete":
         _succeeded(ctx, stage, record, pods)
     else:
