@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 
 from tests.conftest import Kube
 from tests.integration.operator_harness import (
+    SIM,
+    STAGE_RESULTS,
     apply,
     children,
     create_pvc,
@@ -19,6 +23,7 @@ from tests.integration.operator_harness import (
     operator_process,
     release,
     rlhfjob,
+    set_stage_annotations,
     stage_record,
     status,
     wait_phase,
@@ -227,3 +232,44 @@ def test_a_running_stage_job_deleted_by_hand_is_created_again(cluster: Kube, op_
     release(cluster, op_namespace, "ranking")
     final = wait_phase(cluster, op_namespace, "stubborn", "Succeeded")
     assert [s["state"] for s in final["stages"]] == ["Succeeded"] * 5
+
+
+CHAOS_KILLS = 15
+
+
+def test_random_operator_kills_lose_no_result_and_duplicate_no_job(
+    cluster: Kube, own_operator: tuple[str, OperatorLauncher]
+) -> None:
+    """Three jobs, the operator SIGKILLed at random moments while they run: every job still succeeds,
+    with every stage's result in its status, no child twice, and times from the Jobs' own clocks."""
+    namespace, operator = own_operator
+    create_pvc(cluster, namespace)
+    rng = random.Random(20261127)
+    names = [f"chaos-{i}" for i in range(3)]
+    for name in names:
+        job = rlhfjob(name, namespace)
+        for stage in STAGE_RESULTS:
+            set_stage_annotations(job, stage, {f"{SIM}/run-duration": f"{rng.uniform(0.5, 2.5):.1f}s"})
+        apply(cluster, job)
+    for _ in range(CHAOS_KILLS):
+        time.sleep(rng.uniform(0.3, 2.0))
+        operator.kill()  # SIGKILL: no cleanup, whatever the operator was doing
+        operator.start()
+    operator.wait_ready()
+
+    expected_metrics = {k: v for r in STAGE_RESULTS.values() for k, v in r.get("metrics", {}).items()}
+    expected_artifacts = {k: v for r in STAGE_RESULTS.values() for k, v in r.get("artifacts", {}).items()}
+    for name in names:
+        final = wait_phase(cluster, namespace, name, "Succeeded", timeout=180)
+        assert final["metrics"] == expected_metrics, name
+        assert {k: v for k, v in final["artifacts"].items() if k in expected_artifacts} == expected_artifacts
+        messages = [r["message"] for r in final["stages"]]
+        assert messages == ["All 2 shards succeeded.", "Ranked.", "Trained.", "Succeeded.", "Evaluated."], (
+            name
+        )
+        for record in final["stages"]:
+            assert record["startTime"] <= record["completionTime"], (name, record)
+        assert final["message"].startswith("Every stage succeeded; the policy wins 88%"), final["message"]
+    jobs = [j["metadata"]["name"] for j in children(cluster, namespace, "jobs")]
+    assert len(jobs) == len(set(jobs)) == 5 * len(names)
+    assert len(children(cluster, namespace, "pods")) == 6 * len(names)  # no stage ran twice
