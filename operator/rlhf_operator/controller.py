@@ -132,7 +132,9 @@ class Controller:
         """An object the API server let through but the models refuse (e.g. stored by an older CRD)."""
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
         message = f"The spec is invalid: {problems}. Fix the spec; nothing was started."
-        self._write_failed(key, body, dict(body.get("status") or {}), "InvalidSpec", message)
+        # A fresh status: the stored one may be as malformed as the spec, and writing it back would be
+        # refused too, leaving the job silent.
+        self._write_failed(key, body, {}, "InvalidSpec", message)
 
     def _write_refused(
         self, key: Key, body: Manifest, status: Manifest, refusal: RequestRefusedError
@@ -148,7 +150,7 @@ class Controller:
 
     def _write_failed(self, key: Key, body: Manifest, status: Manifest, reason: str, message: str) -> bool:
         """Fails the job with `reason`; False when its status says so already."""
-        if (body.get("status") or {}).get("message") == message:
+        if _status_of(body).get("message") == message:
             return False
         now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
         generation = body["metadata"].get("generation")

@@ -177,3 +177,13 @@ def test_liveness_fails_when_the_sweep_stops_ticking(monkeypatch: pytest.MonkeyP
     assert ctl.alive()
     ctl._sweep_ticked = clock.monotonic() - 3 * 30 - 1
     assert not ctl.alive()
+
+
+def test_an_invalid_spec_with_a_garbage_status_gets_a_fresh_failed_status() -> None:
+    kube = FakeKube()
+    invalid = body({"startTime": "yesterday", "stages": "x"})
+    invalid["spec"]["stages"]["policy"]["klCoef"] = -1
+    ctl = start(kube, invalid)
+    status = (ctl.store.job(KEY) or {})["status"]
+    assert status["phase"] == "Failed" and "klCoef" in status["message"]
+    assert "startTime" not in status and "stages" not in status  # nothing the API server would refuse
