@@ -16,7 +16,8 @@ def test_ppo_pipeline_beats_base(pipeline: dict[str, Any]) -> None:
     assert report["trueRulePolicy"] >= 2 * report["trueRuleBase"], report
     assert report["winRate"] >= 0.7, report
     assert report["policyReward"] > report["baseReward"]
-    assert pipeline["elapsed"] < 300, f"pipeline took {pipeline['elapsed']:.0f}s"
+    # How long it took is a benchmark's business (bench/bench_workloads.py), not a pass/fail here.
+    print(f"tiny pipeline: {pipeline['elapsed']:.0f}s")
 
 
 def test_pipeline_artifacts_are_complete(pipeline: dict[str, Any]) -> None:
