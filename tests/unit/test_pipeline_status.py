@@ -128,3 +128,30 @@ def test_a_stage_whose_pod_cannot_be_scheduled_waits_with_the_schedulers_message
             "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
         )
         assert waiting["status"] == "True" and "Insufficient nvidia.com/gpu" in waiting["message"]
+
+
+def test_a_human_ranking_stage_says_what_file_it_waits_for_and_until_when() -> None:
+    human = {
+        "method": "human",
+        "rule": None,
+        "human": {"source": "/data/labels/export.json", "waitTimeoutSeconds": 86400},
+    }
+    jobs = {
+        "tiny-ranking": {
+            "spec": {"suspend": False},
+            "status": {"active": 1, "startTime": "2026-11-24T11:00:00Z"},
+        }
+    }
+    status = stored("Succeeded", "Running")
+    job = rlhfjob(stages={"ranking": human})
+    new = reconcile(
+        job, status, Observed(jobs=jobs, missing=()), OperatorConfig(), NOW, new_token=TOKEN
+    ).status
+    expected = (
+        "Waits until 2026-11-25T11:00:00Z for the human rankings at /data/labels/export.json "
+        "(Label Studio's JSON export or JSONL), then reads them."
+    )
+    assert new["stages"][1]["message"] == expected
+    assert new["phase"] == "Running" and new["message"] == f"Stage ranking waits for human labels: {expected}"
+    waiting = next(c for c in new["conditions"] if c["type"] == "Waiting")
+    assert (waiting["status"], waiting["reason"]) == ("True", "AwaitingHumanRankings")

@@ -12,6 +12,7 @@ from rlhf_operator.children import Manifest, headless_service, stage_job
 from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
+from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.results import failure_message, outcomes_readable, stage_result
 from rlhf_operator.stages import STAGES, skipped
@@ -77,6 +78,8 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         _keep_suspension(ctx, child, name)
         suspended = bool((child.get("spec") or {}).get("suspend"))
         record.state, record.message = StageState.RUNNING, "Suspended." if suspended else "Running."
+        if stage is StageName.RANKING and not suspended:
+            record.message = awaited_labels(ctx.spec, record) or record.message
         if stage is StageName.POLICY and ctx.observed.progress:
             ctx.metrics = updated(ctx.metrics, ctx.observed.progress.metrics())
         return

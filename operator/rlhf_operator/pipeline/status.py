@@ -18,6 +18,7 @@ from rlhf_operator.pipeline.context import PlanningPass
 from rlhf_operator.pipeline.scheduling import unschedulable
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
+AWAITING_LABELS = "Stage ranking waits for human labels"
 
 
 def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Phase, str]:
@@ -38,6 +39,9 @@ def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Ph
     if blocked is not None:
         return Phase.PENDING, f"Stage {current.value} waits for a node: {blocked.rstrip('.')}."
     started = any(r.start_time for r in records)
+    record = next(r for r in records if r.name is current)
+    if record.message and record.message.startswith("Waits until"):
+        return Phase.RUNNING, f"{AWAITING_LABELS}: {record.message}"
     return Phase.RUNNING, f"Stage {current.value} is running." if started else "Starting."
 
 
@@ -69,16 +73,18 @@ def build_status(ctx: PlanningPass, records: list[StageStatus]) -> RLHFJobStatus
     )
 
 
-def _waiting_reason(ctx: PlanningPass, phase: Phase, current: StageName) -> str | None:
+def _waiting_reason(ctx: PlanningPass, phase: Phase, message: str, current: StageName) -> str | None:
     if ctx.observed.missing:
         return "DependencyMissing"
     if phase is Phase.PENDING and unschedulable(ctx.observed, current) is not None:
         return "Unschedulable"
+    if phase is Phase.RUNNING and message.startswith(AWAITING_LABELS):
+        return "AwaitingHumanRankings"
     return None
 
 
 def conditions(ctx: PlanningPass, phase: Phase, message: str, current: StageName) -> list[Condition]:
-    reason = _waiting_reason(ctx, phase, current)
+    reason = _waiting_reason(ctx, phase, message, current)
     waiting = reason is not None
     wanted: list[tuple[ConditionType, bool, str]] = [
         (ConditionType.RUNNING, phase is Phase.RUNNING, "StageRunning" if phase is Phase.RUNNING else phase.value),
