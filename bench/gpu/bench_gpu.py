@@ -34,13 +34,17 @@ FULL = {"hidden": 2048, "layers": 16, "heads": 16, "kv_heads": 8, "intermediate"
 TINY = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128, "vocab": 1000}
 
 
-def sizes(tiny: bool) -> dict[str, int]:
-    run = (
-        {"batch": 8, "generations": 4, "response": 8, "micro": 4}
-        if tiny
-        else {"batch": 32, "generations": 4, "response": 128, "micro": 8}
-    )
-    return {**(TINY if tiny else FULL), **run}
+#: ~150M parameters: the CPU check of the estimate's per-parameter terms at a less tiny size.
+M150 = {"hidden": 768, "layers": 16, "heads": 12, "kv_heads": 4, "intermediate": 2048, "vocab": 32_000}
+SMALL_RUN = {"batch": 8, "generations": 4, "response": 8, "micro": 4}
+
+
+def sizes(tiny: bool, preset: str = "1b") -> dict[str, int]:
+    if tiny or preset == "tiny":
+        return {**TINY, **SMALL_RUN}
+    if preset == "150m":
+        return {**M150, **SMALL_RUN}
+    return {**FULL, "batch": 32, "generations": 4, "response": 128, "micro": 8}
 
 
 def build_tokenizer(vocab: int) -> Any:
@@ -95,8 +99,9 @@ def prompts(count: int) -> list[str]:
     ]
 
 
-def memory_estimate(scenario: str, s: dict[str, int], prompt_len: int) -> float:
-    from rlhf_operator.memory_estimate import ModelShape, Setup, estimate
+def memory_estimate(scenario: str, s: dict[str, int], prompt_len: int) -> tuple[float, float]:
+    """(whole estimate, its parameter/gradient/optimizer/reference part) in GiB."""
+    from rlhf_operator.memory_estimate import GIB, ModelShape, Setup, estimate
 
     shape = ModelShape.llama(
         s["hidden"], s["layers"], s["vocab"], s["intermediate"], s["kv_heads"], s["heads"]
@@ -113,7 +118,13 @@ def memory_estimate(scenario: str, s: dict[str, int], prompt_len: int) -> float:
         generation_batch=s["batch"],
         kl=False,
     )
-    return estimate(shape, setup).gib
+    est = estimate(shape, setup)
+    state = sum(
+        v for k, v in est.parts.items() if k not in ("activations", "logits", "kv cache", "gathered blocks")
+    )
+    # The bf16 autocast weight copy is transient (it lives during forward passes), not held state.
+    state -= est.parts.get("compute-dtype weight copy", 0)
+    return est.gib, state / GIB
 
 
 # ------------------------------------------------------------------------------------------ scenarios
@@ -162,12 +173,14 @@ def run_ppo(model_dir: str, scenario: str, s: dict[str, int], steps: int) -> dic
         plan=models.plan,
     )
     per_step = [trainer.step(step) for step in range(1, steps + 1)]
+    grads = local_bytes(p.grad for p in models.policy.parameters() if p.grad is not None)
     states = [
         v for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v) and v.dim()
     ]
     out = {
         "optimizerStateDtypes": sorted({str(v.dtype) for v in states}),
         "optimizerBytes": optimizer_bytes(trainer.optimizer),
+        "gradientBytes": grads,
         "parameterBytes": local_bytes(models.policy.parameters())
         + local_bytes((models.ref or models.policy).parameters()) * (models.ref is not None),
         "steps": per_step,
@@ -238,7 +251,7 @@ def run_grpo(model_dir: str, s: dict[str, int], steps: int) -> dict[str, Any]:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    s = sizes(args.tiny)
+    s = sizes(args.tiny, args.preset)
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -273,8 +286,9 @@ def summarise(
     seconds = sum(st["seconds"] for st in steps) / len(steps)
     gen_tokens = sum(st["generatedTokens"] for st in steps)
     gen_seconds = sum(st.get("generationSeconds", st["seconds"]) for st in steps)
-    est = memory_estimate(scenario, s, prompt_len)
+    est, state_est = memory_estimate(scenario, s, prompt_len)
     peak = raw["peakBytes"] / 1024**3
+    state = raw.get("parameterBytes", 0) + raw.get("optimizerBytes", 0) + raw.get("gradientBytes", 0)
     return {
         "scenario": scenario,
         "params": params,
@@ -287,26 +301,28 @@ def summarise(
         "generationTokensPerSecond": round(gen_tokens / gen_seconds, 1) if gen_seconds else None,
         "generationTimed": "generate() only" if "generationSeconds" in steps[0] else "whole step",
         "optimizerStateDtypes": raw.get("optimizerStateDtypes"),
-        "parameterAndOptimizerBytesPerParam": round(
-            (raw["parameterBytes"] + raw["optimizerBytes"]) / params, 2
-        )
-        if "parameterBytes" in raw
-        else None,
+        "stateGiB": round(state / 1024**3, 4) if state else None,
+        "stateEstimateGiB": round(state_est, 4) if state else None,
+        "stateBytesPerParam": round(state / params, 2) if state else None,
         "trainableParams": raw.get("trainable"),
         "meanReward": [round(st["meanReward"], 4) for st in raw["steps"] if "meanReward" in st],
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| scenario | peak GiB | bytes/param | estimate GiB | measured/estimate | s/step | gen tokens/s |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (
+        "| scenario | peak GiB | bytes/param | estimate GiB | peak/estimate | held state GiB (params+grads+adam) "
+        "| its estimate GiB | s/step | gen tokens/s |"
+    )
+    lines = [head, "|---" * 9 + "|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['scenario']} | skipped: {r['skipped']} | | | | | |")
+            lines.append(f"| {r['scenario']} | skipped: {r['skipped']} |" + " |" * 7)
             continue
         lines.append(
             f"| {r['scenario']} | {r['peakGiB']} | {r['bytesPerParam']} | {r['estimateGiB']} | "
-            f"{r['measuredOverEstimate']} | {r['secondsPerStep']} | {r['generationTokensPerSecond']} |"
+            f"{r['measuredOverEstimate']} | {r['stateGiB']} | {r['stateEstimateGiB']} | {r['secondsPerStep']} | "
+            f"{r['generationTokensPerSecond']} |"
         )
     return "\n".join(lines)
 
@@ -350,7 +366,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, model_dir: str) -> dic
 
 
 def parent(args: argparse.Namespace) -> int:
-    s = sizes(args.tiny)
+    s = sizes(args.tiny, args.preset)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-model-") as model_dir:
         started = time.perf_counter()
@@ -394,6 +410,7 @@ def main() -> int:
     parser.add_argument("--device", default=None, choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="a tiny model (the CPU smoke test)")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--preset", default="1b", choices=["1b", "150m", "tiny"], help="model size")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--scenario-timeout", type=int, default=240)
     parser.add_argument("--out", default=None)

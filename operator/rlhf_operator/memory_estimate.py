@@ -34,19 +34,19 @@ class ModelShape:
     intermediate: int = 0
 
     @staticmethod
-    def llama(  # noqa: PLR0917 - the six numbers of a Llama config.json
-        hidden: int, layers: int, vocab: int, intermediate: int, kv_heads: int, heads: int
+    def llama(  # noqa: PLR0917 - the numbers of a Llama config.json
+        hidden: int, layers: int, vocab: int, intermediate: int, kv_heads: int, heads: int, tied: bool = False
     ) -> ModelShape:
-        """A Llama-shaped decoder with untied embeddings."""
+        """A Llama-shaped decoder (GQA attention, SwiGLU MLP)."""
         kv_dim = hidden * kv_heads // heads
         per_layer = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate + 2 * hidden
-        params = layers * per_layer + 2 * vocab * hidden + hidden
+        params = layers * per_layer + (1 if tied else 2) * vocab * hidden + hidden
         return ModelShape(params, hidden, layers, vocab, kv_dim, intermediate)
 
 
 #: Published shapes (config.json of each model family).
 SHAPES: dict[str, ModelShape] = {
-    "llama-3.2-1b": ModelShape.llama(2048, 16, 128_256, 8192, 8, 32),
+    "llama-3.2-1b": ModelShape.llama(2048, 16, 128_256, 8192, 8, 32, tied=True),
     "llama-3.1-8b": ModelShape.llama(4096, 32, 128_256, 14_336, 8, 32),
     "llama-3.1-70b": ModelShape.llama(8192, 80, 128_256, 28_672, 8, 64),
 }
@@ -150,3 +150,27 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
 def fits(shape: ModelShape, setup: Setup, gpu_bytes: int, headroom: float = 0.9) -> bool:
     """True when the estimate leaves 10% of the GPU for the CUDA context and fragmentation."""
     return estimate(shape, setup).total <= math.floor(gpu_bytes * headroom)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An EC2 instance type as a Kubernetes node: GPU memory each, and what pods may request."""
+
+    gpus: int
+    gpu_gib: float
+    allocatable_cpu: float
+    allocatable_memory_gib: float
+
+
+#: Allocatable = capacity - EKS's kube-reserved (CPU: 6% of the first core, 1% of the second, 0.5%
+#: of the next two, 0.25% beyond; memory: 255 MiB + 11 MiB per max pod) - 100 MiB eviction
+#: threshold - ~3% the kernel keeps; rounded down. The DaemonSets (aws-node, kube-proxy, the NVIDIA
+#: device plugin) take another ~0.3 CPU and ~0.5 GiB.
+INSTANCES: dict[str, Instance] = {
+    "m6i.4xlarge": Instance(0, 0, 15.8, 59.0),
+    "g5.2xlarge": Instance(1, 24, 7.9, 29.0),
+    "g5.12xlarge": Instance(4, 24, 47.8, 180.0),
+    "p4d.24xlarge": Instance(8, 40, 95.6, 1080.0),
+    "p4de.24xlarge": Instance(8, 80, 95.6, 1080.0),
+    "p5.48xlarge": Instance(8, 80, 191.4, 1960.0),
+}

@@ -21,6 +21,15 @@ class LoraSettings:
     target_modules: tuple[str, ...] | None = None  # None: PEFT's default for the architecture
 
 
+def lora_settings(training: Any) -> LoraSettings | None:
+    """The LoraSettings of a training stage's `lora` section (None: full fine-tuning)."""
+    spec = training.lora
+    if spec is None:
+        return None
+    modules = tuple(spec.target_modules) if spec.target_modules else None
+    return LoraSettings(spec.rank, spec.alpha, spec.dropout, modules)
+
+
 def peft_config(settings: LoraSettings, task_type: str, modules_to_save: list[str] | None = None) -> Any:
     from peft import LoraConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from rlhf_operator.workloads import checkpoint, layout, storage
+from rlhf_operator.workloads import checkpoint, layout, lora, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.distributed import barrier, init_distributed, shutdown
 from rlhf_operator.workloads.errors import StageConfigError
@@ -53,16 +53,6 @@ def train_plan(ctx: StageContext, training: Any) -> Any:
     )
 
 
-def lora_settings(training: Any) -> Any:
-    from rlhf_operator.workloads.lora import LoraSettings
-
-    spec = training.lora
-    if spec is None:
-        return None
-    modules = tuple(spec.target_modules) if spec.target_modules else None
-    return LoraSettings(spec.rank, spec.alpha, spec.dropout, modules)
-
-
 def run_ppo(ctx: StageContext) -> dict[str, Any]:
     from rlhf_operator.workloads import ppo_models
     from rlhf_operator.workloads.ppo import PPOTrainerLite
@@ -88,7 +78,7 @@ def run_ppo(ctx: StageContext) -> dict[str, Any]:
     interval = spec.stages.policy.checkpoint_interval
     resume = checkpoint.latest_checkpoint(root) if interval > 0 else None
     seed_everything(settings.seed)
-    adapter = lora_settings(spec.stages.policy)
+    adapter = lora.lora_settings(spec.stages.policy)
     # The reference is always the base model; the policy starts from the newest checkpoint if any
     # (under LoRA from the base, with the checkpoint's adapter loaded by load_state).
     models = ppo_models.build(

@@ -55,7 +55,7 @@ def token_rewards(
     """
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
-    rows = torch.arange(scores.shape[0])
+    rows = torch.arange(scores.shape[0], device=scores.device)
     rewards[rows, last_token_index(mask)] += scores
     return rewards * mask, kl
 
@@ -67,7 +67,7 @@ def gae(
     values = values * mask
     length = rewards.shape[1]
     advantages = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(length)):
         next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
