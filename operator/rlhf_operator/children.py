@@ -19,7 +19,7 @@ from rlhf_operator.api.stage_config import (
     StageConfig,
 )
 from rlhf_operator.api.stage_config import dump_stage_config as dump_config
-from rlhf_operator.api.v1alpha1 import API_VERSION, KIND, PodSettings, RLHFJobSpec, StageName
+from rlhf_operator.api.v1alpha1 import API_VERSION, KIND, GpuResources, PodSettings, RLHFJobSpec, StageName
 from rlhf_operator.config import OperatorConfig, Role
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
@@ -47,6 +47,9 @@ ROLE_OF_STAGE = {
     StageName.POLICY: Role.POLICY,
     StageName.EVALUATION: Role.CPU,
 }
+#: AWS's EFA device plugin resource (multi-node NCCL over EFA).
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+
 COMMAND_OF_STAGE = {
     StageName.PRECOMPUTE: "precompute",
     StageName.RANKING: "ranking",
@@ -145,6 +148,9 @@ def _resources(settings: PodSettings, config: OperatorConfig) -> Manifest:
         requests["memory"] = limits["memory"] = settings.resources.memory
     if settings.resources.gpus:
         limits[config.gpu_resource] = str(settings.resources.gpus)
+    efa = settings.resources.efa if isinstance(settings.resources, GpuResources) else 0
+    if efa:
+        limits[EFA_RESOURCE] = requests[EFA_RESOURCE] = str(efa)
     out: Manifest = {}
     if requests:
         out["requests"] = requests
@@ -207,6 +213,11 @@ def pod_spec(
         if volume.sub_path:
             mount["subPath"] = volume.sub_path
         mounts.append(mount)
+    if stage in TRAINING_STAGES and settings.resources.gpus:
+        # NCCL and torch's data loaders share memory through /dev/shm; a container's default 64 MiB
+        # is too small. Memory-backed: it counts against the pod's memory limit.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if spec.stages.policy.reward_placement == "remote" and stage in (
         StageName.POLICY,
         StageName.REWARD_SERVER,
@@ -294,23 +305,22 @@ def stage_job(
         completions = spec.stages.precompute.shards
         parallelism = spec.stages.precompute.parallelism or completions
         indexed = True
-    elif stage is StageName.POLICY:
-        nodes = spec.stages.policy.nodes
+    elif needs_rendezvous(spec, stage):
+        nodes = training_nodes(spec, stage)
         gpus = settings.resources.gpus
-        if nodes > 1 or gpus > 1:
-            completions = parallelism = nodes
-            indexed = True
-            extra_env = rendezvous_env(job, nodes, gpus)
-            command = [
-                "torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}",
-                "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
-                "-m", "rlhf_operator.workloads", "policy", "--config", CONFIG_PATH,
-            ]  # fmt: skip
+        completions = parallelism = nodes
+        indexed = True
+        extra_env = rendezvous_env(job, nodes, gpus, stage)
+        command = [
+            "torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}",
+            "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
+            "-m", "rlhf_operator.workloads", COMMAND_OF_STAGE[stage], "--config", CONFIG_PATH,
+        ]  # fmt: skip
     template_labels = dict(metadata["labels"])
     if spec.queue_name:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     pod = pod_spec(job, spec, stage, config, command=command, extra_env=extra_env)
-    if indexed and stage is StageName.POLICY:
+    if indexed and stage in TRAINING_STAGES:
         # Stable DNS names <job>-<index>.<service> for the rendezvous.
         pod["subdomain"] = name
     job_spec: Manifest = {
@@ -331,9 +341,26 @@ def stage_job(
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def rendezvous_env(job: JobIdentity, nodes: int, gpus: int) -> list[Manifest]:
+#: Stages that train with torchrun on several GPUs or nodes (policy and reward model alike).
+TRAINING_STAGES = (StageName.POLICY, StageName.REWARD_MODEL)
+
+
+def training_nodes(spec: RLHFJobSpec, stage: StageName) -> int:
+    return spec.stages.policy.nodes if stage is StageName.POLICY else spec.stages.reward_model.nodes
+
+
+def needs_rendezvous(spec: RLHFJobSpec, stage: StageName) -> bool:
+    """Several processes (nodes or GPUs) train together: torchrun, an Indexed Job, a headless Service."""
+    if stage not in TRAINING_STAGES:
+        return False
+    return training_nodes(spec, stage) > 1 or pod_settings(spec, stage).resources.gpus > 1
+
+
+def rendezvous_env(
+    job: JobIdentity, nodes: int, gpus: int, stage: StageName = StageName.POLICY
+) -> list[Manifest]:
     """torchrun's rendezvous: node 0 of the Indexed Job is the master, the index is the node rank."""
-    name = child_name(job.name, StageName.POLICY)
+    name = child_name(job.name, stage)
     return [
         {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{job.namespace}.svc"},
         {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
@@ -348,12 +375,13 @@ def rendezvous_env(job: JobIdentity, nodes: int, gpus: int) -> list[Manifest]:
     ]
 
 
-def policy_headless_service(job: JobIdentity) -> Manifest:
-    name = child_name(job.name, StageName.POLICY)
+def policy_headless_service(job: JobIdentity, stage: StageName = StageName.POLICY) -> Manifest:
+    """The rendezvous Service of a training stage's Indexed Job (stable pod DNS names)."""
+    name = child_name(job.name, stage)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": job.metadata(name, StageName.POLICY),
+        "metadata": job.metadata(name, stage),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

@@ -28,6 +28,7 @@ from rlhf_operator.children import (
     Manifest,
     cleanup_job,
     config_map,
+    needs_rendezvous,
     policy_headless_service,
     reward_server_deployment,
     reward_server_endpoint,
@@ -246,10 +247,8 @@ class _Reconciler:
                 record["message"] = "Waiting for the reward server to be ready."
                 return
         self._ensure_config(stage, endpoint)
-        if stage is StageName.POLICY and (
-            self.spec.stages.policy.nodes > 1 or self.spec.stages.policy.pod.resources.gpus > 1
-        ):
-            self._ensure_service(policy_headless_service(self.identity))
+        if needs_rendezvous(self.spec, stage):
+            self._ensure_service(policy_headless_service(self.identity, stage))
         self.plan.create.append(
             stage_job(self.identity, self.spec, stage, self.config, suspend=bool(self.spec.queue_name))
         )

@@ -207,6 +207,9 @@ class GpuResources(Resources):
     cel_rules = (CelRule("self.gpus >= 1", GPU_STAGE_MESSAGE, lambda r: r.gpus >= 1),)
 
     gpus: int = Field(1, ge=0, le=64, description="`nvidia.com/gpu` per pod; this stage needs at least one.")
+    efa: int = Field(
+        0, ge=0, le=32, description="`vpc.amazonaws.com/efa` interfaces per pod (multi-node NCCL over EFA)."
+    )
 
 
 class PodSettings(ApiModel):
