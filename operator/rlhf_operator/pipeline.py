@@ -38,6 +38,7 @@ from rlhf_operator.children import (
     stage_job,
 )
 from rlhf_operator.config import OperatorConfig
+from rlhf_operator.fit_check import fit_problem
 from rlhf_operator.naming import (
     CLEANUP_FINALIZER,
     LABEL_STAGE,
@@ -239,6 +240,10 @@ class _Reconciler:
             record.update(
                 state=StageState.PENDING.value, message="Waiting for " + "; ".join(self.observed.missing)
             )
+            return
+        problem = fit_problem(self.spec, self.config)
+        if problem:  # before any Job of the job starts: nothing runs that the policy cannot finish
+            record.update(state=StageState.FAILED.value, message=f"DoesNotFit: {problem}")
             return
         endpoint = None
         if stage is StageName.POLICY and self.spec.stages.policy.reward_placement == "remote":

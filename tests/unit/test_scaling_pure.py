@@ -190,3 +190,39 @@ def test_eks_example_schedules_and_fits() -> None:
     assert fits(shape, rm_setup, int(INSTANCES["g5.2xlarge"].gpu_gib * GIB))
     # And the configuration the example replaced would not: 8B full fine-tuning under ddp.
     assert not fits(shape, Setup(strategy="ddp", gpus=16, micro_batch=4), int(40 * GIB))
+
+
+def test_a_job_that_cannot_fit_is_refused_before_any_job() -> None:
+    """8B full fine-tune, ddp, one 24 GiB GPU: the first reconcile fails it with what to change."""
+    import json as _json
+
+    from rlhf_operator.config import OperatorConfig
+    from rlhf_operator.fit_check import fit_problem, model_billions
+    from rlhf_operator.pipeline import Observed, reconcile
+    from tests.unit.test_operator_core import NOW, tiny
+
+    config = OperatorConfig.from_env({"RLHF_OPERATOR_GPU_MEMORY_GIB": _json.dumps({"policy-gpu": 24})})
+    big = {"baseModel": {"source": "s3://models/meta-llama/Llama-3.1-8B-Instruct", "dtype": "bfloat16"}}
+    job = tiny(**big, stages={"policy": {"pod": {"nodeGroup": "policy-gpu", "resources": {"gpus": 1}}}})
+    assert model_billions(job.spec) == 8
+    problem = fit_problem(job.spec, config)
+    assert problem and "policy stage does not fit" in problem and "fsdp" in problem and "lora" in problem
+    plan = reconcile(job, {}, Observed(missing=()), config, NOW)
+    assert not [m for m in plan.create if m["kind"] == "Job"]
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and "DoesNotFit" in failed["message"], failed
+    # LoRA + fsdp over 8 GPUs with checkpointing fits; without the GPU table nothing is refused.
+    fixed = tiny(
+        **big,
+        stages={
+            "policy": {
+                "lora": {"rank": 16},
+                "activationCheckpointing": True,
+                "microBatchSize": 2,
+                "distributed": {"strategy": "fsdp"},
+                "pod": {"nodeGroup": "policy-gpu", "resources": {"gpus": 8}},
+            }
+        },
+    )
+    assert fit_problem(fixed.spec, config) is None
+    assert fit_problem(job.spec, OperatorConfig()) is None

@@ -264,6 +264,12 @@ class BaseModelSpec(ApiModel):
         None, description="Revision (branch, tag or commit) of the model, if versioned."
     )
     dtype: Dtype = Field(Dtype.AUTO, description="Weight precision: auto, float32, bfloat16 or float16.")
+    size_billions: float | None = Field(
+        None,
+        gt=0,
+        le=10_000,
+        description="Parameters in billions, for the operator's memory check; unset: read from the name (e.g. 8B).",
+    )
     tokenizer: Location | None = Field(
         None, description="Tokenizer location when it is not stored with the model."
     )
