@@ -103,3 +103,38 @@ def test_bf16_keeps_fp32_master_weights_and_small_steps_move_them(assets: Path) 
     total = sum(p.numel() for p in models.policy.lm.parameters())
     # Adam moves every weight with a gradient by ~lr; in bf16 storage 1e-6 would round away.
     assert changed / total > 0.5, (changed, total)
+
+
+def test_policy_on_two_fsdp_processes_beats_base(pipeline: dict[str, Any], fresh_root: Path) -> None:
+    """The tiny pipeline's policy stage with strategy fsdp under torchrun (2 processes), then evaluation."""
+    from tests.train.conftest import stage_config
+
+    spec = json.loads(json.dumps(pipeline["spec"]))
+    spec["stages"]["policy"].update(distributed={"strategy": "fsdp"}, checkpointInterval=10)
+    spec["stages"]["evaluation"].update(prompts=16)
+    config = fresh_root / "policy.json"
+    config.write_text(json.dumps(stage_config(str(fresh_root), spec)))
+    proc = run_cli(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}",
+            "-m",
+            "rlhf_operator.workloads",
+            "policy",
+            "--config",
+            str(config),
+        ],
+        extra_env={"RLHF_TERMINATION_MESSAGE_PATH": str(fresh_root / "term"), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("RLHF_PROGRESS ") == spec["stages"]["policy"]["steps"]  # rank 0 only
+    assert (fresh_root / "policy" / "checkpoints" / "step-0000010" / "_SUCCESS").exists()
+    evaluation = fresh_root / "evaluation.json"
+    evaluation.write_text(json.dumps(stage_config(str(fresh_root), spec, "evaluation")))
+    proc = run_cli(["-m", "rlhf_operator.workloads", "evaluation", "--config", str(evaluation)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((fresh_root / "evaluation" / "report.json").read_text())
+    assert report["winRate"] >= 0.9, report
