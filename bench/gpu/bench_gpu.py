@@ -191,13 +191,25 @@ def run_ppo(model_dir: str, scenario: str, s: dict[str, int], steps: int) -> dic
 
 def run_grpo(model_dir: str, s: dict[str, int], steps: int) -> dict[str, Any]:
     import torch
-    from datasets import Dataset
+    from datasets import Dataset, fingerprint
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
 
     from rlhf_operator.workloads.judges import keyword_rule
     from rlhf_operator.workloads.modeling import load_tokenizer
+
+    # datasets fingerprints objects with dill; on Python 3.12 pickling pyarrow's MonthDayNano (its
+    # __module__ is "builtins") raises. A fingerprint only names cache files: fall back to a random one.
+    strict_hash = fingerprint.Hasher.hash.__func__
+
+    def tolerant_hash(cls: Any, value: Any) -> str:
+        try:
+            return str(strict_hash(cls, value))
+        except Exception:
+            return str(fingerprint.generate_random_fingerprint())
+
+    fingerprint.Hasher.hash = classmethod(tolerant_hash)
 
     tokenizer = load_tokenizer(model_dir)
     score = keyword_rule(KEYWORDS)
