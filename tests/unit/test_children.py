@@ -49,6 +49,7 @@ def test_multi_node_policy_gets_rendezvous_and_gpus() -> None:
     assert spec["template"]["spec"]["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists",
                                                           "effect": "NoSchedule"}  # fmt: skip
     assert spec["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "policy-gpu"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
 
 def test_reward_model_on_several_gpus_launches_like_the_policy() -> None:
