@@ -276,6 +276,26 @@ CASES: list[Case] = [
         ("`miniBatchSize` must not be greater than `batchSize`",),
     ),
     Case(
+        "cpu-offload-without-fsdp",
+        stage("policy", {"distributed": {"strategy": "ddp", "cpuOffload": True}}),
+        ("`cpuOffload` must be used with `strategy: fsdp`",),
+    ),
+    Case(
+        "reward-model-cpu-offload-without-fsdp",
+        stage("rewardModel", {"distributed": {"cpuOffload": True}}),
+        ("`cpuOffload` must be used with `strategy: fsdp`",),
+    ),
+    Case(
+        "micro-batch-and-accumulation",
+        stage("policy", {"microBatchSize": 4, "gradientAccumulationSteps": 2}),
+        ("`microBatchSize` and `gradientAccumulationSteps` must not both be set",),
+    ),
+    Case(
+        "vllm-with-ppo",
+        stage("policy", {"algorithm": "ppo", "generation": {"engine": "vllm"}}),
+        ("`generation.engine: vllm` must be used with algorithm rloo or grpo",),
+    ),
+    Case(
         "kl-target-without-kl-coef",
         stage("policy", {"klCoef": 0, "klTarget": 6}),
         ("`klCoef` must be greater than 0",),

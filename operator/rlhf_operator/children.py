@@ -22,6 +22,7 @@ from rlhf_operator.api.stage_config import dump_stage_config as dump_config
 from rlhf_operator.api.v1alpha1 import (
     API_VERSION,
     KIND,
+    GpuResources,
     PodSettings,
     RankingMethod,
     RLHFJobSpec,
@@ -46,6 +47,8 @@ CONTAINER = "stage"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TOKEN_MOUNT = "/var/run/secrets/rlhf-operator/reward"
 TOKEN_KEY = "token"
+#: AWS's EFA device plugin resource (multi-node NCCL over EFA).
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ def _resources(settings: PodSettings, config: OperatorConfig) -> Manifest:
         requests["memory"] = limits["memory"] = settings.resources.memory
     if settings.resources.gpus:
         limits[config.gpu_resource] = str(settings.resources.gpus)
+    efa = settings.resources.efa if isinstance(settings.resources, GpuResources) else 0
+    if efa:
+        limits[EFA_RESOURCE] = requests[EFA_RESOURCE] = str(efa)
     out: Manifest = {}
     if requests:
         out["requests"] = requests
@@ -149,7 +155,7 @@ RESTRICTED_CONTAINER_SECURITY = {
 def _volumes(
     job: JobIdentity, spec: RLHFJobSpec, stage: StageKey, with_config: bool
 ) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, mounts): /tmp, the stage's config, the storage volume, the reward token."""
+    """(volumes, mounts): /tmp, the stage's config, the storage volume, /dev/shm, the reward token."""
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
     if with_config:
@@ -162,6 +168,11 @@ def _volumes(
         if volume.sub_path:
             mount["subPath"] = volume.sub_path
         mounts.append(mount)
+    if STAGES[stage].gpu_training and pod_settings(spec, stage).resources.gpus:
+        # NCCL and torch's data loaders share memory through /dev/shm; a container's default 64 MiB
+        # is too small. Memory-backed: it counts against the pod's memory limit.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         volumes.append({"name": "reward-token", "secret": {"secretName": token_secret_name(job.name)}})
         mounts.append({"name": "reward-token", "mountPath": TOKEN_MOUNT, "readOnly": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from enum import StrEnum
 
@@ -61,6 +62,15 @@ class OperatorConfig(BaseModel):
         8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    gpu_memory_gib: dict[str, float] = Field(
+        default_factory=dict,
+        description="GPU memory (GiB) of each node group's GPUs, JSON: jobs whose estimate exceeds it are refused.",
+    )
+
+    @field_validator("gpu_memory_gib", mode="before")
+    @classmethod
+    def _parse_gpu_memory(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("namespaces", mode="before")
     @classmethod

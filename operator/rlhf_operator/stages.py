@@ -31,7 +31,7 @@ CLEANUP: Literal["cleanup"] = "cleanup"
 StageKey = StageName | Literal["cleanup"]
 
 WORKLOADS = ("python", "-m", "rlhf_operator.workloads")
-#: torchrun's rendezvous port on node 0 of a multi-node policy.
+#: torchrun's rendezvous port on node 0 of a multi-node training stage.
 MASTER_PORT = 29500
 
 
@@ -64,16 +64,16 @@ def policy_is_multi_process(spec: RLHFJobSpec) -> bool:
     return spec.stages.policy.nodes > 1 or spec.stages.policy.pod.resources.gpus > 1
 
 
-def _torchrun(job_name: str, namespace: str, spec: RLHFJobSpec) -> JobShape:
+def reward_model_is_multi_process(spec: RLHFJobSpec) -> bool:
+    return spec.stages.reward_model.nodes > 1 or spec.stages.reward_model.pod.resources.gpus > 1
+
+
+def _torchrun_shape(job_name: str, namespace: str, command: str, nodes: int, gpus: int) -> JobShape:
     """One pod per node under torchrun; node 0 of the Indexed Job is the rendezvous master."""
-    if not policy_is_multi_process(spec):
-        return JobShape()
-    nodes = spec.stages.policy.nodes
-    gpus = spec.stages.policy.pod.resources.gpus
-    command = (
+    launcher = (
         "torchrun", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}",
         "--node-rank=$(NODE_RANK)", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)",
-        "-m", "rlhf_operator.workloads", "policy", "--config", CONFIG_PATH,
+        "-m", "rlhf_operator.workloads", command, "--config", CONFIG_PATH,
     )  # fmt: skip
     env = (
         {"name": "MASTER_ADDR", "value": f"{job_name}-0.{job_name}.{namespace}.svc"},
@@ -91,9 +91,26 @@ def _torchrun(job_name: str, namespace: str, spec: RLHFJobSpec) -> JobShape:
         completions=nodes,
         parallelism=nodes,
         indexed=True,
-        command=command,
+        command=launcher,
         extra_env=env,
         headless_service=True,
+    )
+
+
+def _policy_torchrun(job_name: str, namespace: str, spec: RLHFJobSpec) -> JobShape:
+    if not policy_is_multi_process(spec):
+        return JobShape()
+    policy = spec.stages.policy
+    return _torchrun_shape(job_name, namespace, "policy", policy.nodes, policy.pod.resources.gpus)
+
+
+def _reward_model_torchrun(job_name: str, namespace: str, spec: RLHFJobSpec) -> JobShape:
+    """The reward model trains like the policy: several nodes or GPUs launch under torchrun."""
+    if not reward_model_is_multi_process(spec):
+        return JobShape()
+    reward_model = spec.stages.reward_model
+    return _torchrun_shape(
+        job_name, namespace, "reward-model", reward_model.nodes, reward_model.pod.resources.gpus
     )
 
 
@@ -122,6 +139,8 @@ class StageDefinition:
     job_shape: Callable[[str, str, RLHFJobSpec], JobShape] = _one_pod
     #: Its pods get the reward server's bearer token when the reward is served remotely.
     reward_token: bool = False
+    #: It trains on GPUs (NCCL, data loaders): its GPU pods get a memory-backed /dev/shm.
+    gpu_training: bool = False
 
     def workload_command(self, *extra_args: str) -> list[str]:
         assert self.command is not None, f"{self.name} has no stage program"
@@ -161,6 +180,8 @@ _DEFINITIONS: tuple[StageDefinition, ...] = (
         module="rlhf_operator.workloads.reward_model",
         artifact_field="reward_model",
         default_artifact=artifacts.reward_model_dir,
+        job_shape=_reward_model_torchrun,
+        gpu_training=True,
     ),
     StageDefinition(
         name=StageName.REWARD_SERVER,
@@ -180,8 +201,9 @@ _DEFINITIONS: tuple[StageDefinition, ...] = (
         module="rlhf_operator.workloads.policy",
         artifact_field="policy",
         default_artifact=artifacts.policy_model_dir,
-        job_shape=_torchrun,
+        job_shape=_policy_torchrun,
         reward_token=True,
+        gpu_training=True,
     ),
     StageDefinition(
         name=StageName.EVALUATION,

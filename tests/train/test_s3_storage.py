@@ -137,3 +137,36 @@ def test_rloo_checkpoints_are_mirrored_to_s3_and_resumed_on_a_new_node(
     mirrored = sorted(p.rsplit("/", 1)[-1] for p in s3.ls(f"{root}/policy/checkpoints"))
     assert mirrored == ["checkpoint-4", "checkpoint-6"], mirrored
     assert s3.exists(f"{root}/policy/model/_SUCCESS")
+
+
+def test_four_processes_localize_one_model_with_one_download(s3: Any, tmp_path: Path) -> None:
+    """torchrun's local ranks all resolve the same s3:// model at once: one downloads, all succeed."""
+    import subprocess
+    import sys
+
+    from rlhf_operator.tiny import make_tiny_assets
+    from tests.train.conftest import env
+
+    assets = tmp_path / "assets"
+    make_tiny_assets(assets)
+    s3.put(str(assets / "models" / "tiny-gpt2") + "/", f"{BUCKET}/race/tiny-gpt2", recursive=True)
+    code = (
+        "import sys; from rlhf_operator.workloads.storage import localize_dir; "
+        "print('at', localize_dir(sys.argv[1]))"
+    )
+    cache = {"RLHF_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"s3://{BUCKET}/race/tiny-gpt2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**env(), **cache},
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(out.count("downloaded ") for out, _ in outputs) == 1, outputs
+    places = {out.split("at ", 1)[1].strip() for out, _ in outputs}
+    assert len(places) == 1 and (Path(places.pop()) / "config.json").exists()

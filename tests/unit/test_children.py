@@ -49,6 +49,37 @@ def test_multi_node_policy_gets_rendezvous_and_gpus() -> None:
     assert spec["template"]["spec"]["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists",
                                                           "effect": "NoSchedule"}  # fmt: skip
     assert spec["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "policy-gpu"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_reward_model_on_several_gpus_launches_like_the_policy() -> None:
+    job = rlhfjob(stages={"rewardModel": {"nodes": 2, "pod": {"resources": {"gpus": 4, "efa": 1}}}})
+    manifest = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.REWARD_MODEL, CONFIG)
+    spec = manifest["spec"]
+    assert (spec["completionMode"], spec["completions"]) == ("Indexed", 2)
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"][:3] == ["torchrun", "--nnodes=2", "--nproc-per-node=4"]
+    assert "reward-model" in container["command"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MASTER_ADDR"]["value"] == "tiny-reward-model-0.tiny-reward-model.ml.svc"
+    assert env["WORLD_SIZE"]["value"] == "8"
+    assert pod["subdomain"] == "tiny-reward-model"
+    assert container["resources"]["limits"]["vpc.amazonaws.com/efa"] == "1"
+    assert container["resources"]["requests"]["vpc.amazonaws.com/efa"] == "1"
+    # NCCL's shared memory: a memory-backed /dev/shm instead of the container's 64 MiB.
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_single_process_stages_keep_a_plain_command_and_no_shm() -> None:
+    job = rlhfjob()
+    manifest = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.REWARD_MODEL, CONFIG)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][0] == "python"
+    assert "completionMode" not in manifest["spec"]
+    evaluation = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.EVALUATION, CONFIG)
+    assert all(v["name"] != "dshm" for v in evaluation["spec"]["template"]["spec"]["volumes"])
 
 
 def test_config_map_holds_a_stage_config_the_pod_can_validate() -> None:

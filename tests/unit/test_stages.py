@@ -54,6 +54,7 @@ def test_run_local_and_the_operator_skip_the_same_stages(dataset: dict[str, obje
     [
         (StageName.PRECOMPUTE, 2, True, "python"),
         (StageName.RANKING, 1, False, "python"),
+        (StageName.REWARD_MODEL, 1, False, "python"),
         (StageName.POLICY, 1, False, "python"),
     ],
 )
@@ -71,6 +72,16 @@ def test_multi_node_policy_asks_for_its_headless_service() -> None:
     created = reconcile(job, done, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).create
     service = next(m for m in created if m["kind"] == "Service")
     assert service["metadata"]["name"] == "tiny-policy" and service["spec"]["clusterIP"] == "None"
+
+
+def test_multi_gpu_reward_model_asks_for_its_headless_service() -> None:
+    job = rlhfjob(stages={"rewardModel": {"pod": {"resources": {"gpus": 2}}}})
+    done = {"stages": [{"name": s, "state": "Succeeded"} for s in ("precompute", "ranking")]}
+    created = reconcile(job, done, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).create
+    service = next(m for m in created if m["kind"] == "Service")
+    assert service["metadata"]["name"] == "tiny-reward-model" and service["spec"]["clusterIP"] == "None"
+    launched = next(m for m in created if m["kind"] == "Job")
+    assert launched["spec"]["template"]["spec"]["containers"][0]["command"][0] == "torchrun"
 
 
 def test_default_precompute_artifact_is_what_the_stage_reports() -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, StringConstraints
 
 from rlhf_operator.api.base import IMMUTABLE_MESSAGE, ApiModel, CelRule, immutable
+from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
 
 GROUP = "rlhf-operator.dev"
 VERSION = "v1alpha1"
@@ -207,6 +208,9 @@ class GpuResources(Resources):
     cel_rules = (CelRule("self.gpus >= 1", GPU_STAGE_MESSAGE, lambda r: r.gpus >= 1),)
 
     gpus: int = Field(1, ge=0, le=64, description="`nvidia.com/gpu` per pod; this stage needs at least one.")
+    efa: int = Field(
+        0, ge=0, le=32, description="`vpc.amazonaws.com/efa` interfaces per pod (multi-node NCCL over EFA)."
+    )
 
 
 class PodSettings(ApiModel):
@@ -261,6 +265,12 @@ class BaseModelSpec(ApiModel):
         None, description="Revision (branch, tag or commit) of the model, if versioned."
     )
     dtype: Dtype = Field(Dtype.AUTO, description="Weight precision: auto, float32, bfloat16 or float16.")
+    size_billions: float | None = Field(
+        None,
+        gt=0,
+        le=10_000,
+        description="Parameters in billions, for the operator's memory check; unset: read from the name (e.g. 8B).",
+    )
     tokenizer: Location | None = Field(
         None, description="Tokenizer location when it is not stored with the model."
     )
@@ -536,7 +546,9 @@ class Serving(ApiModel):
     port: int = Field(8080, ge=1, le=65_535, description="HTTP port of the reward server.")
 
 
-class RewardModelStage(ApiModel):
+class RewardModelStage(TrainingFields):
+    cel_rules = (ACCUMULATION_RULE,)
+
     model: Location | None = Field(
         None, description="Model the reward model starts from; defaults to the base model."
     )
@@ -546,13 +558,20 @@ class RewardModelStage(ApiModel):
     max_length: int = Field(256, ge=1, le=32_768, description="Longest prompt plus response, in tokens.")
     eval_fraction: float = Field(0.2, ge=0, le=0.9, description="Fraction of pairs kept to measure accuracy.")
     serving: Serving = Field(default_factory=Serving, description="The served reward model the policy calls.")
+    nodes: int = Field(1, ge=1, le=64, description="Reward-model training pods (nodes) training together.")
     pod: GpuPodSettings = Field(
         default_factory=GpuPodSettings, description="Pods of the stage (small-GPU node group by default)."
     )
 
 
-class PolicyStage(ApiModel):
+class PolicyStage(TrainingFields):
     cel_rules = (
+        ACCUMULATION_RULE,
+        CelRule(
+            "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm != 'ppo'",
+            "`generation.engine: vllm` must be used with algorithm rloo or grpo (ppo generates with transformers)",
+            lambda p: p.generation.engine != "vllm" or p.algorithm != Algorithm.PPO,
+        ),
         CelRule(
             "self.algorithm == 'ppo' || self.batchSize % self.numGenerations == 0",
             "`batchSize` must be a multiple of `numGenerations` for rloo and grpo",
@@ -592,6 +611,9 @@ class PolicyStage(ApiModel):
         description="colocated (reward model in the policy pods) or remote (served on the small-GPU node group).",
     )
     nodes: int = Field(1, ge=1, le=64, description="Policy pods (nodes) training together.")
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="How rollouts are generated (rloo, grpo: hf or vllm)."
+    )
     checkpoint_interval: int = Field(
         20, ge=0, le=1_000_000, description="Steps between checkpoints; 0 disables them."
     )

@@ -12,8 +12,10 @@ from rlhf_operator.children import Manifest, headless_service, stage_job
 from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
+from rlhf_operator.pipeline.fit import DOES_NOT_FIT, Refusal, fit_refusal
 from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
+from rlhf_operator.plan import Event
 from rlhf_operator.results import failure_message, outcomes_readable, stage_result
 from rlhf_operator.stages import STAGES, skipped
 
@@ -41,6 +43,7 @@ def stage_records(ctx: PlanningPass) -> list[StageStatus]:
     """One record per pipeline stage, in order, advancing the first stage that is not done."""
     records = []
     blocked = False  # an earlier stage is not done
+    refusal = _refusal(ctx)
     for stage in PIPELINE_STAGES:
         previous = ctx.previous.get(stage.value)
         record = previous.model_copy(deep=True) if previous else StageStatus(name=stage)
@@ -48,6 +51,8 @@ def stage_records(ctx: PlanningPass) -> list[StageStatus]:
             record.state, record.message = StageState.SKIPPED, "Its output is given in spec.dataset."
         elif record.state in FINISHED:
             pass
+        elif refusal is not None:
+            _refuse(ctx, stage, record, refusal)
         elif blocked:
             record.state = StageState.PENDING
         else:
@@ -56,6 +61,29 @@ def stage_records(ctx: PlanningPass) -> list[StageStatus]:
             blocked = True
         records.append(record)
     return records
+
+
+def _refusal(ctx: PlanningPass) -> Refusal | None:
+    """A training stage that cannot fit its GPUs, found before any Job of the pipeline runs:
+    nothing starts that a later stage cannot finish, and once refused the earlier stages stay
+    unstarted."""
+    refusal = fit_refusal(ctx.spec, ctx.config)
+    if refusal is None:
+        return None
+    before = ctx.previous.get(refusal.stage.value)
+    refused = before is not None and before.state is StageState.FAILED
+    if (before is not None and before.state is StageState.SUCCEEDED) or (ctx.observed.jobs and not refused):
+        return None
+    return refusal
+
+
+def _refuse(ctx: PlanningPass, stage: StageName, record: StageStatus, refusal: Refusal) -> None:
+    if stage is refusal.stage:
+        record.state, record.message = StageState.FAILED, f"{DOES_NOT_FIT}: {refusal.message}"
+        ctx.plan.events.append(Event("Warning", DOES_NOT_FIT, refusal.message))
+    else:
+        record.state = StageState.PENDING
+        record.message = f"Not started: stage {refusal.stage.value} does not fit its GPUs."
 
 
 def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:

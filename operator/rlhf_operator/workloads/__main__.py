@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             failure(f"{type(exc).__name__}: {exc}; the stage will be retried.", "StageError")
         )
         return EX_RETRYABLE
-    if payload is not None:
+    # Under torchrun every process returns the stage's payload; the pod's termination message is
+    # one file, and only global rank 0 knows the stage's result (the others' metrics may be nan).
+    if payload is not None and os.environ.get("RANK", "0") == "0":
         write_termination_message(payload)
     return EX_OK
 

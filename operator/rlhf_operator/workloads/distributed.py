@@ -42,31 +42,10 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.world_size > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= info.world_size
     return tensor
-
-
-def average_gradients(parameters: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Data parallelism by hand: every rank applies the mean gradient, so weights stay identical.
-
-    Flattened into one buffer: one all-reduce per update instead of one per tensor.
-    """
-    if info.world_size <= 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= info.world_size
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
 
 
 def barrier(info: DistInfo) -> None:

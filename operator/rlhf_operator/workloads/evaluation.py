@@ -20,7 +20,7 @@ from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.judges import rule_from_spec
-from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
+from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer, stage_device
 from rlhf_operator.workloads.ppo import position_ids, token_logprobs
 from rlhf_operator.workloads.ppo_core import response_mask
 from rlhf_operator.workloads.precompute import held_out_prompts
@@ -49,7 +49,7 @@ def sample_with_kl(
 ) -> tuple[list[str], list[float]]:
     """Completions (samples per prompt, prompt-major) and each one's k1 KL(model || ref) in nats."""
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(seed)
     generated = model.generate(  # type: ignore[operator]
         **enc,
@@ -112,12 +112,20 @@ def run(ctx: StageContext) -> StageResult:
     tokenizer = load_tokenizer(
         ctx.get("baseModel.tokenizer", None) or base_src, ctx.get("baseModel.revision")
     )
-    base = load_causal_lm(  # type: ignore[no-untyped-call]
-        base_src, ctx.get("baseModel.revision"), ctx.get("baseModel.dtype"), tokenizer, "the base model"
-    ).eval()
-    policy = load_causal_lm(  # type: ignore[no-untyped-call]
-        storage.localize_dir(policy_uri), None, ctx.get("baseModel.dtype"), tokenizer, "the policy"
-    ).eval()
+    base = (
+        load_causal_lm(  # type: ignore[no-untyped-call]
+            base_src, ctx.get("baseModel.revision"), ctx.get("baseModel.dtype"), tokenizer, "the base model"
+        )
+        .eval()
+        .to(stage_device())
+    )
+    policy = (
+        load_causal_lm(  # type: ignore[no-untyped-call]
+            storage.localize_dir(policy_uri), None, ctx.get("baseModel.dtype"), tokenizer, "the policy"
+        )
+        .eval()
+        .to(stage_device())
+    )
     length = int(ctx.get("stages.policy.responseLength"))
     temperature = float(ctx.get("stages.policy.temperature"))
     sampling: dict[str, Any] = {

@@ -43,6 +43,13 @@ def resolve_model_path(source: str, what: str, marker: tuple[str, ...] = ("confi
     )
 
 
+def stage_device() -> torch.device:
+    """This process's GPU when there is one (torchrun's LOCAL_RANK picks it), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return torch.device("cpu")
+
+
 def _dtype(name: str | None) -> Any:
     if name is None:
         return torch.float32
@@ -114,7 +121,7 @@ def load_seq_cls(
     check_compatible(model, tokenizer, what)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
-    return model, tokenizer
+    return model.to(stage_device()), tokenizer
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ def generate_texts(
     per_batch = max(1, batch_size // max(1, num_return_sequences))
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start : start + per_batch]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         generated = model.generate(  # type: ignore[operator]
             **enc,
             do_sample=True,

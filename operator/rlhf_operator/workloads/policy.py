@@ -7,41 +7,59 @@ from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
-from rlhf_operator.workloads import checkpoint, layout, storage
+from rlhf_operator.workloads import checkpoint, layout, lora, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.distributed import barrier, init_distributed, shutdown
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
+from rlhf_operator.workloads.modeling import load_tokenizer
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_source import make_reward
 from rlhf_operator.workloads.runtime import seed_everything
 
 
-def _settings(ctx: StageContext) -> Any:
+def _settings(ctx: StageContext, world_size: int) -> Any:
+    from rlhf_operator.api.training import micro_batch
     from rlhf_operator.workloads.ppo import PPOSettings
 
-    batch = int(ctx.get("stages.policy.batchSize"))
+    p = ctx.typed_spec.stages.policy
+    mini = p.mini_batch_size or p.batch_size
     return PPOSettings(
-        steps=int(ctx.get("stages.policy.steps")),
-        batch_size=batch,
-        mini_batch_size=int(ctx.get("stages.policy.miniBatchSize", None) or batch),
-        ppo_epochs=int(ctx.get("stages.policy.ppoEpochs")),
-        num_generations=int(ctx.get("stages.policy.numGenerations")),
-        response_length=int(ctx.get("stages.policy.responseLength")),
-        temperature=float(ctx.get("stages.policy.temperature")),
-        learning_rate=float(ctx.get("stages.policy.learningRate")),
-        kl_coef=float(ctx.get("stages.policy.klCoef")),
-        kl_target=ctx.get("stages.policy.klTarget", None),
+        steps=p.steps,
+        batch_size=p.batch_size,
+        mini_batch_size=mini,
+        ppo_epochs=p.ppo_epochs,
+        num_generations=p.num_generations,
+        response_length=p.response_length,
+        temperature=p.temperature,
+        learning_rate=p.learning_rate,
+        kl_coef=p.kl_coef,
+        kl_target=p.kl_target,
         seed=ctx.seed,
+        micro_batch_size=micro_batch(
+            max(1, mini // world_size), p.micro_batch_size, p.gradient_accumulation_steps
+        ),
+    )
+
+
+def train_plan(ctx: StageContext, training: Any) -> Any:
+    """The TrainPlan of a training stage's `distributed`/`activationCheckpointing` and the dtype."""
+    from rlhf_operator.workloads.sharding import TrainPlan
+
+    # The compute dtype is the loaded weights' (baseModel.dtype, or the checkpoint's under auto).
+    return TrainPlan(
+        strategy=str(training.distributed.strategy),
+        cpu_offload=training.distributed.cpu_offload,
+        activation_checkpointing=training.activation_checkpointing,
     )
 
 
 def run_ppo(ctx: StageContext) -> StageResult:
-    from rlhf_operator.workloads.ppo import PolicyWithValueHead, PPOTrainerLite
+    from rlhf_operator.workloads import ppo_models
+    from rlhf_operator.workloads.ppo import PPOTrainerLite
 
     info = init_distributed()
-    settings = _settings(ctx)
+    settings = _settings(ctx, info.world_size)
     if (
         settings.batch_size % settings.num_generations
         or (settings.batch_size // settings.num_generations) % info.world_size
@@ -51,28 +69,33 @@ def run_ppo(ctx: StageContext) -> StageResult:
             f"({settings.num_generations}) x a multiple of the process count ({info.world_size}).",
             "InvalidBatchSize",
         )
+    spec = ctx.typed_spec
     root = ctx.artifact_root
-    base = ctx.require("baseModel.source")
-    revision = ctx.get("baseModel.revision")
-    tokenizer = load_tokenizer(ctx.get("baseModel.tokenizer", None) or base, revision)
+    base = spec.base_model.source
+    revision = spec.base_model.revision
+    tokenizer = load_tokenizer(spec.base_model.tokenizer or base, revision)
     reward = make_reward(ctx)
     prompts = training_prompts(ctx)
-    interval = int(ctx.get("stages.policy.checkpointInterval"))
+    interval = spec.stages.policy.checkpoint_interval
     resume = checkpoint.latest_checkpoint(root) if interval > 0 else None
     seed_everything(settings.seed)
-    # The reference is always the base model; the policy starts from the newest checkpoint if any.
-    ref = load_causal_lm(base, revision, ctx.get("baseModel.dtype"), tokenizer, "the base model").to(
-        info.device  # type: ignore[arg-type]
-    )
-    lm = load_causal_lm(
-        resume[1] if resume else base,
-        None if resume else revision,
-        ctx.get("baseModel.dtype"),
+    adapter = lora.lora_settings(spec.stages.policy)
+    # The reference is always the base model; the policy starts from the newest checkpoint if any
+    # (under LoRA from the base, with the checkpoint's adapter loaded by load_state).
+    models = ppo_models.build(
+        resume[1] if resume and adapter is None else base,
+        base,
         tokenizer,
-        "the policy",
+        str(spec.base_model.dtype),
+        plan=train_plan(ctx, spec.stages.policy),
+        info=info,
+        adapter=adapter,
+        revision=None if resume and adapter is None else revision,
     )
-    policy = PolicyWithValueHead(lm).to(info.device)
-    trainer = PPOTrainerLite(policy, ref, tokenizer, reward, prompts, settings=settings, dist_info=info)
+    policy, plan = models.policy, models.plan
+    trainer = PPOTrainerLite(
+        policy, models.ref, tokenizer, reward, prompts, settings=settings, dist_info=info, plan=plan
+    )
     start = 0
     if resume:
         state = checkpoint.load_state(resume[1])
@@ -94,18 +117,25 @@ def run_ppo(ctx: StageContext) -> StageResult:
                 responseLength=round(stats["responseLength"], 2),
             )
         if interval and step % interval == 0 and step < settings.steps:
-            if info.is_main:
-                uri = checkpoint.save_checkpoint(root, step, policy.lm, tokenizer, trainer.state())
-                print(f"checkpoint step {step} -> {uri}", flush=True)
+            _save_checkpoint(root, step, trainer, tokenizer, plan)
             barrier(info)
-    if info.is_main:
-        with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
-            policy.lm.save_pretrained(work)
-            tokenizer.save_pretrained(work)
+    with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
+        if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work):
             storage.publish_dir(work, layout.policy_dir(root), {"steps": settings.steps, "algorithm": "ppo"})
     barrier(info)
     shutdown(info)
     return _result(ctx, settings.steps, stats)
+
+
+def _save_checkpoint(root: str, step: int, trainer: Any, tokenizer: Any, plan: Any) -> None:
+    """Every process gathers (a collective under fsdp); rank 0 writes."""
+    from rlhf_operator.workloads import ppo_models
+
+    state = trainer.state()
+    model = ppo_models.plain_model(trainer.policy, plan.compute_dtype)
+    if model is not None:
+        uri = checkpoint.save_checkpoint(root, step, model, tokenizer, state)
+        print(f"checkpoint step {step} -> {uri}", flush=True)
 
 
 def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResult:
@@ -114,7 +144,7 @@ def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResu
         metrics = metrics.model_copy(
             update={"mean_reward": round(stats["meanReward"], 4), "kl": round(stats["kl"], 4)}
         )
-    algorithm = ctx.get("stages.policy.algorithm")
+    algorithm = ctx.typed_spec.stages.policy.algorithm
     return StageResult(
         metrics=metrics,
         artifacts=Artifacts(policy=layout.policy_dir(ctx.artifact_root)),
@@ -124,7 +154,7 @@ def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResu
 
 
 def run(ctx: StageContext) -> StageResult:
-    algorithm = str(ctx.get("stages.policy.algorithm"))
+    algorithm = str(ctx.typed_spec.stages.policy.algorithm)
     if algorithm == "ppo":
         return run_ppo(ctx)
     if algorithm in {"rloo", "grpo"}:

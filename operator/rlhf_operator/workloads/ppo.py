@@ -1,13 +1,16 @@
 """In-project PPO for RLHF (TRL >= 1.13 has no PPOTrainer; see docs/ppo.md for the decision).
 
-Policy + value head on the policy's last hidden state, a frozen reference copy of the base model,
-the reward model (local or remote) scoring whole completions, a per-token k1 KL penalty, GAE, a
-clipped surrogate and a clipped value loss, optional adaptive KL (Ziegler et al.), advantage
-whitening. Data parallel over torch.distributed processes.
+Policy + value head on the policy's last hidden state, the reference (a frozen copy of the base, or
+the policy with its LoRA adapter switched off), the reward model (local or remote) scoring whole
+completions, a per-token k1 KL penalty, GAE, a clipped surrogate and a clipped value loss, optional
+adaptive KL (Ziegler et al.), advantage whitening. Data parallel on torch's DDP or sharded on FSDP2
+(`sharding.py`); losses are normalised by the global token count and advantages whitened with
+global statistics, so N processes take the same step as one process with the whole batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -17,9 +20,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_operator.workloads import ppo_core
-from rlhf_operator.workloads.distributed import DistInfo, all_reduce_mean, average_gradients
+from rlhf_operator.workloads import ppo_core, sharding
+from rlhf_operator.workloads.distributed import DistInfo, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
+from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
+from rlhf_operator.workloads.sampling import GumbelSampler
+
+__all__ = ["PPOSettings", "PPOTrainerLite", "PolicyWithValueHead", "position_ids", "token_logprobs"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,15 @@ class PPOSettings:
     gamma: float = 1.0
     lam: float = 0.95
     max_grad_norm: float = 1.0
+    micro_batch_size: int | None = None  # completions per forward/backward on one process
 
 
 class PolicyWithValueHead(nn.Module):
-    """The causal LM plus a scalar value head on its last hidden state (shared trunk)."""
+    """The causal LM plus a scalar value head on its last hidden state (shared trunk).
+
+    Only the last `keep` positions' logits are computed, and the value head reads the lm_head's own
+    input (captured by a hook), so no other layer's hidden states are kept.
+    """
 
     def __init__(self, lm: PreTrainedModel) -> None:
         super().__init__()
@@ -54,29 +66,26 @@ class PolicyWithValueHead(nn.Module):
         # Zero init: the value starts at 0 everywhere instead of adding noise to the first advantages.
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
+        self._hidden: list[torch.Tensor] = []
+        lm.get_output_embeddings().register_forward_pre_hook(self._capture)  # type: ignore[no-untyped-call]
+
+    def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._hidden.append(args[0])
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.lm(
+        self._hidden.clear()
+        logits = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
-            output_hidden_states=True,
-        )
-        values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
-        return out.logits, values
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Left padding: positions must start at 0 on the first real token, as in generate().
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) under the *sampling* distribution (logits / temperature)."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+            logits_to_keep=keep,
+        ).logits
+        hidden = self._hidden.pop()
+        self._hidden.clear()
+        values = self.value_head(hidden.float()).squeeze(-1)
+        return logits, values
 
 
 @dataclass
@@ -93,31 +102,39 @@ class Rollout:
 
 
 class PPOTrainerLite:
+    """`ref=None` means the policy's LM is a PEFT model: the reference is its adapter switched off."""
+
     def __init__(
         self,
         policy: PolicyWithValueHead,
-        ref: PreTrainedModel,
+        ref: nn.Module | None,
         tokenizer: PreTrainedTokenizerBase,
         reward: Scorer,
         prompts: list[str],
         *,
         settings: PPOSettings,
         dist_info: DistInfo,
+        plan: sharding.TrainPlan | None = None,
     ) -> None:
         self.policy = policy
-        self.ref = ref.eval().requires_grad_(False)  # type: ignore[no-untyped-call]
+        self.ref = ref
         self.tokenizer = tokenizer
         self.reward = reward
         self.prompts = prompts
         self.s = settings
         self.dist = dist_info
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.learning_rate, eps=1e-5)
+        self.plan = plan or sharding.TrainPlan()
+        # Under ddp the training forward goes through DDP (gradient all-reduce); fsdp syncs by itself.
+        self.train_model = sharding.wrap_ddp(policy, dist_info) if self.plan.strategy == "ddp" else policy
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
         self.kl_ctl = ppo_core.AdaptiveKLController(settings.kl_coef, settings.kl_target)
         self.eos = int(tokenizer.eos_token_id)
+        self.generation_seconds = 0.0
 
-    def prompts_for_step(self, step: int) -> list[str]:
-        """This process's prompts at `step`: a pure function of (seed, step), so a resumed run
-        sees exactly the prompts the interrupted one would have seen."""
+    def prompts_for_step(self, step: int) -> list[tuple[int, str]]:
+        """This process's (global index, prompt) pairs at `step`: a pure function of (seed, step), so
+        a resumed run sees exactly the prompts the interrupted one would have seen."""
         total_prompts = max(1, self.s.batch_size // self.s.num_generations)
         rng = random.Random(self.s.seed * 100_003 + step)
         chosen = (
@@ -125,28 +142,29 @@ class PPOTrainerLite:
             if total_prompts <= len(self.prompts)
             else [rng.choice(self.prompts) for _ in range(total_prompts)]
         )
-        return chosen[self.dist.rank :: self.dist.world_size]
+        return list(enumerate(chosen))[self.dist.rank :: self.dist.world_size]
 
-    @torch.no_grad()
-    def rollout(self, step: int) -> Rollout:
-        prompts = self.prompts_for_step(step)
+    def _generate(self, step: int, indexed: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         self.tokenizer.padding_side = "left"
+        prompts = [p for _, p in indexed]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.dist.device) for k, v in enc.items()}
-        torch.manual_seed(self.s.seed * 1_000_003 + step * 1009 + self.dist.rank)
-        self.policy.eval()
-        generated = self.policy.lm.generate(  # type: ignore[operator]
-            **enc,
-            do_sample=True,
-            max_new_tokens=self.s.response_length,
-            temperature=self.s.temperature,
-            top_k=0,
-            top_p=1.0,
-            num_return_sequences=self.s.num_generations,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos,
-        )
+        g = self.s.num_generations
+        # Each prompt repeated g times (greedy decoding over Gumbel-perturbed logits samples).
+        enc = {k: v.repeat_interleave(g, dim=0).to(self.dist.device) for k, v in enc.items()}
+        rows = torch.tensor([i * g + k for i, _ in indexed for k in range(g)])
         prompt_len = enc["input_ids"].shape[1]
+        sampler = GumbelSampler(self.s.seed, step, rows, prompt_len, self.s.temperature)
+        started = time.perf_counter()
+        with sharding.compute(self.plan, self.dist.device):
+            generated = self.policy.lm.generate(  # type: ignore[operator]
+                **enc,
+                do_sample=False,
+                logits_processor=[sampler],
+                max_new_tokens=self.s.response_length,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.eos,
+            )
+        self.generation_seconds = time.perf_counter() - started
         response = generated[:, prompt_len:]
         if response.shape[1] < self.s.response_length:  # every row stopped early: pad to a fixed width
             pad = torch.full(
@@ -155,19 +173,39 @@ class PPOTrainerLite:
                 dtype=response.dtype,
                 device=response.device,
             )
-            response = torch.cat([response, pad], dim=1)
-            generated = torch.cat([generated[:, :prompt_len], response], dim=1)
+            generated = torch.cat([generated, pad], dim=1)
+        return generated, enc["attention_mask"], prompt_len
+
+    def reference_logits(self, input_ids: torch.Tensor, attention: torch.Tensor, keep: int) -> torch.Tensor:
+        kw = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "position_ids": position_ids(attention),
+            "logits_to_keep": keep,
+        }
+        if self.ref is not None:
+            return self.ref(**kw).logits  # type: ignore[no-any-return]
+        with self.policy.lm.disable_adapter():  # type: ignore[operator]
+            return self.policy.lm(**kw).logits  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> Rollout:
+        indexed = self.prompts_for_step(step)
+        self.policy.eval()
+        generated, prompt_mask, prompt_len = self._generate(step, indexed)
+        response = generated[:, prompt_len:]
+        keep = response.shape[1] + 1
         mask = ppo_core.response_mask(response, self.eos).to(self.dist.device)
-        prompt_mask = enc["attention_mask"].repeat_interleave(self.s.num_generations, dim=0)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
-        logits, values = self.policy(generated, attention)
-        logprobs = token_logprobs(logits[:, prompt_len - 1 : -1], response, self.s.temperature)
-        ref_logits = self.ref(
-            input_ids=generated, attention_mask=attention, position_ids=position_ids(attention)
-        ).logits
-        ref_logprobs = token_logprobs(ref_logits[:, prompt_len - 1 : -1], response, self.s.temperature)
+        with sharding.compute(self.plan, self.dist.device):
+            logits, values = self.policy(generated, attention, keep)
+            logprobs = token_logprobs(logits[:, :-1], response, self.s.temperature)
+            del logits
+            ref_logits = self.reference_logits(generated, attention, keep)
+            ref_logprobs = token_logprobs(ref_logits[:, :-1], response, self.s.temperature)
+            del ref_logits
         completions = self.tokenizer.batch_decode(response, skip_special_tokens=True)
-        full_prompts = [p for p in prompts for _ in range(self.s.num_generations)]
+        full_prompts = [p for _, p in indexed for _ in range(self.s.num_generations)]
         scores = torch.tensor(
             self.reward(full_prompts, completions), dtype=torch.float32, device=self.dist.device
         )
@@ -178,71 +216,125 @@ class PPOTrainerLite:
             mask,
             logprobs * mask,
             ref_logprobs * mask,
-            values[:, prompt_len - 1 : -1].float() * mask,
+            values[:, :-1].float() * mask,
             scores,
             completions,
+        )
+
+    def _global(self, value: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(value.detach().clone().float(), self.dist)
+
+    def _whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """masked_whiten with the statistics of the whole batch, over every process."""
+        stats = self._global(torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]))
+        total, squares, count = stats[0], stats[1], stats[2].clamp(min=1)
+        mean = total / count
+        var = (squares / count - mean * mean).clamp(min=0)
+        if count > 1:  # Bessel's correction, as ppo_core.masked_whiten
+            var = var * count / (count - 1)
+        return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+    def _minibatches(self, n: int) -> list[torch.Tensor]:
+        mini = max(1, min(n, self.s.mini_batch_size // self.dist.world_size))
+        order = torch.randperm(n)
+        return [order[start : start + mini] for start in range(0, n, mini)]
+
+    def _update(
+        self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, idx: torch.Tensor
+    ) -> ppo_core.LossStats:
+        """One optimizer step over the rows `idx`, in micro-batches (gradient accumulation)."""
+        # Every process divides by the same global token count, and the gradient is averaged over
+        # processes: scaling by world_size makes that the mean over every token of the mini-batch.
+        tokens = float(self._global(ro.mask[idx].sum())) / self.dist.world_size
+        micro = self.s.micro_batch_size or len(idx)
+        chunks = [idx[i : i + micro] for i in range(0, len(idx), micro)]
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = []
+        for i, rows in enumerate(chunks):
+            last = i == len(chunks) - 1
+            no_sync: Any = getattr(self.train_model, "no_sync", None)
+            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+            with sync, sharding.compute(self.plan, self.dist.device):
+                keep = ro.input_ids.shape[1] - ro.prompt_len + 1
+                logits, values = self.train_model(ro.input_ids[rows], ro.attention_mask[rows], keep)
+                new_logprobs = token_logprobs(
+                    logits[:, :-1], ro.input_ids[rows, ro.prompt_len :], self.s.temperature
+                )
+                loss, st = ppo_core.ppo_loss(
+                    new_logprobs,
+                    ro.logprobs[rows],
+                    advantages[rows],
+                    values[:, :-1].float(),
+                    ro.values[rows],
+                    returns[rows],
+                    ro.mask[rows],
+                    self.s.clip_range,
+                    self.s.clip_range_value,
+                    self.s.vf_coef,
+                    token_count=tokens,
+                )
+                loss.backward()  # type: ignore[no-untyped-call]
+            stats.append(st)
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in self.policy.parameters() if p.requires_grad], self.s.max_grad_norm
+        )
+        self.optimizer.step()
+        return ppo_core.LossStats(
+            policy_loss=sum(s.policy_loss for s in stats),
+            value_loss=sum(s.value_loss for s in stats),
+            clip_fraction=sum(s.clip_fraction for s in stats),
+            approx_kl=sum(s.approx_kl for s in stats),
         )
 
     def step(self, step: int) -> dict[str, float]:
         started = time.perf_counter()
         ro = self.rollout(step)
+        generated_tokens = float(self._global(ro.mask.sum()))
+        rollout_seconds = time.perf_counter() - started
         rewards, kl = ppo_core.token_rewards(
             ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, self.kl_ctl.value
         )
         advantages, returns = ppo_core.gae(rewards, ro.values, ro.mask, self.s.gamma, self.s.lam)
-        advantages = ppo_core.masked_whiten(advantages, ro.mask)
+        advantages = self._whiten(advantages, ro.mask)
         self.policy.train()
-        n = ro.input_ids.shape[0]
-        mini = max(1, min(n, self.s.mini_batch_size // self.dist.world_size))
-        stats: list[ppo_core.LossStats] = []
-        for _ in range(self.s.ppo_epochs):
-            order = torch.randperm(n)
-            for start in range(0, n, mini):
-                idx = order[start : start + mini]
-                logits, values = self.policy(ro.input_ids[idx], ro.attention_mask[idx])
-                new_logprobs = token_logprobs(
-                    logits[:, ro.prompt_len - 1 : -1], ro.input_ids[idx, ro.prompt_len :], self.s.temperature
-                )
-                loss, st = ppo_core.ppo_loss(
-                    new_logprobs,
-                    ro.logprobs[idx],
-                    advantages[idx],
-                    values[:, ro.prompt_len - 1 : -1].float(),
-                    ro.values[idx],
-                    returns[idx],
-                    ro.mask[idx],
-                    self.s.clip_range,
-                    self.s.clip_range_value,
-                    self.s.vf_coef,
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                average_gradients(list(self.policy.parameters()), self.dist)
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.s.max_grad_norm)
-                self.optimizer.step()
-                stats.append(st)
-        seq_kl = all_reduce_mean(kl.sum(dim=1).mean().detach().clone(), self.dist)
-        mean_score = all_reduce_mean(ro.scores.mean().detach().clone(), self.dist)
-        self.kl_ctl.update(float(seq_kl), self.s.batch_size)
+        stats = [
+            self._update(ro, advantages, returns, idx)
+            for _ in range(self.s.ppo_epochs)
+            for idx in self._minibatches(ro.input_ids.shape[0])
+        ]
+        rows = self.s.batch_size
+        seq_kl = float(self._global(kl.sum())) / rows
+        mean_score = float(self._global(ro.scores.sum())) / rows
+        self.kl_ctl.update(seq_kl, self.s.batch_size)
         return {
-            "meanReward": float(mean_score),
-            "kl": float(seq_kl),
+            "meanReward": mean_score,
+            "kl": seq_kl,
             "klCoef": self.kl_ctl.value,
             "policyLoss": sum(s.policy_loss for s in stats) / len(stats),
             "valueLoss": sum(s.value_loss for s in stats) / len(stats),
             "clipFraction": sum(s.clip_fraction for s in stats) / len(stats),
-            "responseLength": float(ro.mask.sum(dim=1).mean()),
+            "responseLength": generated_tokens / rows,
+            "rolloutSeconds": rollout_seconds,
+            "generationSeconds": self.generation_seconds,
+            "generatedTokens": generated_tokens,
             "seconds": time.perf_counter() - started,
         }
 
     def state(self) -> dict[str, Any]:
+        """Collective under fsdp: every process calls it, rank 0 saves the result."""
+        adapter = {}
+        if self.ref is None:  # LoRA: the adapter is the trained part of the LM
+            adapter = {k: v for k, v in sharding.full_state_dict(self.policy.lm).items() if "lora_" in k}
         return {
-            "value_head": self.policy.value_head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "adapter": adapter,
+            "value_head": sharding.full_state_dict(self.policy.value_head),
+            "optimizer": sharding.optimizer_state(self.policy, self.optimizer),
             "kl_coef": self.kl_ctl.value,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.policy.value_head.load_state_dict(state["value_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("adapter"):
+            sharding.set_full_state_dict(self.policy.lm, state["adapter"], strict=False)
+        sharding.set_full_state_dict(self.policy.value_head, state["value_head"])
+        sharding.load_optimizer_state(self.policy, self.optimizer, state["optimizer"])
         self.kl_ctl.value = float(state["kl_coef"])

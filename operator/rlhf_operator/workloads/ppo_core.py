@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: float | None = None) -> torch.Tensor:
+    """Mean over the masked entries; `count` overrides the denominator (a global token count)."""
+    return (x * mask).sum() / (mask.sum().clamp(min=1) if count is None else max(count, 1e-8))
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -54,7 +55,7 @@ def token_rewards(
     """
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
-    rows = torch.arange(scores.shape[0])
+    rows = torch.arange(scores.shape[0], device=scores.device)
     rewards[rows, last_token_index(mask)] += scores
     return rewards * mask, kl
 
@@ -66,7 +67,7 @@ def gae(
     values = values * mask
     length = rewards.shape[1]
     advantages = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(length)):
         next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
@@ -95,20 +96,27 @@ def ppo_loss(  # noqa: PLR0917 - mirrors the paper's symbols, all tensors
     clip_range: float = 0.2,
     clip_range_value: float = 0.2,
     vf_coef: float = 0.1,
+    token_count: float | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """Clipped surrogate policy loss + clipped value loss (PPO, Schulman et al. 2017)."""
+    """Clipped surrogate policy loss + clipped value loss (PPO, Schulman et al. 2017).
+
+    `token_count` is the denominator of the token means (default: the tokens of `mask`); data
+    parallel training passes the global count so every process weighs each token alike.
+    """
     ratio = torch.exp(logprobs - old_logprobs)
     pg1 = -advantages * ratio
     pg2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    policy_loss = masked_mean(torch.max(pg1, pg2), mask)
+    policy_loss = masked_mean(torch.max(pg1, pg2), mask, token_count)
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
-    value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    value_loss = 0.5 * masked_mean(
+        torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask, token_count
+    )
     with torch.no_grad():
         stats = LossStats(
             policy_loss=float(policy_loss),
             value_loss=float(value_loss),
-            clip_fraction=float(masked_mean((pg2 > pg1).float(), mask)),
-            approx_kl=float(0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask)),
+            clip_fraction=float(masked_mean((pg2 > pg1).float(), mask, token_count)),
+            approx_kl=float(0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask, token_count)),
         )
     return policy_loss + vf_coef * value_loss, stats
 

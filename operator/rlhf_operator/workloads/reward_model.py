@@ -13,9 +13,11 @@ from rlhf_operator.api.v1alpha1 import Artifacts, Metrics, RLHFJobSpec
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.lora import is_peft, lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
 
 
 def split_pairs_by_prompt(
@@ -68,63 +70,96 @@ def tokenizer_source(spec: RLHFJobSpec, model_path: str) -> str:
     return model_path
 
 
-def run(ctx: StageContext) -> StageResult:
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, PrinterCallback
-    from trl import RewardConfig, RewardTrainer  # type: ignore[attr-defined]
+def _load(path: str, source: str, dtype: str) -> Any:
+    import torch
+    from transformers import AutoModelForSequenceClassification
 
-    pairs = load_pairs(ctx)
-    train, held = split_pairs_by_prompt(pairs, float(ctx.get("stages.rewardModel.evalFraction")), ctx.seed)
-    source = ctx.get("stages.rewardModel.model", None) or ctx.require("baseModel.source")
-    path = resolve_model_path(source, "the reward model's initial weights")
-    tokenizer = load_tokenizer(tokenizer_source(ctx.typed_spec, path), padding_side="right")
-    seed_everything(ctx.seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=getattr(torch, dtype) if dtype != "auto" else "auto"
+        )
     except (OSError, ValueError) as exc:
         raise StageConfigError(
             f"cannot load {source} as a sequence-classification model: {exc}", "ModelNotFound"
         ) from exc
+
+
+def run(ctx: StageContext) -> StageResult:
+    import os
+
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import RewardConfig, RewardTrainer  # type: ignore[attr-defined]
+
+    spec = ctx.typed_spec
+    rm = spec.stages.reward_model
+    pairs = load_pairs(ctx)
+    train, held = split_pairs_by_prompt(pairs, rm.eval_fraction, ctx.seed)
+    source = rm.model or spec.base_model.source
+    path = resolve_model_path(source, "the reward model's initial weights")
+    tokenizer = load_tokenizer(tokenizer_source(spec, path), padding_side="right")
+    seed_everything(ctx.seed)
+    adapter = lora_settings(rm)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args = trainer_arguments(
+        rm,
+        str(spec.base_model.dtype),
+        per_process=max(1, rm.batch_size // world),
+        cuda=torch.cuda.is_available(),
+        lora=adapter is not None,
+        transformer_layers=layer_classes(path),
+    )
+    model = _load(path, source, args.pop("model_init_kwargs")["dtype"])
     check_compatible(model, tokenizer, "the reward model")
     model.config.pad_token_id = tokenizer.pad_token_id  # a None pad id breaks batched seq-cls (gotcha 5)
     with tempfile.TemporaryDirectory(prefix="rlhf-rm-") as work:
-        args = RewardConfig(
+        config = RewardConfig(
             output_dir=f"{work}/trainer",
-            num_train_epochs=float(ctx.get("stages.rewardModel.epochs")),
-            learning_rate=float(ctx.get("stages.rewardModel.learningRate")),
-            per_device_train_batch_size=int(ctx.get("stages.rewardModel.batchSize")),
-            max_length=int(ctx.get("stages.rewardModel.maxLength")),
+            num_train_epochs=float(rm.epochs),
+            learning_rate=rm.learning_rate,
+            max_length=rm.max_length,
             report_to="none",
-            bf16=False,
-            activation_checkpointing=False,
             save_strategy="no",
             logging_steps=10,
             seed=ctx.seed,
             disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            **args,
         )
         trainer = RewardTrainer(
             model=model,
-            args=args,
+            args=config,
             processing_class=tokenizer,
             train_dataset=Dataset.from_list(
                 [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train]
             ),
+            # SEQ_CLS: PEFT trains the score head in full next to the adapters.
+            peft_config=peft_config(adapter, "SEQ_CLS") if adapter else None,
         )
         trainer.remove_callback(PrinterCallback)  # per-step dicts are noise in pod logs
+        if adapter is not None and trainer.is_world_process_zero():
+            trainable, total = trainable_fraction(trainer.model)  # type: ignore[arg-type]
+            print(f"lora: {trainable} of {total} parameters trainable ({trainable / total:.4%})", flush=True)
         started = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - started
-        scorer = LocalRewardScorer(trainer.model, tokenizer)  # type: ignore[arg-type]
+        trained: Any = trainer.accelerator.unwrap_model(trainer.model)
+        if is_peft(trained):
+            trained = trained.merge_and_unload()
+        scorer = LocalRewardScorer(trained, tokenizer)
         accuracy = pair_accuracy(scorer, held)
         train_accuracy = pair_accuracy(scorer, train[:512])
-        out_dir = f"{work}/model"
-        trainer.model.save_pretrained(out_dir)  # type: ignore[operator, union-attr]
-        tokenizer.save_pretrained(out_dir)
-        storage.publish_dir(
-            out_dir,
-            layout.reward_model_dir(ctx.artifact_root),
-            {"heldOutAccuracy": accuracy, "trainPairs": len(train), "heldOutPairs": len(held)},
-        )
+        if trainer.is_world_process_zero():  # one writer; every process trained
+            out_dir = f"{work}/model"
+            trained.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+            storage.publish_dir(
+                out_dir,
+                layout.reward_model_dir(ctx.artifact_root),
+                {"heldOutAccuracy": accuracy, "trainPairs": len(train), "heldOutPairs": len(held)},
+            )
+        trainer.accelerator.wait_for_everyone()
     print(
         f"reward model: {len(train)} train pairs, {len(held)} held-out pairs, {elapsed:.1f}s, "
         f"held-out accuracy {accuracy:.3f}, train accuracy {train_accuracy:.3f}",

@@ -64,7 +64,7 @@ class LocalRewardScorer:
                     truncation=True,
                     max_length=self.max_length,
                     add_special_tokens=False,
-                )
+                ).to(self.model.device)
                 out.extend(self.model(**enc).logits[:, 0].float().tolist())
         return out
 

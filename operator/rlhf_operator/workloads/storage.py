@@ -8,6 +8,7 @@ complete.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -148,16 +149,29 @@ def list_dir(uri: str) -> list[str]:
 
 
 def localize_dir(uri: str, cache_root: str | None = None) -> str:
-    """A local directory holding the artifact: the path itself, or a download of an s3:// prefix."""
+    """A local directory holding the artifact: the path itself, or a download of an s3:// prefix.
+
+    One download per node: the processes of a node (torchrun's local ranks) share the cache
+    directory, the first to take the lock downloads, and the others wait for it and reuse it.
+    """
     if not is_remote(uri):
         return local_path(uri)
     root = Path(cache_root or os.environ.get("RLHF_CACHE_DIR") or tempfile.gettempdir()) / "rlhf-cache"
     dest = root / uri.replace("://", "/").strip("/")
-    if (dest / SUCCESS_MARKER).exists() or (dest / "config.json").exists():
+    if _is_localized(dest):
         return str(dest)
-    fs, path = _fs(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
-    os.replace(staging, dest)
+    with open(f"{dest}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if _is_localized(dest):
+            return str(dest)
+        fs, path = _fs(uri)
+        staging = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+        fs.get(path.rstrip("/") + "/", str(staging), recursive=True)
+        os.replace(staging, dest)
+        print(f"downloaded {uri} to {dest}", flush=True)
     return str(dest)
+
+
+def _is_localized(dest: Path) -> bool:
+    return (dest / SUCCESS_MARKER).exists() or (dest / "config.json").exists()

@@ -10,10 +10,12 @@ from typing import Any
 from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.lora import is_peft, lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_source import make_reward
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 KEEP_CHECKPOINTS = 2
@@ -56,15 +58,36 @@ def latest_checkpoint(out_dir: str, remote: str | None) -> str | None:
     return storage.localize_dir(storage.join(remote, f"checkpoint-{steps[-1]}")) if steps else None
 
 
+def trl_arguments(
+    policy: Any, dtype: str, *, world: int, cuda: bool, lora: bool, transformer_layers: list[str]
+) -> dict[str, Any]:
+    """The GRPOConfig/RLOOConfig arguments that decide precision, memory, batching and generation;
+    vllm is TRL's colocated engine with sleep mode (GPU only)."""
+    out = trainer_arguments(
+        policy,
+        dtype,
+        per_process=policy.batch_size // world,
+        cuda=cuda,
+        lora=lora,
+        transformer_layers=transformer_layers,
+    )
+    out["use_vllm"] = str(policy.generation.engine) == "vllm"
+    if out["use_vllm"]:
+        out.update(vllm_mode="colocate", vllm_enable_sleep_mode=True)
+    return out
+
+
 def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # type: ignore[attr-defined]
 
-    steps = int(ctx.get("stages.policy.steps"))
-    batch = int(ctx.get("stages.policy.batchSize"))
-    generations = int(ctx.get("stages.policy.numGenerations"))
+    spec = ctx.typed_spec
+    policy = spec.stages.policy
+    steps = policy.steps
+    batch = policy.batch_size
+    generations = policy.num_generations
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # TRL counts completions per process; the API already checks batchSize % numGenerations.
     if batch % world:
@@ -73,14 +96,11 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
             f"and groups of numGenerations ({generations}).",
             "InvalidBatchSize",
         )
-    if ctx.get("stages.policy.klTarget", None) is not None:
+    if policy.kl_target is not None:
         print(f"note: klTarget is used by ppo only; {algorithm} keeps beta = klCoef fixed", flush=True)
-    base = ctx.require("baseModel.source")
     # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
-    model_path = resolve_model_path(base, "the base model")
-    tokenizer = load_tokenizer(
-        ctx.get("baseModel.tokenizer", None) or model_path, ctx.get("baseModel.revision")
-    )
+    model_path = resolve_model_path(spec.base_model.source, "the base model")
+    tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     score = make_reward(ctx)
     last: dict[str, float] = {}
 
@@ -96,7 +116,7 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
             last.update(meanReward=float(logs["reward"]), kl=float(logs.get("kl", 0.0)))
             emit_progress(int(state.global_step), steps, last["meanReward"], last["kl"])
 
-    interval = int(ctx.get("stages.policy.checkpointInterval"))
+    interval = policy.checkpoint_interval
     out_dir = _checkpoint_root(ctx)
     remote = layout.checkpoints_dir(ctx.artifact_root)
     mirror_to = remote if storage.is_remote(remote) and interval else None
@@ -108,25 +128,31 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
                 mirror_checkpoint(local, mirror_to, int(state.global_step))
                 print(f"checkpoint step {state.global_step} -> {mirror_to}", flush=True)
 
+    adapter = lora_settings(policy)
     common: dict[str, Any] = dict(
         output_dir=out_dir,
         max_steps=steps,
-        learning_rate=float(ctx.get("stages.policy.learningRate")),
-        per_device_train_batch_size=batch // world,
+        learning_rate=policy.learning_rate,
         num_generations=generations,
-        max_completion_length=int(ctx.get("stages.policy.responseLength")),
-        temperature=float(ctx.get("stages.policy.temperature")),
-        beta=float(ctx.get("stages.policy.klCoef")),
+        max_completion_length=policy.response_length,
+        temperature=policy.temperature,
+        beta=policy.kl_coef,
         logging_steps=1,
         save_strategy="steps" if interval else "no",
         save_steps=interval or 500,
         save_total_limit=2,
         report_to="none",
-        bf16=False,
-        activation_checkpointing=False,
         seed=ctx.seed,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        **trl_arguments(
+            policy,
+            str(spec.base_model.dtype),
+            world=world,
+            cuda=torch.cuda.is_available(),
+            lora=adapter is not None,
+            transformer_layers=layer_classes(model_path),
+        ),
     )
     trainer_cls: Any
     if algorithm == "rloo":
@@ -143,7 +169,11 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Progress(), MirrorCheckpoints()],
+        peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,
     )
+    if adapter is not None and trainer.is_world_process_zero():
+        trainable, total = trainable_fraction(trainer.model)
+        print(f"lora: {trainable} of {total} parameters trainable ({trainable / total:.4%})", flush=True)
     # PrinterCallback dumps every log dict to stdout; the progress lines carry what matters.
     trainer.remove_callback(PrinterCallback)
     resume = latest_checkpoint(out_dir, mirror_to) if interval else None
@@ -152,9 +182,22 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
         with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
-            trainer.model.save_pretrained(work)
+            plain = _plain(trainer, str(spec.base_model.dtype))
+            plain.save_pretrained(work)
             tokenizer.save_pretrained(work)
             storage.publish_dir(
                 work, layout.policy_dir(ctx.artifact_root), {"steps": steps, "algorithm": algorithm}
             )
     return steps, last
+
+
+def _plain(trainer: Any, dtype: str) -> Any:
+    """The trained model as a plain transformers model in `dtype`: merged when LoRA."""
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft(model):
+        model = model.merge_and_unload()
+    if dtype in ("bfloat16", "float16"):
+        model = model.to(getattr(torch, dtype))
+    return model

@@ -1,0 +1,101 @@
+"""How a training stage uses its GPUs: sharding, LoRA, activation checkpointing, micro-batching.
+
+Shared by `stages.policy` and `stages.rewardModel`. The defaults train the way the tiny demo always
+has (every process holds the whole model, no adapter, one forward pass per update).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from rlhf_operator.api.base import ApiModel, CelRule
+
+
+class Strategy(StrEnum):
+    DDP = "ddp"
+    FSDP = "fsdp"
+
+
+class GenerationEngine(StrEnum):
+    HF = "hf"
+    VLLM = "vllm"
+
+
+class DistributedSpec(ApiModel):
+    cel_rules = (
+        CelRule(
+            "!self.cpuOffload || self.strategy == 'fsdp'",
+            "`cpuOffload` must be used with `strategy: fsdp` (ddp keeps the whole model on every GPU)",
+            lambda d: not d.cpu_offload or d.strategy == Strategy.FSDP,
+        ),
+    )
+
+    strategy: Strategy = Field(
+        Strategy.DDP,
+        description="ddp: every GPU holds the whole model (torch DDP); fsdp: parameters, gradients and "
+        "optimizer states sharded over the GPUs (torch FSDP2), the reference too.",
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep the sharded parameters and optimizer states in CPU memory (fsdp)."
+    )
+
+
+class LoraSpec(ApiModel):
+    rank: int = Field(16, ge=1, le=1024, description="Rank of the LoRA matrices.")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(0.0, ge=0, le=0.9, description="Dropout on the LoRA path.")
+    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
+        None,
+        max_length=64,
+        description="Module names that get adapters (e.g. q_proj, v_proj); empty: PEFT's default for the architecture.",
+    )
+
+
+class GenerationSpec(ApiModel):
+    engine: GenerationEngine = Field(
+        GenerationEngine.HF,
+        description="hf (transformers generate) or vllm (TRL's use_vllm, colocated; GPU only, rloo and grpo).",
+    )
+
+
+class TrainingFields(ApiModel):
+    """The fields both training stages share (mixed into their models)."""
+
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="Data parallel (ddp) or sharded (fsdp) training."
+    )
+    lora: LoraSpec | None = Field(
+        None, description="Train LoRA adapters instead of every weight; the published model is merged."
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in backward instead of keeping them (less memory, ~30% slower).",
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Examples per forward/backward on one process; unset: all at once."
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Forward/backward passes per optimizer step (instead of microBatchSize).",
+    )
+
+
+ACCUMULATION_RULE = CelRule(
+    "!has(self.microBatchSize) || !has(self.gradientAccumulationSteps)",
+    "`microBatchSize` and `gradientAccumulationSteps` must not both be set: one decides the other",
+    lambda s: s.micro_batch_size is None or s.gradient_accumulation_steps is None,
+)
+
+
+def micro_batch(per_process: int, micro_batch_size: int | None, accumulation: int | None) -> int:
+    """Examples per forward/backward for `per_process` examples per optimizer step."""
+    if micro_batch_size:
+        return max(1, min(per_process, micro_batch_size))
+    if accumulation:
+        return max(1, -(-per_process // accumulation))
+    return max(1, per_process)

@@ -1,0 +1,50 @@
+"""Hugging Face Trainer arguments (TRL's RewardTrainer, GRPO, RLOO) from a training stage's spec.
+
+Full fine-tuning loads fp32 master weights and computes in the model's dtype (the Trainer's
+autocast), so optimizer states are fp32 and small learning rates still move the weights; LoRA loads
+the frozen base in its dtype (PEFT keeps the adapter in fp32). fsdp is torch FSDP2 through the
+Trainer's accelerate integration, one unit per transformer block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def trainer_arguments(
+    training: Any, dtype: str, *, per_process: int, cuda: bool, lora: bool, transformer_layers: list[str]
+) -> dict[str, Any]:
+    from rlhf_operator.api.training import micro_batch
+
+    micro = micro_batch(per_process, training.micro_batch_size, training.gradient_accumulation_steps)
+    out: dict[str, Any] = {
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": max(1, per_process // micro),
+        "model_init_kwargs": {"dtype": dtype if lora and dtype != "auto" else "float32"},
+        "bf16": cuda and dtype == "bfloat16",
+        "fp16": cuda and dtype == "float16",  # CPU runs (the tests) compute in fp32
+        "activation_checkpointing": bool(training.activation_checkpointing),
+    }
+    if str(training.distributed.strategy) == "fsdp":
+        out.update(
+            fsdp=True,
+            fsdp_config={
+                "version": 2,
+                "cpu_offload": bool(training.distributed.cpu_offload),
+                "transformer_layer_cls_to_wrap": transformer_layers,
+                "reshard_after_forward": True,
+                "activation_checkpointing": bool(training.activation_checkpointing),
+            },
+        )
+        # FSDP2 checkpoints the blocks itself; the Trainer's own would checkpoint them twice.
+        out["activation_checkpointing"] = False
+    return out
+
+
+def layer_classes(model_path: str) -> list[str]:
+    """The model's transformer block classes (`_no_split_modules`), for FSDP auto-wrapping."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    return list(getattr(cls, "_no_split_modules", None) or [])
