@@ -21,17 +21,6 @@ if TYPE_CHECKING:
     from rlhf_operator.api.stage_config import StageConfig
     from rlhf_operator.api.v1alpha1 import RLHFJobSpec
 
-_MISSING = object()
-
-
-def lookup(tree: Any, dotted: str, default: Any = _MISSING) -> Any:
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return None if default is _MISSING else default
-        node = node[part]
-    return node
-
 
 @dataclass(frozen=True)
 class StageContext:
@@ -43,7 +32,7 @@ class StageContext:
     job: dict[str, Any] = field(default_factory=dict)
     reward_endpoint: str | None = None
     config_path: str | None = None
-    #: The validated config, typed: new code reads `ctx.typed_spec.stages.policy.batch_size`.
+    #: The validated config: stages read the spec typed, `ctx.typed_spec.stages.policy.batch_size`.
     config: StageConfig | None = None
 
     @property
@@ -53,17 +42,6 @@ class StageContext:
                 "the stage config was not validated with the API models.", "InvalidStageConfig"
             )
         return self.config.spec
-
-    # Deprecated: the string lookups below remain only in the stage programs whose typed
-    # conversion is under way elsewhere; new code reads `ctx.typed_spec`. Removed once unused.
-    def get(self, dotted: str, default: Any = _MISSING) -> Any:
-        return lookup(self.spec, dotted, default)
-
-    def require(self, dotted: str) -> Any:
-        value = lookup(self.spec, dotted, None)
-        if value is None:
-            raise StageConfigError(f"spec.{dotted} must be set for the {self.stage} stage.", "MissingField")
-        return value
 
     @property
     def seed(self) -> int:

@@ -102,32 +102,32 @@ def run(ctx: StageContext) -> StageResult:
             f"the trained policy {policy_uri} is missing or incomplete; run the policy stage first.",
             "PolicyNotFound",
         )
-    prompts = held_out_prompts(ctx)[: int(ctx.get("stages.evaluation.prompts"))]
+    spec = ctx.typed_spec
+    settings = spec.stages.evaluation
+    prompts = held_out_prompts(ctx)[: settings.prompts]
     if not prompts:
         raise StageConfigError(
             "there are no held-out prompts to evaluate on; set dataset.heldOut.", "NoHeldOutPrompts"
         )
-    samples = int(ctx.get("stages.evaluation.samplesPerPrompt"))
-    base_src = ctx.require("baseModel.source")
-    tokenizer = load_tokenizer(
-        ctx.get("baseModel.tokenizer", None) or base_src, ctx.get("baseModel.revision")
-    )
+    samples = settings.samples_per_prompt
+    base_src, revision, dtype = spec.base_model.source, spec.base_model.revision, spec.base_model.dtype.value
+    tokenizer = load_tokenizer(spec.base_model.tokenizer or base_src, revision)
     base = (
         load_causal_lm(  # type: ignore[no-untyped-call]
-            base_src, ctx.get("baseModel.revision"), ctx.get("baseModel.dtype"), tokenizer, "the base model"
+            base_src, revision, dtype, tokenizer, "the base model"
         )
         .eval()
         .to(stage_device())
     )
     policy = (
         load_causal_lm(  # type: ignore[no-untyped-call]
-            storage.localize_dir(policy_uri), None, ctx.get("baseModel.dtype"), tokenizer, "the policy"
+            storage.localize_dir(policy_uri), None, dtype, tokenizer, "the policy"
         )
         .eval()
         .to(stage_device())
     )
-    length = int(ctx.get("stages.policy.responseLength"))
-    temperature = float(ctx.get("stages.policy.temperature"))
+    length = spec.stages.policy.response_length
+    temperature = spec.stages.policy.temperature
     sampling: dict[str, Any] = {
         "samples": samples,
         "max_new_tokens": length,
@@ -158,9 +158,9 @@ def run(ctx: StageContext) -> StageResult:
             for p, b, q in list(zip(full_prompts, base_out, pol_out, strict=True))[:: max(1, samples)][:5]
         ],
     }
-    true_rule = ctx.get("stages.evaluation.trueRule", None)
-    if true_rule:
-        rule = rule_from_spec(true_rule, ctx, "stages.evaluation.trueRule")
+    true_rule = settings.true_rule
+    if true_rule is not None:
+        rule = rule_from_spec(true_rule, where="stages.evaluation.trueRule")
         base_t, pol_t = rule(full_prompts, base_out), rule(full_prompts, pol_out)
         report.update(
             trueRuleBase=statistics.fmean(base_t),

@@ -41,12 +41,13 @@ def pair_accuracy(scorer: LocalRewardScorer, pairs: list[dict[str, Any]]) -> flo
 
 
 def load_pairs(ctx: StageContext) -> list[dict[str, Any]]:
-    ready = ctx.get("dataset.rankings.source", None)
+    rankings = ctx.typed_spec.dataset.rankings
+    ready = rankings.source if rankings is not None else None
     if ready:
         from rlhf_operator.workloads.ranking import read_rankings_file
 
         # Ranked pairs supplied with the dataset: precompute and ranking were skipped.
-        return read_rankings_file(ctx, ready, ctx.get("dataset.rankings.format", None))
+        return read_rankings_file(ctx, ready, rankings.format.value if rankings is not None else None)
     uri = layout.pairs_file(ctx.artifact_root)
     if not storage.exists(layout.ranking_manifest(ctx.artifact_root)):
         raise StageConfigError(

@@ -140,7 +140,7 @@ def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
             "RewardTokenMissing",
         )
     uri = reward_model_uri(ctx)
-    port = args.port or int(ctx.get("stages.rewardModel.serving.port"))
+    port = args.port or ctx.typed_spec.stages.reward_model.serving.port
 
     def load() -> LocalRewardScorer:
         return LocalRewardScorer.from_path(storage.localize_dir(uri), batch_size=args.max_batch)
