@@ -1,0 +1,91 @@
+"""The RLHFJob's spec and the rules on its changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from rlhf_operator.api.base import IMMUTABLE_MESSAGE, ApiModel, CelRule, immutable
+from rlhf_operator.api.v1alpha1.common import ShortText
+from rlhf_operator.api.v1alpha1.data import BaseModelSpec, DatasetSpec
+from rlhf_operator.api.v1alpha1.enums import ArtifactRetention, RankingMethod
+from rlhf_operator.api.v1alpha1.stages import Stages
+from rlhf_operator.api.v1alpha1.storage import StorageSpec
+
+
+def _ranking_rule(method: RankingMethod, needs: str, cel_needs: str, check: Any) -> CelRule:
+    # Ranking settings only matter when the ranking stage runs, i.e. without `dataset.rankings`.
+    return CelRule(
+        f"has(self.dataset.rankings) || self.stages.ranking.method != '{method}' || {cel_needs}",
+        f"`stages.ranking.{needs}` must be set when `stages.ranking.method` is {method}",
+        lambda s: (
+            s.dataset.rankings is not None or s.stages.ranking.method != method or check(s.stages.ranking)
+        ),
+    )
+
+
+class RLHFJobSpec(ApiModel):
+    cel_rules = (
+        _ranking_rule(
+            RankingMethod.HUMAN,
+            "human.source",
+            "(has(self.stages.ranking.human) && has(self.stages.ranking.human.source))",
+            lambda r: r.human is not None and r.human.source is not None,
+        ),
+        _ranking_rule(
+            RankingMethod.AI_JUDGE,
+            "aiJudge",
+            "has(self.stages.ranking.aiJudge)",
+            lambda r: r.ai_judge is not None,
+        ),
+        _ranking_rule(
+            RankingMethod.RULE, "rule", "has(self.stages.ranking.rule)", lambda r: r.rule is not None
+        ),
+    )
+
+    suspend: bool = Field(False, description="Pause the job: running stages are stopped and resumed later.")
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2_147_483_647,
+        description="Random seed of every stage (splits, sampling, initialisation), for reproducible runs.",
+        json_schema_extra=immutable("seed"),
+    )
+    queue_name: ShortText | None = Field(
+        None, description="Kueue LocalQueue the stages are admitted through."
+    )
+    artifact_retention: ArtifactRetention = Field(
+        ArtifactRetention.RETAIN,
+        description="Keep (Retain) or remove (Delete) artifacts when the RLHFJob is deleted.",
+    )
+    base_model: BaseModelSpec = Field(
+        description="The model that is fine-tuned.", json_schema_extra=immutable("baseModel")
+    )
+    dataset: DatasetSpec = Field(
+        description="Prompts and optional ready-made data.", json_schema_extra=immutable("dataset")
+    )
+    storage: StorageSpec = Field(
+        description="Where data and artifacts live.", json_schema_extra=immutable("storage")
+    )
+    stages: Stages = Field(
+        default_factory=Stages,
+        description="Settings of each pipeline stage.",
+        json_schema_extra=immutable("stages"),
+    )
+
+
+# Rules on changes, checked by the API server (CEL transition rules) and by `validate_update`.
+IMMUTABLE_FIELDS = ("seed", "base_model", "dataset", "storage", "stages")
+QUEUE_NAME_MESSAGE = "`queueName` must not change once set; create a new RLHFJob instead"
+QUEUE_NAME_RULE = "!has(oldSelf.queueName) || (has(self.queueName) && self.queueName == oldSelf.queueName)"
+
+
+def validate_update(old: RLHFJobSpec, new: RLHFJobSpec) -> None:
+    """Raise ValueError when `new` changes what may not change; only `suspend` is mutable."""
+    for name in IMMUTABLE_FIELDS:
+        if getattr(old, name) != getattr(new, name):
+            alias = RLHFJobSpec.model_fields[name].alias or name
+            raise ValueError(IMMUTABLE_MESSAGE.format(field=alias))
+    if old.queue_name is not None and new.queue_name != old.queue_name:
+        raise ValueError(QUEUE_NAME_MESSAGE)

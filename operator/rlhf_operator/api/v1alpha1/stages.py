@@ -1,0 +1,269 @@
+"""The settings of each stage."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from rlhf_operator.api.base import ApiModel, CelRule
+from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
+from rlhf_operator.api.v1alpha1.common import Location, ShortText
+from rlhf_operator.api.v1alpha1.enums import (
+    Algorithm,
+    JudgeMode,
+    Pairing,
+    RankingMethod,
+    RewardPlacement,
+    RuleName,
+)
+from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
+from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
+
+
+class RuleSpec(ApiModel):
+    """A programmatic preference ("any kind of digital signal")."""
+
+    cel_rules = (
+        CelRule(
+            "self.name != 'keywords' || (has(self.keywords) && size(self.keywords) > 0)",
+            "`keywords` must list at least one keyword when `name` is keywords",
+            lambda r: r.name != RuleName.KEYWORDS or bool(r.keywords),
+        ),
+        CelRule(
+            "self.name != 'length' || has(self.targetLength)",
+            "`targetLength` must be set when `name` is length",
+            lambda r: r.name != RuleName.LENGTH or r.target_length is not None,
+        ),
+        CelRule(
+            "self.name != 'classifier' || has(self.model)",
+            "`model` must be set when `name` is classifier",
+            lambda r: r.name != RuleName.CLASSIFIER or r.model is not None,
+        ),
+    )
+
+    name: RuleName = Field(
+        description="keywords (count of wanted words), length (closeness to a length) or classifier."
+    )
+    keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
+        None, max_length=256, description="Words that make a response better (rule keywords)."
+    )
+    target_length: int | None = Field(
+        None, ge=1, le=32_768, description="Preferred response length in tokens (rule length)."
+    )
+    model: Location | None = Field(
+        None, description="Classifier model whose positive score is preferred (rule classifier)."
+    )
+
+
+class HumanRanking(ApiModel):
+    source: Location | None = Field(None, description="File where human labelers write their rankings.")
+    wait_timeout_seconds: int = Field(
+        0, ge=0, le=2_592_000, description="How long to wait for `source` to appear; 0 does not wait."
+    )
+
+
+DEFAULT_RUBRIC = "Prefer the response that is more helpful, honest and harmless."
+
+
+class JudgeEndpoint(ApiModel):
+    """A judge served elsewhere (vLLM, TGI, SGLang, a gateway) behind the OpenAI chat API."""
+
+    cel_rules = (
+        CelRule(
+            "self.url.startsWith('http://') || self.url.startsWith('https://')",
+            "`url` must start with http:// or https://",
+            lambda e: e.url.startswith(("http://", "https://")),
+        ),
+    )
+
+    url: Location = Field(
+        description="Base URL of an OpenAI-compatible API, up to /v1 (e.g. http://judge.ml.svc:8000/v1)."
+    )
+    model: ShortText = Field(description="Model name the endpoint serves the judge under.")
+    api_key_secret: SecretKeyRef | None = Field(
+        None, description="Secret key holding the API key, sent as a bearer token; none for an open endpoint."
+    )
+    max_concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
+    timeout_seconds: int = Field(60, ge=1, le=3600, description="Timeout of one request.")
+    max_retries: int = Field(
+        4, ge=0, le=20, description="Retries of a failed request (backoff; 429 and 5xx only)."
+    )
+
+
+class AiJudge(ApiModel):
+    cel_rules = (
+        CelRule(
+            "has(self.model) != has(self.endpoint)",
+            "exactly one of `model` or `endpoint` must be set",
+            lambda j: (j.model is None) != (j.endpoint is None),
+        ),
+    )
+
+    model: Location | None = Field(
+        None,
+        description="Judge model run in the ranking pod: a path, an s3:// URI or a name in the model cache.",
+    )
+    endpoint: JudgeEndpoint | None = Field(
+        None, description="A served judge behind an OpenAI-compatible chat completions API."
+    )
+    rubric: str = Field(
+        DEFAULT_RUBRIC, min_length=1, max_length=16_384, description="Instructions given to the judge."
+    )
+    mode: JudgeMode = Field(JudgeMode.COMPARE, description="score (each response alone) or compare (pairs).")
+
+
+class PrecomputeStage(ApiModel):
+    cel_rules = (
+        CelRule(
+            "!has(self.parallelism) || self.parallelism <= self.shards",
+            "`parallelism` must not be greater than `shards`",
+            lambda p: p.parallelism is None or p.parallelism <= p.shards,
+        ),
+    )
+
+    responses_per_prompt: int = Field(
+        4, ge=2, le=64, description="Responses generated per prompt (at least 2 to rank)."
+    )
+    max_new_tokens: int = Field(16, ge=1, le=32_768, description="Longest response, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
+    shards: int = Field(
+        1, ge=1, le=256, description="Pieces the prompts are split into (Indexed Job completions)."
+    )
+    parallelism: int | None = Field(
+        None, ge=1, le=256, description="Shards run at once; defaults to all of them."
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="Prompts generated together.")
+    pod: PodSettings = Field(
+        default_factory=PodSettings, description="Pods of the stage (CPU node group by default)."
+    )
+
+
+class RankingStage(ApiModel):
+    method: RankingMethod = Field(
+        RankingMethod.RULE, description="Who ranks the responses: human, aiJudge or rule."
+    )
+    human: HumanRanking | None = Field(None, description="Rankings written by humans (method human).")
+    ai_judge: AiJudge | None = Field(
+        None, description="A model judges the responses (method aiJudge, RLAIF)."
+    )
+    rule: RuleSpec | None = Field(None, description="A programmatic rule ranks the responses (method rule).")
+    pairs: Pairing = Field(
+        Pairing.ALL,
+        description="Preference pairs per prompt: all (every pair of differently ranked responses) or bestVsRest.",
+    )
+    pod: PodSettings = Field(
+        default_factory=PodSettings, description="Pods of the stage (CPU node group by default)."
+    )
+
+
+class Serving(ApiModel):
+    replicas: int = Field(1, ge=1, le=16, description="Reward-server replicas (remote reward placement).")
+    port: int = Field(8080, ge=1, le=65_535, description="HTTP port of the reward server.")
+
+
+class RewardModelStage(TrainingFields):
+    cel_rules = (ACCUMULATION_RULE,)
+
+    model: Location | None = Field(
+        None, description="Model the reward model starts from; defaults to the base model."
+    )
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the preference pairs.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Optimizer learning rate.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Preference pairs per step.")
+    max_length: int = Field(256, ge=1, le=32_768, description="Longest prompt plus response, in tokens.")
+    eval_fraction: float = Field(0.2, ge=0, le=0.9, description="Fraction of pairs kept to measure accuracy.")
+    serving: Serving = Field(default_factory=Serving, description="The served reward model the policy calls.")
+    nodes: int = Field(1, ge=1, le=64, description="Reward-model training pods (nodes) training together.")
+    pod: GpuPodSettings = Field(
+        default_factory=GpuPodSettings, description="Pods of the stage (small-GPU node group by default)."
+    )
+
+
+class PolicyStage(TrainingFields):
+    cel_rules = (
+        ACCUMULATION_RULE,
+        CelRule(
+            "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm != 'ppo'",
+            "`generation.engine: vllm` must be used with algorithm rloo or grpo (ppo generates with transformers)",
+            lambda p: p.generation.engine != "vllm" or p.algorithm != Algorithm.PPO,
+        ),
+        CelRule(
+            "self.algorithm == 'ppo' || self.batchSize % self.numGenerations == 0",
+            "`batchSize` must be a multiple of `numGenerations` for rloo and grpo",
+            lambda p: p.algorithm == Algorithm.PPO or p.batch_size % p.num_generations == 0,
+        ),
+        CelRule(
+            "!has(self.miniBatchSize) || self.miniBatchSize <= self.batchSize",
+            "`miniBatchSize` must not be greater than `batchSize`",
+            lambda p: p.mini_batch_size is None or p.mini_batch_size <= p.batch_size,
+        ),
+        CelRule(
+            "!has(self.klTarget) || self.klCoef > 0.0",
+            "`klCoef` must be greater than 0 when `klTarget` is set (adaptive KL scales it)",
+            lambda p: p.kl_target is None or p.kl_coef > 0,
+        ),
+    )
+
+    algorithm: Algorithm = Field(Algorithm.PPO, description="ppo, rloo or grpo.")
+    kl_coef: float = Field(
+        0.05, ge=0, le=10, description="Weight of the KL penalty that keeps the policy near the base."
+    )
+    kl_target: float | None = Field(
+        None, gt=0, le=100, description="Target KL; when set the KL weight adapts."
+    )
+    steps: int = Field(60, ge=1, le=1_000_000, description="Optimisation steps.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Optimizer learning rate.")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Completions per step.")
+    mini_batch_size: int | None = Field(None, ge=1, le=65_536, description="Completions per gradient update.")
+    ppo_epochs: int = Field(1, ge=1, le=100, description="Passes over each batch (ppo).")
+    num_generations: int = Field(
+        4, ge=2, le=256, description="Completions per prompt, the group size (rloo, grpo)."
+    )
+    response_length: int = Field(16, ge=1, le=32_768, description="Longest completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of the rollouts.")
+    reward_placement: RewardPlacement = Field(
+        RewardPlacement.COLOCATED,
+        description="colocated (reward model in the policy pods) or remote (served on the small-GPU node group).",
+    )
+    nodes: int = Field(1, ge=1, le=64, description="Policy pods (nodes) training together.")
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="How rollouts are generated (rloo, grpo: hf or vllm)."
+    )
+    checkpoint_interval: int = Field(
+        20, ge=0, le=1_000_000, description="Steps between checkpoints; 0 disables them."
+    )
+    pod: GpuPodSettings = Field(
+        default_factory=GpuPodSettings, description="Pods of the stage (large-GPU node group by default)."
+    )
+
+
+class EvaluationStage(ApiModel):
+    prompts: int = Field(32, ge=1, le=100_000, description="Held-out prompts evaluated.")
+    samples_per_prompt: int = Field(4, ge=1, le=64, description="Completions per prompt for each model.")
+    true_rule: RuleSpec | None = Field(
+        None,
+        description="A known true preference (e.g. of a synthetic task) scored besides the reward model.",
+    )
+    pod: PodSettings = Field(
+        default_factory=PodSettings, description="Pods of the stage (CPU node group by default)."
+    )
+
+
+class Stages(ApiModel):
+    precompute: PrecomputeStage = Field(
+        default_factory=PrecomputeStage, description="Generate responses per prompt."
+    )
+    ranking: RankingStage = Field(
+        default_factory=RankingStage, description="Rank the responses into preference pairs."
+    )
+    reward_model: RewardModelStage = Field(
+        default_factory=RewardModelStage, description="Train the reward model on the pairs."
+    )
+    policy: PolicyStage = Field(
+        default_factory=PolicyStage, description="Optimise the policy against the reward model."
+    )
+    evaluation: EvaluationStage = Field(
+        default_factory=EvaluationStage, description="Compare the new policy with the base model."
+    )

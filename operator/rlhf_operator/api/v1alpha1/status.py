@@ -1,0 +1,96 @@
+"""The RLHFJob's status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from rlhf_operator.api.base import ApiModel
+from rlhf_operator.api.v1alpha1.common import CONDITION_REASON_PATTERN, CONDITION_TYPE_PATTERN, Location
+from rlhf_operator.api.v1alpha1.enums import ConditionStatus, Phase, StageName, StageState
+
+
+class Condition(ApiModel):
+    """The Kubernetes metav1.Condition."""
+
+    type: str = Field(
+        max_length=316, pattern=CONDITION_TYPE_PATTERN, description="Condition type, e.g. Succeeded."
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(None, ge=0, description="Generation the condition was set for.")
+    last_transition_time: datetime = Field(description="When the status last changed.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=CONDITION_REASON_PATTERN,
+        description="CamelCase reason of the status.",
+    )
+    message: str = Field(max_length=32_768, description="Human-readable details.")
+
+
+class StageStatus(ApiModel):
+    name: StageName = Field(description="Stage name.")
+    state: StageState | None = Field(None, description="Pending, Running, Succeeded, Failed or Skipped.")
+    start_time: datetime | None = Field(None, description="When the stage started.")
+    completion_time: datetime | None = Field(None, description="When the stage finished.")
+    attempts: int | None = Field(None, ge=0, description="Pods started for the stage, retries included.")
+    children: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
+        default_factory=list, max_length=16, description="Kubernetes objects created for the stage."
+    )
+    message: str | None = Field(None, max_length=32_768, description="Human-readable details.")
+
+
+class Metrics(ApiModel):
+    reward_model_accuracy: float | None = Field(None, description="Reward-model accuracy on held-out pairs.")
+    policy_step: int | None = Field(None, ge=0, description="Policy optimisation steps done.")
+    policy_total_steps: int | None = Field(None, ge=0, description="Policy optimisation steps planned.")
+    mean_reward: float | None = Field(None, description="Mean reward of the latest policy step.")
+    kl: float | None = Field(
+        None, description="KL divergence of the policy from the base model at the latest policy step."
+    )
+    evaluation_kl: float | None = Field(
+        None, description="KL divergence of the policy from the base model on the evaluation prompts."
+    )
+    win_rate: float | None = Field(
+        None, description="Share of evaluation prompts where the policy beats the base model."
+    )
+    reward_gain: float | None = Field(
+        None,
+        description="Mean evaluation reward of the policy minus that of the base model (reward-model units; a ratio is meaningless for scores that can be negative).",
+    )
+    base_reward: float | None = Field(None, description="Mean evaluation reward of the base model.")
+    policy_reward: float | None = Field(None, description="Mean evaluation reward of the policy.")
+
+
+class Artifacts(ApiModel):
+    responses: Location | None = Field(None, description="Generated responses (precompute).")
+    rankings: Location | None = Field(None, description="Preference pairs (ranking).")
+    reward_model: Location | None = Field(None, description="Trained reward model directory.")
+    policy: Location | None = Field(None, description="Trained policy model directory.")
+    evaluation_report: Location | None = Field(None, description="Evaluation report (JSON).")
+    evaluation_plot: Location | None = Field(None, description="Reward distribution plot (PNG).")
+
+
+class RLHFJobStatus(ApiModel):
+    observed_generation: int | None = Field(None, ge=0, description="Generation of the spec last acted upon.")
+    phase: Phase | None = Field(None, description="Pending, Running, Suspended, Succeeded or Failed.")
+    current_stage: StageName | None = Field(None, description="Stage running now, or the last one run.")
+    message: str | None = Field(None, max_length=32_768, description="Human-readable summary.")
+    start_time: datetime | None = Field(None, description="When the first stage started.")
+    completion_time: datetime | None = Field(None, description="When the job succeeded or failed.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Running, Suspended, Succeeded, Failed and Waiting conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    stages: list[StageStatus] = Field(
+        default_factory=list,
+        max_length=len(StageName),
+        description="One record per stage.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    metrics: Metrics | None = Field(None, description="Training and evaluation metrics.")
+    artifacts: Artifacts | None = Field(None, description="Where the artifacts were written.")
