@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-real demo-real-down test test-unit test-images test-node bench-operator lint crd
+.PHONY: help venv tools node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-real demo-real-down test test-unit test-images test-node test-node-demo bench-operator lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -60,8 +60,11 @@ test: venv tools ## unit, integration (real local cluster), training and end to 
 test-images: venv tools images ## the built images in real containers (podman, as the chart runs them)
 	$(VENV)/bin/pytest -m images tests/images
 
-test-node: venv tools node-packages node-tools images ## the real node: a pod on kubelet + containerd, and cleanup (root)
-	$(VENV)/bin/pytest -m node tests/node
+test-node: venv tools node-packages node-tools images ## the real node: it joins, a restricted pod reaches Services and DNS, cleanup leaves nothing (root)
+	$(VENV)/bin/pytest -m node tests/node/test_real_node.py
+
+test-node-demo: venv tools node-packages node-tools images ## the tiny job end to end on the real node, every stage in its image (root, ~40 GB free disk, ~30 min)
+	$(VENV)/bin/pytest -m node tests/node/test_real_demo.py
 
 test-unit: venv ## the fast unit tests only
 	$(VENV)/bin/pytest -m unit tests
