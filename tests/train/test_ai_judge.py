@@ -161,8 +161,11 @@ def test_ranking_stage_through_the_endpoint(
     code, term = _ranking_stage(pipeline, fresh_root, judge, {"RLHF_JUDGE_API_KEY": TOKEN})
     assert code == 0, term
     pairs = [json.loads(line) for line in (fresh_root / "ranking" / "pairs.jsonl").read_text().splitlines()]
-    right = sum(count_positive(p["chosen"]) > count_positive(p["rejected"]) for p in pairs)
-    assert len(pairs) >= 10 and right / len(pairs) >= 0.9, (right, len(pairs))
+    # Responses with as many positive words are equal to the task, not to the judge (their neutral
+    # words differ), so only pairs the task itself ranks are scored.
+    ranked = [p for p in pairs if count_positive(p["chosen"]) != count_positive(p["rejected"])]
+    right = sum(count_positive(p["chosen"]) > count_positive(p["rejected"]) for p in ranked)
+    assert len(ranked) >= 10 and right / len(ranked) >= 0.9, (right, len(ranked), len(pairs))
     assert {p["provenance"]["method"] for p in pairs} == {"aiJudge:score"}
 
 

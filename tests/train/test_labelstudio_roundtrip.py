@@ -13,6 +13,8 @@ import pytest
 from rlhf_operator.tiny.task import count_positive
 
 pytestmark = pytest.mark.train
+#: The program's command -> the stage's name in a StageConfig.
+STAGE_NAMES = {"precompute": "precompute", "ranking": "ranking", "reward-model": "rewardModel"}
 
 
 def _run(
@@ -22,7 +24,7 @@ def _run(
     from tests.train.conftest import stage_config
 
     config = root / f"{stage}.json"
-    config.write_text(json.dumps(stage_config(str(root), spec, stage.replace("-", ""))))
+    config.write_text(json.dumps(stage_config(str(root), spec, STAGE_NAMES[stage])))
     term = root / f"{stage}.term"
     monkeypatch.setenv("RLHF_TERMINATION_MESSAGE_PATH", str(term))
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
