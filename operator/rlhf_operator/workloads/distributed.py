@@ -55,4 +55,8 @@ def barrier(info: DistInfo) -> None:
 
 def shutdown(info: DistInfo) -> None:
     if info.world_size > 1 and dist.is_initialized():
+        # Every rank reaches here before any tears down: a rank that destroys its process group
+        # while a peer is still writing (rank 0 writes the results) can make gloo abort the peer
+        # ("terminate called without an active exception", seen on a loaded machine).
+        dist.barrier()
         dist.destroy_process_group()
