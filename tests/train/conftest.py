@@ -83,6 +83,20 @@ def run_cli(
     )
 
 
+def torchrun(processes: int, *args: str) -> list[str]:
+    """`python -m torch.distributed.run` on this machine with a free rendezvous port, then `args`."""
+    from tests.support.ports import free_port
+
+    return [
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={processes}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        *args,
+    ]
+
+
 def stage_config(
     root: str, spec: dict[str, Any], stage: str = "policy", endpoint: str | None = None
 ) -> dict[str, Any]:

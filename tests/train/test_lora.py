@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
-from tests.train.conftest import run_cli, stage_config
+from tests.train.conftest import run_cli, stage_config, torchrun
 from tests.train.test_algorithms import _progress, _run_stage
 
 pytestmark = pytest.mark.train
@@ -86,18 +85,7 @@ def test_lora_reward_model_on_two_processes(pipeline: dict[str, Any], fresh_root
     config.write_text(json.dumps(stage_config(str(fresh_root), spec, "rewardModel")))
     term = fresh_root / "term"
     proc = run_cli(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node=2",
-            "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}",
-            "-m",
-            "rlhf_operator.workloads",
-            "reward-model",
-            "--config",
-            str(config),
-        ],
+        torchrun(2, "-m", "rlhf_operator.workloads", "reward-model", "--config", str(config)),
         extra_env={"RLHF_TERMINATION_MESSAGE_PATH": str(term), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.train.conftest import env, run_cli, stage_config
+from tests.train.conftest import env, run_cli, stage_config, torchrun
 
 pytestmark = pytest.mark.train
 
@@ -59,17 +59,7 @@ def test_two_processes_with_torchrun(pipeline: dict[str, Any], fresh_root: Path)
     config = fresh_root / "policy.json"
     config.write_text(json.dumps(stage_config(str(fresh_root), spec)))
     proc = run_cli(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node=2",
-            "--master-port=29533",
-            "-m",
-            "rlhf_operator.workloads",
-            "policy",
-            "--config",
-            str(config),
-        ],
+        torchrun(2, "-m", "rlhf_operator.workloads", "policy", "--config", str(config)),
         extra_env={"RLHF_TERMINATION_MESSAGE_PATH": str(fresh_root / "term"), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

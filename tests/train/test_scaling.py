@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.local_runner import free_port
-from tests.train.conftest import REPO, run_cli
+from tests.train.conftest import REPO, run_cli, torchrun
 
 pytestmark = pytest.mark.train
 WORKER = str(REPO / "tests" / "train" / "ppo_parallel_worker.py")
@@ -27,14 +26,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _worker(assets: Path, out: Path, strategy: str, processes: int, dtype: str = "float32") -> dict[str, Any]:
     args = [WORKER, str(assets), str(out), strategy, dtype]
     if processes > 1:
-        args = [
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={processes}",
-            "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}",
-            *args,
-        ]
+        args = torchrun(processes, *args)
     proc = run_cli(args, extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "operator")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.read_text())
@@ -115,18 +107,7 @@ def test_policy_on_two_fsdp_processes_beats_base(pipeline: dict[str, Any], fresh
     config = fresh_root / "policy.json"
     config.write_text(json.dumps(stage_config(str(fresh_root), spec)))
     proc = run_cli(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node=2",
-            "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}",
-            "-m",
-            "rlhf_operator.workloads",
-            "policy",
-            "--config",
-            str(config),
-        ],
+        torchrun(2, "-m", "rlhf_operator.workloads", "policy", "--config", str(config)),
         extra_env={"RLHF_TERMINATION_MESSAGE_PATH": str(fresh_root / "term"), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
