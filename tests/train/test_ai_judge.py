@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from rlhf_operator.api.v1alpha1 import JudgeMode
-from rlhf_operator.tiny.judge import build_judge_tokenizer, sample_response, train_tiny_judge
-from rlhf_operator.tiny.task import count_positive, make_prompts
+from rlhf_operator.tiny.judge import build_judge_tokenizer, train_tiny_judge
+from rlhf_operator.tiny.task import count_positive, make_prompts, sample_response
 from rlhf_operator.workloads.judge_prompts import render, score_question
 from tests.support.ports import free_port
 from tests.train.conftest import REPO, env, stage_config

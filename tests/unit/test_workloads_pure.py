@@ -172,3 +172,15 @@ def test_exit_codes() -> None:
     from rlhf_operator.workloads.exit_codes import EX_CONFIG, EX_OK, EX_RETRYABLE
 
     assert (EX_OK, EX_RETRYABLE, EX_CONFIG) == (0, 1, 78)
+
+
+def test_tiny_labelers_rank_by_the_hidden_rule_in_the_rankings_format() -> None:
+    from rlhf_operator.tiny.task import count_positive, labeled_rankings, make_prompts
+
+    prompts = make_prompts(20)
+    rows = labeled_rankings(prompts, responses_per_prompt=4, seed=1)
+    assert [row["prompt"] for row in rows] == prompts
+    for row in rows:
+        pairs = validate_human_row(row, set(prompts))  # what the ranking stage accepts
+        assert len(pairs) == 6
+        assert all(count_positive(p["chosen"]) > count_positive(p["rejected"]) for p in pairs)

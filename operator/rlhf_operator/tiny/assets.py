@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from rlhf_operator.tiny.model import build_tiny_model, build_tiny_tokenizer
-from rlhf_operator.tiny.task import make_prompts
+from rlhf_operator.tiny.task import labeled_rankings, make_prompts
 
 MODEL_SUBDIR = "models/tiny-gpt2"
 #: A 0.14M-parameter GPT-2 with the same tokenizer: the reward model's starting point, so reward
@@ -16,6 +16,8 @@ RM_SUBDIR = "models/tiny-rm"
 #: The tiny AI judge (`tiny.judge`), trained on demand: it takes seconds, the other assets none.
 JUDGE_SUBDIR = "models/tiny-judge"
 PROMPTS_FILE = "datasets/tiny-task/prompts.jsonl"
+#: Rankings as labelers following the task's rule would write them (the human-rankings example).
+RANKINGS_FILE = "datasets/tiny-task/human-rankings.jsonl"
 
 
 def make_tiny_assets(
@@ -25,7 +27,8 @@ def make_tiny_assets(
     prompts as `datasets/tiny-task/prompts.{jsonl,parquet,csv}`; idempotent (same seed, same bytes).
 
     Every format holds the same rows with the prompt under two names, `prompt` and `question`, so
-    an example may show `promptField`."""
+    an example may show `promptField`; `datasets/tiny-task/human-rankings.jsonl` ranks responses to
+    those prompts as labelers following the task's rule would."""
     out = Path(out_dir)
     model_dir, rm_dir = out / MODEL_SUBDIR, out / RM_SUBDIR
     for target, size in ((model_dir, (256, 4)), (rm_dir, (64, 2))):
@@ -49,10 +52,15 @@ def make_tiny_assets(
 
 
 def _write_prompts(out: Path, count: int, seed: int) -> dict[str, str]:
-    rows = [{"id": f"p{i:04d}", "prompt": p, "question": p} for i, p in enumerate(make_prompts(count, seed))]
+    prompts = make_prompts(count, seed)
+    rows = [{"id": f"p{i:04d}", "prompt": p, "question": p} for i, p in enumerate(prompts)]
     jsonl = out / PROMPTS_FILE
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    rankings = out / RANKINGS_FILE
+    rankings.write_text(
+        "".join(json.dumps(row) + "\n" for row in labeled_rankings(prompts, seed=seed)), "utf-8"
+    )
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -63,4 +71,9 @@ def _write_prompts(out: Path, count: int, seed: int) -> dict[str, str]:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return {"prompts": str(jsonl), "promptsParquet": str(parquet), "promptsCsv": str(table)}
+    return {
+        "prompts": str(jsonl),
+        "promptsParquet": str(parquet),
+        "promptsCsv": str(table),
+        "humanRankings": str(rankings),
+    }

@@ -15,7 +15,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from rlhf_operator.tiny.task import EOS, NEUTRAL_WORDS, POSITIVE_WORDS, UNK, count_positive, make_prompts
+from rlhf_operator.tiny.task import (
+    EOS,
+    NEUTRAL_WORDS,
+    POSITIVE_WORDS,
+    UNK,
+    count_positive,
+    make_prompts,
+    sample_response,
+)
 from rlhf_operator.workloads.judge_prompts import (
     COMPARE_QUESTION,
     SCORE_QUESTION,
@@ -48,16 +56,6 @@ def build_judge_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"
     return tokenizer
-
-
-def sample_response(rng: random.Random) -> str:
-    """3-10 words; each is positive with a chance that varies by response, so counts spread 0..10."""
-    density = rng.random() * 0.5
-    words = [
-        rng.choice(POSITIVE_WORDS) if rng.random() < density else rng.choice(NEUTRAL_WORDS)
-        for _ in range(rng.randint(3, 10))
-    ]
-    return " ".join(words)
 
 
 def train_tiny_judge(out_dir: str | Path, steps: int = 200, seed: int = 0) -> Path:
