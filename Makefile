@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-real demo-real-down test test-unit test-images test-node test-node-demo bench-operator lint crd
+.PHONY: help venv tools node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-processes test test-unit test-images test-node test-node-demo bench-operator lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,17 +32,15 @@ cluster-down: venv ## stop the local cluster and remove its files
 cluster-status: venv ## show the local cluster
 	$(CLUSTER) status
 
-demo: venv tools ## run the tiny RLHF job end to end on the local cluster (kubectl apply -> evaluated policy)
-	$(PY) hack/demo.py
-
-demo-down: venv ## remove the demo's local cluster
-	$(CLUSTER) down --name demo
-
-demo-real: venv tools node-packages node-tools images ## the tiny job on the real node: helm install, operator and stages in their images (root)
+demo: venv tools node-packages node-tools images ## the tiny job as a cluster runs it: helm install, the operator and every stage in their images on a real node (root)
 	$(PY) hack/demo_real.py
 
-demo-real-down: venv ## remove demo-real's cluster and its real node
+demo-down: venv ## remove the demo's cluster (and demo-processes' one)
 	$(CLUSTER) down --name demo-real
+	$(CLUSTER) down --name demo
+
+demo-processes: venv tools ## the same job with stage pods run as local processes on simulated nodes (no root, no images)
+	$(PY) hack/demo.py
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""`make demo`: one RLHF job from `kubectl apply` to an evaluated policy, on the local cluster.
+"""`make demo-processes`: one RLHF job from `kubectl apply` to an evaluated policy, on the local cluster.
 
 Brings up the local cluster in executed mode (kwok nodes whose pods the local pod executor runs as
 real processes), runs the operator with the Helm chart's configuration, writes the tiny model and

@@ -1,4 +1,4 @@
-"""`make demo-real`: the tiny RLHF job on the real node, everything in its image, installed by Helm.
+"""`make demo`: the tiny RLHF job on the real node, everything in its image, installed by Helm.
 
 The local cluster starts with its real node (hack/realnode.py: kubelet + containerd in the cluster's
 network namespace) and the three images loaded into the node's containerd. `helm install` puts the
@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--remote-reward", action="store_true", help="the reward server variant of the job")
     args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the demo runs a real kubelet and containerd, which need root: run `sudo make demo`, or "
+              "`make demo-processes` for the same job on simulated nodes without root", file=sys.stderr)  # fmt: skip
+        return 2
     started = time.monotonic()
     archives = [image_archive(*images(args.tag).values())]
     print(f"starting the local cluster {args.name} with its real node (images loaded into containerd) ...")
@@ -152,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"phase {status.get('phase')}; win rate {metrics.get('winRate')}, reward gain {metrics.get('rewardGain')}"
     )
-    print(
-        f"export KUBECONFIG={cluster.kubeconfig}   # the cluster stays up; `make demo-real-down` removes it"
-    )
+    print(f"export KUBECONFIG={cluster.kubeconfig}   # the cluster stays up; `make demo-down` removes it")
     print(f"demo finished in {time.monotonic() - started:.0f}s")
     return 0 if status.get("phase") == "Succeeded" else 1
 

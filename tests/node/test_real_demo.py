@@ -2,7 +2,7 @@
 node, and every stage pod of the tiny job in the worker or trainer image on that node with the
 chart's securityContext, in namespaces that enforce the restricted Pod Security Standard.
 
-The same steps as `make demo-real` (hack/demo_real.py), on a private cluster. Needs root and the
+The same steps as `make demo` (hack/demo_real.py), on a private cluster. Needs root and the
 three images (`make images`); `make test-node` runs it.
 """
 
