@@ -144,8 +144,11 @@ def _tolerations(settings: PodSettings, config: OperatorConfig) -> list[Manifest
     return tolerations
 
 
+#: Stage programs write only their volumes (/tmp, which is also HOME, the storage volume, /dev/shm):
+#: a read-only root makes any other write fail loudly instead of filling the node's disk.
 RESTRICTED_CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
     "runAsNonRoot": True,
     "seccompProfile": {"type": "RuntimeDefault"},

@@ -60,6 +60,7 @@ def assert_runs_restricted_on_the_node(cluster: LocalCluster, pod: dict[str, Any
     assert container["image"] == images(TAG)[image], name
     assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
     assert pod["spec"]["securityContext"]["runAsUser"] == 65532, name
 
 
@@ -104,8 +105,8 @@ def test_tiny_job_runs_for_real_on_the_node(demo_cluster: LocalCluster, remote_r
         if pod["spec"].get("nodeName"):
             assert_runs_restricted_on_the_node(demo_cluster, pod, IMAGE_OF_STAGE[stage])
         if stage != "rewardServer":
-            # The operator does not set readOnlyRootFilesystem on stage containers: their overlay
-            # upper dirs show whether a stage wrote anywhere but its volumes.
+            # Stage containers have a read-only root; their overlay upper dirs show it held: nothing
+            # but the mount points runc adds.
             assert writes_outside_mounts(demo_cluster, pod) == [], pod_name
         if stage != "rewardServer":  # the server's Deployment is removed once the policy is done
             logs = demo_cluster.kubectl("logs", "-n", NAMESPACE, pod_name).stdout

@@ -25,6 +25,7 @@ def test_precompute_job_is_indexed_pinned_and_restricted() -> None:
     assert pod_spec["nodeSelector"] == {"eks.amazonaws.com/nodegroup": "cpu"}
     assert pod_spec["automountServiceAccountToken"] is False
     assert pod_spec["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod_spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [78]
     assert rules[1] == {
