@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from kubernetes import config as kube_config
 
 from localcluster import LocalCluster, tools_dir
 from podexecutor import PodExecutor
+from rlhf_operator.local_runner import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tiny-rlhfjob.yaml"
@@ -90,11 +92,15 @@ def running_pipeline(cluster: LocalCluster, namespace: str, workdir: Path) -> It
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), **chart_operator_env(namespace))
     env["RLHF_OPERATOR_METRICS_PORT"] = "0"
     log = (workdir / "operator.log").open("ab")
+    # A free port: Kopf reads port 0 as 80, which another service may hold (or a non-root user may
+    # not bind), and the operator stops when its health endpoint cannot listen.
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
     operator = subprocess.Popen(
-        [sys.executable, "-m", "rlhf_operator", "operator", "--liveness=http://127.0.0.1:0/healthz"],
+        [sys.executable, "-m", "rlhf_operator", "operator", f"--liveness={liveness}"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
+        _wait_until_live(operator, liveness, workdir / "operator.log")
         yield
     finally:
         operator.terminate()
@@ -104,6 +110,22 @@ def running_pipeline(cluster: LocalCluster, namespace: str, workdir: Path) -> It
             operator.kill()
         executor.stop()
         thread.join(10)
+
+
+def _wait_until_live(
+    operator: subprocess.Popen[bytes], liveness: str, log: Path, timeout_s: float = 120
+) -> None:
+    """Fails at once, with the operator's log, when it exits instead of coming up."""
+    deadline = time.monotonic() + timeout_s
+    while operator.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(liveness, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    raise RuntimeError(f"the operator did not come up (exit code {operator.poll()}):\n{tail}")
 
 
 def follow(
