@@ -1,6 +1,7 @@
 """GPU time and its estimated cost: pure functions of the observed pods, the spec and the prices.
 
-GPU-seconds of a pod are its container's run (terminated.startedAt to finishedAt) times the GPUs its
+GPU-seconds of a pod are its run, from the pod's start (status.startTime: its GPUs are held from
+then on, image pull included) to its container's end (terminated.finishedAt), times the GPUs its
 stage requests; a stage's usage sums its finished pods, retries included. Running pods count once
 they end, so the status is not rewritten on every pass while they run.
 """
@@ -22,13 +23,15 @@ def _time(text: object) -> datetime | None:
 
 
 def pod_seconds(pod: Mapping[str, object]) -> float:
-    """Run time of a finished pod's first terminated container; 0 while it runs or unknown."""
+    """Run time of a finished pod: its start to its first terminated container's end (the
+    container's own start when the pod's is unknown); 0 while it runs."""
     status = pod.get("status")
     if not isinstance(status, dict):
         return 0.0
     for container in status.get("containerStatuses") or []:
         terminated = (container.get("state") or {}).get("terminated") or {}
-        start, end = _time(terminated.get("startedAt")), _time(terminated.get("finishedAt"))
+        start = _time(status.get("startTime")) or _time(terminated.get("startedAt"))
+        end = _time(terminated.get("finishedAt"))
         if start is not None and end is not None:
             return max(0.0, (end - start).total_seconds())
     return 0.0

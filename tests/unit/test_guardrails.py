@@ -114,16 +114,18 @@ def test_a_gate_must_set_a_bar() -> None:
         EvaluationGate()
 
 
-def _pod(start: str | None, end: str | None) -> dict[str, object]:
+def _pod(start: str | None, end: str | None, pod_start: str | None = None) -> dict[str, object]:
     terminated = {k: v for k, v in (("startedAt", start), ("finishedAt", end)) if v}
     state = {"terminated": terminated} if end else {"running": {}}
-    return {"status": {"containerStatuses": [{"state": state}]}}
+    return {"status": {"startTime": pod_start, "containerStatuses": [{"state": state}]}}
 
 
 def test_gpu_seconds_are_container_run_time_times_gpus_and_never_shrink() -> None:
     finished = _pod("2026-11-24T11:00:00Z", "2026-11-24T11:30:00Z")
     retried = _pod("2026-11-24T10:00:00Z", "2026-11-24T10:00:45Z")
     assert pod_seconds(finished) == 1800 and pod_seconds(_pod("2026-11-24T11:00:00Z", None)) == 0
+    # From the pod's start when known: its GPUs are held from then on (the image pull included).
+    assert pod_seconds(_pod("2026-11-24T11:00:00Z", "2026-11-24T11:30:00Z", "2026-11-24T10:59:00Z")) == 1860
     usage = stage_usage([finished, retried, _pod(None, None)], 8, 4.0, None)
     assert usage is not None and usage.gpu_seconds == 8 * 1845 and usage.gpu_hours == 4.1
     assert usage.estimated_cost == 16.4

@@ -103,7 +103,8 @@ def test_the_gate_sets_promoted_true_or_false_with_the_numbers() -> None:
         "GateNotMet",
     )
     assert "win rate 0.85 misses >= 0.9" in promoted["message"] and "Not promoted" in status["message"]
-    assert "Promoted" not in {c["type"] for c in _evaluated(0.95)["conditions"]}  # no gate, no condition
+    no_gate = _evaluated(0.95, stages={"evaluation": {"gate": None}})
+    assert "Promoted" not in {c["type"] for c in no_gate["conditions"]}
 
 
 def test_gpu_seconds_per_stage_and_in_total_from_the_pods() -> None:

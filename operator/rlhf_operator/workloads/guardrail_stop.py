@@ -11,6 +11,12 @@ from rlhf_operator.api.v1alpha1 import Artifacts
 from rlhf_operator.guardrails import GUARDRAIL_TRIPPED, Trip
 from rlhf_operator.workloads.errors import StageConfigError
 
+FIXES = {
+    "maxKL": "Lower the learning rate or raise klCoef.",
+    "stopOnNonFinite": "Check that the reward model (or server) gives finite scores, and lower the learning rate.",
+    "rewardPatienceSteps": "The reward stopped improving: fewer steps may do, or a plateau may be expected.",
+}
+
 
 class GuardrailTrippedError(StageConfigError):
     def __init__(self, trip: Trip, checkpoint: tuple[int, str] | None) -> None:
@@ -18,7 +24,7 @@ class GuardrailTrippedError(StageConfigError):
             kept = "No checkpoint was saved before it (set stages.policy.checkpointInterval)."
         else:
             kept = f"The checkpoint of step {checkpoint[0]} ({checkpoint[1]}) is kept as the policy artifact."
-        fix = "Lower the learning rate or raise klCoef, or loosen stages.policy.guardrails."
+        fix = FIXES.get(trip.guardrail, "") + " Or loosen stages.policy.guardrails."
         super().__init__(
             f"{trip.message}. {kept} {fix}",
             GUARDRAIL_TRIPPED,

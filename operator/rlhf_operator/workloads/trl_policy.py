@@ -118,20 +118,23 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
         ) -> None:
             if not logs or "reward" not in logs:
                 return
-            step, loss = int(state.global_step), logs.get("loss")
+            step = int(state.global_step)
+            # TRL logs None when no reward function gave a number (e.g. all NaN): not finite.
+            reward = float("nan") if logs["reward"] is None else float(logs["reward"])
+            kl, loss = logs.get("kl"), logs.get("loss")
             # TRL gathers these over processes, so every process trips at the same step.
-            trip = guard.observe(step, float(logs["reward"]), logs.get("kl"), loss)
+            trip = guard.observe(step, reward, kl, loss)
             if trip is not None and not tripped:
                 tripped.append(trip)
                 # Stop after this step, without saving the tripping step's weights.
                 control.should_training_stop, control.should_save = True, False
             if not state.is_world_process_zero:
                 return
-            last.update(meanReward=float(logs["reward"]), kl=float(logs.get("kl", 0.0)))
+            last.update(meanReward=reward, kl=float(kl or 0.0))
             if loss is None:
-                emit_progress(step, steps, last["meanReward"], last["kl"])
+                emit_progress(step, steps, reward, last["kl"])
             else:
-                emit_progress(step, steps, last["meanReward"], last["kl"], loss=float(loss))
+                emit_progress(step, steps, reward, last["kl"], loss=float(loss))
 
     interval = policy.checkpoint_interval
     out_dir = _checkpoint_root(ctx)
