@@ -82,7 +82,7 @@ def _nan_reward_model(root: Path) -> None:
     model.save_pretrained(target)
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo"])
 def test_a_nan_reward_trips_the_non_finite_guardrail(
     pipeline: dict[str, Any], fresh_root: Path, algorithm: str
 ) -> None:

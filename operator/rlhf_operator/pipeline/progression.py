@@ -157,8 +157,8 @@ def _stop_tripped(ctx: PlanningPass, name: str, record: StageStatus, trip: Trip)
     checkpoints = artifacts.policy_checkpoints_dir(ctx.root)
     record.state, record.completion_time = StageState.FAILED, ctx.now
     record.message = (
-        f"{trip.status_message()} (seen by the operator; the stage was stopped). The newest checkpoint "
-        f"under {checkpoints} is from before the trip."
+        f"{trip.status_message()} (seen by the operator; the stage was stopped). Its checkpoints are "
+        f"under {checkpoints}; those of steps before {trip.step} predate the trip."
     )
     ctx.plan.delete.append(("Job", name))
     ctx.plan.events.append(Event("Warning", GUARDRAIL_TRIPPED, trip.message))

@@ -121,12 +121,7 @@ def run_ppo(ctx: StageContext) -> StageResult:
                 responseLength=round(stats["responseLength"], 2),
                 loss=stats["loss"],
             )
-        trip = guard.observe(step, stats["meanReward"], stats["kl"], stats["loss"])
-        if trip is not None:
-            kept = newest_before(checkpoint.complete_steps(root), step)
-            raise GuardrailTrippedError(
-                trip, None if kept is None else (kept, layout.checkpoint_dir(root, kept))
-            )
+        _stop_if_tripped(guard, root, step, stats)
         if interval and step % interval == 0 and step < settings.steps:
             _save_checkpoint(root, step, trainer, tokenizer, plan)
             barrier(info)
@@ -136,6 +131,15 @@ def run_ppo(ctx: StageContext) -> StageResult:
     barrier(info)
     shutdown(info)
     return _result(ctx, settings.steps, stats)
+
+
+def _stop_if_tripped(guard: GuardrailMonitor, root: str, step: int, stats: dict[str, float]) -> None:
+    """Raises at the step that trips a guardrail, before that step's checkpoint would be saved."""
+    trip = guard.observe(step, stats["meanReward"], stats["kl"], stats["loss"])
+    if trip is None:
+        return
+    kept = newest_before(checkpoint.complete_steps(root), step)
+    raise GuardrailTrippedError(trip, None if kept is None else (kept, layout.checkpoint_dir(root, kept)))
 
 
 def _save_checkpoint(root: str, step: int, trainer: Any, tokenizer: Any, plan: Any) -> None:
