@@ -67,9 +67,27 @@ class OperatorConfig(BaseModel):
         description="GPU memory (GiB) of each node group's GPUs, JSON: jobs whose estimate exceeds it are refused.",
     )
 
-    @field_validator("gpu_memory_gib", mode="before")
+    node_group_instance_types: dict[str, str] = Field(
+        default_factory=dict,
+        description='Instance type of each node group\'s nodes, JSON, e.g. {"policy-gpu": "p4d.24xlarge"}: '
+        "the key into `gpu_hour_prices`.",
+    )
+    gpu_hour_prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price of one GPU-hour by instance type, JSON: the estimated cost in status. Empty: no cost.",
+    )
+
+    @field_validator("gpu_hour_prices")
     @classmethod
-    def _parse_gpu_memory(cls, value: object) -> object:
+    def _prices_not_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = sorted(k for k, v in value.items() if v < 0)
+        if negative:
+            raise ValueError(f"GPU-hour prices must not be negative: {', '.join(negative)}")
+        return value
+
+    @field_validator("gpu_memory_gib", "node_group_instance_types", "gpu_hour_prices", mode="before")
+    @classmethod
+    def _parse_json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("namespaces", mode="before")
@@ -85,6 +103,11 @@ class OperatorConfig(BaseModel):
             Role.REWARD: self.node_group_reward,
             Role.POLICY: self.node_group_policy,
         }[role]
+
+    def gpu_hour_price(self, role: Role) -> float | None:
+        """The GPU-hour price on the role's node group, if its instance type has one."""
+        instance_type = self.node_group_instance_types.get(self.node_group(role))
+        return self.gpu_hour_prices.get(instance_type) if instance_type else None
 
     def image(self, role: Role) -> str:
         return self.image_worker if role is Role.CPU else self.image_trainer

@@ -32,7 +32,7 @@ from rlhf_operator.pipeline import (
 )
 from rlhf_operator.plan import Event, Manifest, Observed, RequestRefusedError
 from rlhf_operator.store import Key, Store
-from rlhf_operator.workloads.progress import last_progress
+from rlhf_operator.workloads.progress import progress_records
 
 log = logging.getLogger(__name__)
 FINISHED_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}
@@ -175,9 +175,8 @@ class Controller:
         ):
             return observed
         self._last_progress_read[key] = now
-        tail = self.kube.log_tail(key[0], pod)
-        progress = last_progress(tail) if tail else None
-        return observed.with_progress(progress) if progress else observed
+        records = progress_records(self.kube.log_tail(key[0], pod) or "")
+        return observed.with_progress(records[-1], records) if records else observed
 
     def _job_created(self, manifest: Manifest) -> None:
         uid = manifest["metadata"]["labels"]["rlhf-operator.dev/job-uid"]

@@ -29,7 +29,7 @@ class KubeApi(Protocol):
     def missing(self, namespace: str, needed: list[tuple[str, str]]) -> tuple[str, ...]:
         """A sentence for each (kind, name) that does not exist."""
 
-    def log_tail(self, namespace: str, pod: str, lines: int = 20) -> str | None: ...
+    def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None: ...
 
 
 class PlanExecutor:

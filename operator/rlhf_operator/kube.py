@@ -206,7 +206,7 @@ class Kube:
                 self._seen_at[key] = time.monotonic()
         return tuple(absent)
 
-    def log_tail(self, namespace: str, pod: str, lines: int = 20) -> str | None:
+    def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None:
         API_REQUESTS.labels("get", "pods/log").inc()
         try:
             return "".join(self.client.log(pod, namespace=namespace, tail_lines=lines))

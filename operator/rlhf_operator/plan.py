@@ -29,6 +29,8 @@ class Observed:
     # None: not checked yet; the caller checks and reconciles again when the plan asks for it.
     missing: tuple[str, ...] | None = None
     progress: ProgressRecord | None = None
+    #: Every progress record in the log tail read, oldest first (the guardrails replay them).
+    progress_history: tuple[ProgressRecord, ...] = ()
 
     def pods_of(self, stage: StageKey) -> list[Manifest]:
         return [
@@ -38,8 +40,12 @@ class Observed:
     def with_missing(self, missing: tuple[str, ...]) -> Observed:
         return replace(self, missing=missing)
 
-    def with_progress(self, progress: ProgressRecord | None) -> Observed:
-        return replace(self, progress=progress)
+    def with_progress(
+        self, progress: ProgressRecord | None, history: tuple[ProgressRecord, ...] = ()
+    ) -> Observed:
+        return replace(
+            self, progress=progress, progress_history=history or (() if progress is None else (progress,))
+        )
 
 
 @dataclass(frozen=True)

@@ -84,14 +84,25 @@ def _failure(message: str) -> StageFailure | None:
         return None
 
 
-def failure_message(pods: list[Manifest]) -> str | None:
-    """What the latest counted failure said: the program's error, else the container's reason."""
+def _latest_failed(pods: list[Manifest]) -> PodOutcome | None:
+    """The latest counted failure (a disruption only when nothing else failed)."""
     failed = [o for o in map(pod_outcome, pods) if o and o.phase == "Failed" and not o.disrupted]
     if not failed:
         failed = [o for o in map(pod_outcome, pods) if o and o.phase == "Failed"]
-    if not failed:
+    return max(failed, key=lambda o: o.finished_at) if failed else None
+
+
+def stage_failure(pods: list[Manifest]) -> StageFailure | None:
+    """The program's own report of the latest counted failure, when it wrote one."""
+    latest = _latest_failed(pods)
+    return _failure(latest.message) if latest else None
+
+
+def failure_message(pods: list[Manifest]) -> str | None:
+    """What the latest counted failure said: the program's error, else the container's reason."""
+    latest = _latest_failed(pods)
+    if latest is None:
         return None
-    latest = max(failed, key=lambda o: o.finished_at)
     failure = _failure(latest.message)
     text = failure.error if failure else latest.message.strip()
     exit_part = f"exit code {latest.exit_code}" if latest.exit_code is not None else "no exit code"

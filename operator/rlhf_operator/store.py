@@ -148,6 +148,7 @@ def _slim_status(kind: str, status: Manifest) -> Manifest:
     if kind == "Pod":
         return {
             "phase": status.get("phase"),
+            "startTime": status.get("startTime"),  # GPU time is counted from here
             "reason": status.get("reason"),
             "message": status.get("message"),
             "conditions": [

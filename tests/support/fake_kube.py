@@ -77,6 +77,6 @@ class FakeKube:
         self.requests.append(("get", "dependencies", namespace))
         return self.absent
 
-    def log_tail(self, namespace: str, pod: str, lines: int = 20) -> str | None:
+    def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None:
         self.requests.append(("log", "Pod", pod))
         return self.logs.get(pod)

@@ -57,6 +57,7 @@ def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
                     "prompts": 24,
                     "samplesPerPrompt": 4,
                     "trueRule": {"name": "keywords", "keywords": KEYWORDS},
+                    "gate": {"minWinRate": 0.9},
                 },
             },
         },

@@ -28,6 +28,11 @@ def test_pipeline_artifacts_are_complete(pipeline: dict[str, Any]) -> None:
     assert (root / "reward-model" / "_SUCCESS").exists()
     assert (root / "policy" / "model" / "_SUCCESS").exists()
     assert (root / "evaluation" / "rewards.png").read_bytes()[:4] == b"\x89PNG"
+    # The tiny job meets its gate (minWinRate 0.9): the policy is copied under promoted/.
+    assert pipeline["report"]["winRate"] >= 0.9
+    assert (root / "promoted" / "policy" / "_SUCCESS").exists()
+    assert (root / "promoted" / "policy" / "model.safetensors").exists()
+    assert "Promoted: win rate" in pipeline["stdout"]
     assert "RLHF_PROGRESS" not in pipeline["stdout"]  # the runner condenses progress lines
     assert "[policy] step 20/20" in pipeline["stdout"]
 

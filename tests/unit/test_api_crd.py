@@ -54,8 +54,8 @@ def test_printer_columns() -> None:
     columns = {c["name"]: c for c in crdgen.crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
     normal = [n for n, c in columns.items() if c.get("priority", 0) == 0]
     wide = [n for n, c in columns.items() if c.get("priority") == 1]
-    assert normal == ["Stage", "Status", "Reward", "KL", "Win-Rate", "Age"]
-    assert wide == ["Algorithm", "Step", "RM-Acc", "Message"]
+    assert normal == ["Stage", "Status", "Reward", "KL", "Win-Rate", "GPU-Hours", "Age"]
+    assert wide == ["Algorithm", "Step", "RM-Acc", "Cost", "Message"]
 
 
 def test_schema_is_structural() -> None:

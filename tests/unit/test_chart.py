@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rlhf_operator.config import OperatorConfig
+from rlhf_operator.config import OperatorConfig, Role
 from tests.chart_support import (
     CHART,
     CRD_IN_CHART,
@@ -139,7 +139,14 @@ def test_operator_env_sets_every_config_field_and_parses_to_the_defaults() -> No
 def test_operator_env_follows_the_values() -> None:
     values = {
         "watchNamespaces": ["team-a", "team-b"],
-        "nodeGroups": {"labelKey": "karpenter.sh/nodepool", "cpu": "c", "reward": "g5", "policy": "p5"},
+        "nodeGroups": {
+            "labelKey": "karpenter.sh/nodepool",
+            "cpu": "c",
+            "reward": "g5",
+            "policy": "p5",
+            "instanceTypes": {"p5": "p5.48xlarge"},
+        },
+        "pricing": {"gpuHourPrices": {"p5.48xlarge": 6.88}},
         "gpu": {"resource": "amd.com/gpu", "taintKey": "amd.com/gpu"},
         "images": {
             "worker": {"repository": "1.dkr.ecr.us-east-1.amazonaws.com/rlhf/worker", "tag": "v2"},
@@ -169,6 +176,7 @@ def test_operator_env_follows_the_values() -> None:
     assert config.resync_interval_seconds == 60
     assert config.metrics_port == 9090
     assert config.log_level == "DEBUG"
+    assert (config.gpu_hour_price(Role.POLICY), config.gpu_hour_price(Role.REWARD)) == (6.88, None)
     container = operator_container(docs)
     assert container["image"] == "r/operator:v3"
     assert container["imagePullPolicy"] == "Always"

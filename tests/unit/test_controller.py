@@ -105,6 +105,27 @@ def test_progress_is_read_at_most_once_per_interval(interval: float, reads: int)
     assert metrics == {"policyStep": 7, "policyTotalSteps": 30, "meanReward": 1.5, "kl": 0.25}
 
 
+def test_a_policy_whose_logged_kl_trips_its_guardrail_is_stopped_by_the_operator() -> None:
+    lines = [format_progress(step, 30, 1.0, kl) for step, kl in ((1, 2.0), (2, 25.0), (3, 26.0), (4, 27.0))]
+    kube = FakeKube(logs={"tiny-policy-0": "checkpoint step 2 -> x\n" + "\n".join(lines) + "\n"})
+    ctl = controller(kube)
+    job = body(_running_policy(), stages={"policy": {"guardrails": {"maxKL": 20, "klSteps": 3}}})
+    kube.add_rlhfjob(job)
+    ctl.store.put_job(job)
+    labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "policy"}
+    ctl.store.put_child(
+        "Job", {"metadata": {"name": "tiny-policy", "labels": labels}, "spec": {}, "status": {"active": 1}}
+    )
+    running = pod("policy", "Running", name="tiny-policy-0")
+    running["metadata"]["labels"] = labels
+    ctl.store.put_child("Pod", running)
+    ctl.reconcile(KEY)
+    assert ("delete", "Job", "tiny-policy") in kube.requests
+    status = (ctl.store.job(KEY) or {})["status"]
+    assert status["phase"] == "Failed"
+    assert "GuardrailTripped: KL 27 > maxKL 20 for 3 steps at step 4" in status["message"]
+
+
 def test_a_finished_job_only_removes_a_reward_server_left_behind() -> None:
     kube = FakeKube()
     ctl = controller(kube)

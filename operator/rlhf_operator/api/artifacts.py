@@ -13,6 +13,7 @@ RANKING_DIR = "ranking"
 REWARD_MODEL_DIR = "reward-model"
 POLICY_DIR = "policy"
 EVALUATION_DIR = "evaluation"
+PROMOTED_DIR = "promoted"
 JOBS_DIR = "rlhf-jobs"
 
 
@@ -78,3 +79,8 @@ def evaluation_report(root: str) -> str:
 
 def evaluation_plot(root: str) -> str:
     return join(root, EVALUATION_DIR, "rewards.png")
+
+
+def promoted_policy_dir(root: str) -> str:
+    """The policy that met the evaluation gate, copied: a stable place to deploy from."""
+    return join(root, PROMOTED_DIR, "policy")

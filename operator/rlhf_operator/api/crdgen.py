@@ -52,10 +52,17 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.metrics.winRate",
         "description": "Evaluation win rate.",
     },
+    {
+        "name": "GPU-Hours",
+        "type": "number",
+        "jsonPath": ".status.usage.gpuHours",
+        "description": "GPU-hours of the job's finished pods.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Algorithm", "type": "string", "jsonPath": ".spec.stages.policy.algorithm", "priority": 1},
     {"name": "Step", "type": "integer", "jsonPath": ".status.metrics.policyStep", "priority": 1},
     {"name": "RM-Acc", "type": "number", "jsonPath": ".status.metrics.rewardModelAccuracy", "priority": 1},
+    {"name": "Cost", "type": "number", "jsonPath": ".status.usage.estimatedCost", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
 

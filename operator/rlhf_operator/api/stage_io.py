@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rlhf_operator.api.base import ApiModel
 from rlhf_operator.api.v1alpha1 import CONDITION_REASON_PATTERN, Artifacts, Metrics
@@ -33,6 +33,9 @@ class StageFailure(ApiModel):
     reason: str | None = Field(
         None, max_length=128, pattern=CONDITION_REASON_PATTERN, description="CamelCase reason."
     )
+    artifacts: Artifacts | None = Field(
+        None, description="What the failed stage leaves usable (a guardrail's pre-trip checkpoint)."
+    )
 
 
 class ProgressRecord(ApiModel):
@@ -47,11 +50,27 @@ class ProgressRecord(ApiModel):
     kl_coef: float | None = Field(None, description="Adaptive KL coefficient (PPO).")
     seconds: float | None = Field(None, ge=0, description="Wall time of the step.")
     response_length: float | None = Field(None, ge=0, description="Mean response length in tokens.")
+    loss: float | None = Field(None, description="Training loss of the step; null when not finite.")
+    non_finite: list[str] | None = Field(
+        None, description="The fields of the step that were NaN or infinite (written as null)."
+    )
 
-    @field_validator("mean_reward", "kl", "kl_coef", "seconds", "response_length", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _note_non_finite(cls, data: Any) -> Any:
+        # JSON has no NaN: a diverged value is written as null and named here, so the reader tells
+        # "not finite" (a guardrail trips) from "not reported".
+        if not isinstance(data, dict):
+            return data
+        bad = [k for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)]
+        if not bad:
+            return data
+        named = sorted({*(data.get("nonFinite") or data.get("non_finite") or []), *map(_camel, bad)})
+        return {**data, "nonFinite": named}
+
+    @field_validator("mean_reward", "kl", "kl_coef", "seconds", "response_length", "loss", mode="before")
     @classmethod
     def _finite_or_null(cls, value: Any) -> Any:
-        # JSON has no NaN; a diverged step is reported as null rather than breaking the line.
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     def metrics(self) -> Metrics:
@@ -62,6 +81,11 @@ class ProgressRecord(ApiModel):
             mean_reward=self.mean_reward,
             kl=self.kl,
         )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def dump(model: StageResult | StageFailure | ProgressRecord) -> str:

@@ -7,8 +7,10 @@ it recreated.
 
 from __future__ import annotations
 
+from rlhf_operator.api import artifacts
 from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES, StageName, StageState, StageStatus
 from rlhf_operator.children import Manifest, headless_service, stage_job
+from rlhf_operator.guardrails import GUARDRAIL_TRIPPED, Trip, check_progress
 from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
@@ -16,8 +18,9 @@ from rlhf_operator.pipeline.fit import DOES_NOT_FIT, Refusal, fit_refusal
 from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.plan import Event
-from rlhf_operator.results import failure_message, outcomes_readable, stage_result
-from rlhf_operator.stages import STAGES, skipped
+from rlhf_operator.results import failure_message, outcomes_readable, stage_failure, stage_result
+from rlhf_operator.stages import STAGES, pod_settings, skipped
+from rlhf_operator.usage import stage_usage
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 FINISHED = {StageState.SUCCEEDED, StageState.FAILED}
@@ -101,6 +104,12 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
     elif record.start_time is None:
         record.start_time = ctx.now
     record.attempts = max(_attempts(child), record.attempts or 0)
+    record.usage = stage_usage(
+        ctx.observed.pods_of(stage),
+        pod_settings(ctx.spec, stage).resources.gpus,
+        ctx.config.gpu_hour_price(STAGES[stage].role),
+        record.usage,
+    )
     finished = job_finished(child)
     if finished is None:
         _keep_suspension(ctx, child, name)
@@ -110,6 +119,9 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
             record.message = awaited_labels(ctx.spec, record) or record.message
         if stage is StageName.POLICY and ctx.observed.progress:
             ctx.metrics = updated(ctx.metrics, ctx.observed.progress.metrics())
+            trip = check_progress(ctx.spec.stages.policy.guardrails, ctx.observed.progress_history)
+            if trip is not None:
+                _stop_tripped(ctx, name, record, trip)
         return
     kind, condition = finished
     end = status.get("completionTime") or condition.get("lastTransitionTime")
@@ -126,12 +138,30 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
     record.completion_time = completed
     if kind == "Complete":
         _succeeded(ctx, stage, record, pods)
+    elif (failure := stage_failure(pods)) is not None and failure.reason == GUARDRAIL_TRIPPED:
+        # The trainer stopped itself: its sentence is the message, its checkpoint the artifact.
+        record.state, record.message = StageState.FAILED, f"{GUARDRAIL_TRIPPED}: {failure.error}"
+        if failure.artifacts is not None:
+            ctx.artifacts = updated(ctx.artifacts, failure.artifacts)
     else:
         detail = failure_message(pods)
         reason = condition.get("reason") or "Failed"
         text = condition.get("message") or "the stage's Job failed"
         record.state = StageState.FAILED
         record.message = f"{reason}: {text.rstrip('.')}." + (f" Last pod: {detail}" if detail else "")
+
+
+def _stop_tripped(ctx: PlanningPass, name: str, record: StageStatus, trip: Trip) -> None:
+    """A guardrail tripped in the progress the operator read before the trainer stopped: the Job
+    goes (its pods with it) and the stage fails; the trainer's checkpoints stay where they are."""
+    checkpoints = artifacts.policy_checkpoints_dir(ctx.root)
+    record.state, record.completion_time = StageState.FAILED, ctx.now
+    record.message = (
+        f"{trip.status_message()} (seen by the operator; the stage was stopped). Its checkpoints are "
+        f"under {checkpoints}; those of steps before {trip.step} predate the trip."
+    )
+    ctx.plan.delete.append(("Job", name))
+    ctx.plan.events.append(Event("Warning", GUARDRAIL_TRIPPED, trip.message))
 
 
 def _succeeded(ctx: PlanningPass, stage: StageName, record: StageStatus, pods: list[Manifest]) -> None:

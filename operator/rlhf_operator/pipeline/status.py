@@ -14,8 +14,11 @@ from rlhf_operator.api.v1alpha1 import (
     StageState,
     StageStatus,
 )
+from rlhf_operator.gate import Verdict, verdict
+from rlhf_operator.guardrails import GUARDRAIL_TRIPPED
 from rlhf_operator.pipeline.context import PlanningPass
 from rlhf_operator.pipeline.scheduling import unschedulable
+from rlhf_operator.usage import total_usage
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 AWAITING_LABELS = "Stage ranking waits for human labels"
@@ -27,7 +30,8 @@ def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Ph
     if failed is not None:
         return Phase.FAILED, f"Stage {failed.name.value} failed: {failed.message or ''}"
     if all(r.state in DONE for r in records):
-        return Phase.SUCCEEDED, _success_message(ctx.metrics)
+        promotion = promotion_verdict(ctx)
+        return Phase.SUCCEEDED, _success_message(ctx.metrics) + (f" {promotion.message}" if promotion else "")
     if ctx.spec.suspend:
         return (
             Phase.SUSPENDED,
@@ -55,6 +59,19 @@ def _success_message(metrics: Metrics) -> str:
     return "Every stage succeeded."
 
 
+def promotion_verdict(ctx: PlanningPass) -> Verdict | None:
+    """The evaluation gate's verdict on the metrics, when the spec sets a gate."""
+    gate = ctx.spec.stages.evaluation.gate
+    return verdict(gate, ctx.metrics) if gate is not None else None
+
+
+def _failed_reason(records: list[StageStatus]) -> str:
+    failed = next((r for r in records if r.state is StageState.FAILED), None)
+    if failed is not None and (failed.message or "").startswith(f"{GUARDRAIL_TRIPPED}:"):
+        return GUARDRAIL_TRIPPED
+    return "StageFailed"
+
+
 def build_status(ctx: PlanningPass, records: list[StageStatus]) -> RLHFJobStatus:
     phase, message = phase_and_message(ctx, records)
     starts = [r.start_time for r in records if r.start_time]
@@ -69,7 +86,8 @@ def build_status(ctx: PlanningPass, records: list[StageStatus]) -> RLHFJobStatus
         stages=records,
         metrics=ctx.metrics if ctx.metrics != Metrics() else None,
         artifacts=ctx.artifacts if ctx.artifacts != Artifacts() else None,
-        conditions=conditions(ctx, phase, message, current_stage(records)),
+        conditions=conditions(ctx, phase, message, records),
+        usage=total_usage(records),
     )
 
 
@@ -83,21 +101,27 @@ def _waiting_reason(ctx: PlanningPass, phase: Phase, message: str, current: Stag
     return None
 
 
-def conditions(ctx: PlanningPass, phase: Phase, message: str, current: StageName) -> list[Condition]:
-    reason = _waiting_reason(ctx, phase, message, current)
+def conditions(ctx: PlanningPass, phase: Phase, message: str, records: list[StageStatus]) -> list[Condition]:
+    reason = _waiting_reason(ctx, phase, message, current_stage(records))
     waiting = reason is not None
-    wanted: list[tuple[ConditionType, bool, str]] = [
-        (ConditionType.RUNNING, phase is Phase.RUNNING, "StageRunning" if phase is Phase.RUNNING else phase.value),
+    wanted: list[tuple[ConditionType, bool, str, str]] = [
+        (ConditionType.RUNNING, phase is Phase.RUNNING, "StageRunning" if phase is Phase.RUNNING else phase.value,
+         message),
         (ConditionType.SUSPENDED, phase is Phase.SUSPENDED,
-         "SuspendedBySpec" if phase is Phase.SUSPENDED else "NotSuspended"),
+         "SuspendedBySpec" if phase is Phase.SUSPENDED else "NotSuspended", message),
         (ConditionType.SUCCEEDED, phase is Phase.SUCCEEDED,
-         "AllStagesSucceeded" if phase is Phase.SUCCEEDED else "NotFinished"),
-        (ConditionType.FAILED, phase is Phase.FAILED, "StageFailed" if phase is Phase.FAILED else "NoStageFailed"),
-        (ConditionType.WAITING, waiting, reason or "DependenciesPresent"),
+         "AllStagesSucceeded" if phase is Phase.SUCCEEDED else "NotFinished", message),
+        (ConditionType.FAILED, phase is Phase.FAILED,
+         _failed_reason(records) if phase is Phase.FAILED else "NoStageFailed", message),
+        (ConditionType.WAITING, waiting, reason or "DependenciesPresent", message),
     ]  # fmt: skip
+    promotion = promotion_verdict(ctx) if phase is Phase.SUCCEEDED else None
+    if promotion is not None:
+        # Only once the job succeeded: `kubectl wait --for=condition=Promoted` then returns at the end.
+        wanted.append((ConditionType.PROMOTED, promotion.promoted, promotion.reason, promotion.message))
     old = {c.type: c for c in ctx.old.conditions}
     out = []
-    for kind, true, reason in wanted:
+    for kind, true, reason, text in wanted:
         status = ConditionStatus.TRUE if true else ConditionStatus.FALSE
         previous = old.get(kind.value)
         changed = previous is None or previous.status is not status
@@ -110,7 +134,7 @@ def conditions(ctx: PlanningPass, phase: Phase, message: str, current: StageName
                 if changed or previous is None
                 else previous.last_transition_time,
                 reason=reason,
-                message=message if true else "",
+                message=text if true or kind is ConditionType.PROMOTED else "",
             )
         )
     return out

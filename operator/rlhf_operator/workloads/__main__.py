@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = module.run(ctx, args) if serves else module.run(ctx)
     except StageConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
-        write_termination_message(failure(exc.message, exc.reason))
+        write_termination_message(failure(exc.message, exc.reason, exc.artifacts))
         return EX_CONFIG
     except KeyboardInterrupt:
         write_termination_message(failure("the stage was interrupted.", "Interrupted"))

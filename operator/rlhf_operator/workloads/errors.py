@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rlhf_operator.api.v1alpha1 import Artifacts
 
 
 class StageConfigError(Exception):
@@ -12,10 +16,14 @@ class StageConfigError(Exception):
     operator copies into the RLHFJob condition.
     """
 
-    def __init__(self, message: str, reason: str = "InvalidInput") -> None:
+    def __init__(
+        self, message: str, reason: str = "InvalidInput", artifacts: Artifacts | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
+        #: What the stage leaves usable despite failing (a guardrail's pre-trip checkpoint).
+        self.artifacts = artifacts
 
 
 class Defects:

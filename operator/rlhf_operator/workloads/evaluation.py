@@ -15,7 +15,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_operator.api.stage_io import StageResult
-from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
+from rlhf_operator.api.v1alpha1 import Artifacts, EvaluationGate, Metrics
+from rlhf_operator.gate import verdict
 from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
@@ -181,7 +182,24 @@ def run(ctx: StageContext) -> StageResult:
     if true_rule:
         summary += f"; true rule {report['trueRulePolicy']:.2f} vs {report['trueRuleBase']:.2f}"
     print("evaluation: " + summary + ")", flush=True)
-    return evaluation_result(report, root, summary + ").")
+    result = evaluation_result(report, root, summary + ").")
+    return promote(result, settings.gate, policy_uri, root) if settings.gate else result
+
+
+def promote(result: StageResult, gate: EvaluationGate, policy_uri: str, root: str) -> StageResult:
+    """Copies the policy under promoted/ when it meets the gate (judged on the metrics the operator
+    reads, so the Promoted condition agrees); a rejected policy leaves nothing there."""
+    decision = verdict(gate, result.metrics)
+    target = layout.promoted_policy_dir(root)
+    print(f"evaluation gate: {decision.message}", flush=True)
+    if not decision.promoted:
+        storage.remove(target)  # a promotion by an earlier attempt of this stage does not stand
+        return result.model_copy(update={"message": f"{result.message} {decision.message}"})
+    storage.publish_dir(storage.localize_dir(policy_uri), target, {"promotedFrom": policy_uri})
+    artifacts = result.artifacts.model_copy(update={"promoted_policy": target})
+    return result.model_copy(
+        update={"artifacts": artifacts, "message": f"{result.message} {decision.message}"}
+    )
 
 
 def evaluation_result(report: dict[str, Any], root: str, summary: str) -> StageResult:

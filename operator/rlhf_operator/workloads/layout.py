@@ -18,6 +18,7 @@ checkpoints_dir = artifacts.policy_checkpoints_dir
 evaluation_report = artifacts.evaluation_report
 evaluation_plot = artifacts.evaluation_plot
 precompute_dir = artifacts.precompute_dir
+promoted_policy_dir = artifacts.promoted_policy_dir
 
 
 def heldout_prompts(root: str) -> str:

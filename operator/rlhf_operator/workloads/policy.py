@@ -7,10 +7,12 @@ from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
+from rlhf_operator.guardrails import GuardrailMonitor
 from rlhf_operator.workloads import checkpoint, layout, lora, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.distributed import barrier, init_distributed, shutdown
 from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.guardrail_stop import GuardrailTrippedError, newest_before
 from rlhf_operator.workloads.modeling import load_tokenizer
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
@@ -104,6 +106,8 @@ def run_ppo(ctx: StageContext) -> StageResult:
         start = int(state["step"])
         print(f"resumed from checkpoint step {start} ({resume[1]})", flush=True)
     stats: dict[str, float] = {}
+    # Every process sees the same global reward, KL and loss, so all of them stop at the same step.
+    guard = GuardrailMonitor(spec.stages.policy.guardrails)
     for step in range(start + 1, settings.steps + 1):
         stats = trainer.step(step)
         if info.is_main:
@@ -115,7 +119,9 @@ def run_ppo(ctx: StageContext) -> StageResult:
                 klCoef=round(stats["klCoef"], 5),
                 seconds=round(stats["seconds"], 3),
                 responseLength=round(stats["responseLength"], 2),
+                loss=stats["loss"],
             )
+        _stop_if_tripped(guard, root, step, stats)
         if interval and step % interval == 0 and step < settings.steps:
             _save_checkpoint(root, step, trainer, tokenizer, plan)
             barrier(info)
@@ -125,6 +131,15 @@ def run_ppo(ctx: StageContext) -> StageResult:
     barrier(info)
     shutdown(info)
     return _result(ctx, settings.steps, stats)
+
+
+def _stop_if_tripped(guard: GuardrailMonitor, root: str, step: int, stats: dict[str, float]) -> None:
+    """Raises at the step that trips a guardrail, before that step's checkpoint would be saved."""
+    trip = guard.observe(step, stats["meanReward"], stats["kl"], stats["loss"])
+    if trip is None:
+        return
+    kept = newest_before(checkpoint.complete_steps(root), step)
+    raise GuardrailTrippedError(trip, None if kept is None else (kept, layout.checkpoint_dir(root, kept)))
 
 
 def _save_checkpoint(root: str, step: int, trainer: Any, tokenizer: Any, plan: Any) -> None:

@@ -306,11 +306,15 @@ class PPOTrainerLite:
         seq_kl = float(self._global(kl.sum())) / rows
         mean_score = float(self._global(ro.scores.sum())) / rows
         self.kl_ctl.update(seq_kl, self.s.batch_size)
+        policy_loss = sum(s.policy_loss for s in stats) / len(stats)
+        # The guardrails stop every process at once on the same, global, numbers.
+        loss = float(self._global(torch.tensor(policy_loss, device=self.dist.device))) / self.dist.world_size
         return {
             "meanReward": mean_score,
             "kl": seq_kl,
             "klCoef": self.kl_ctl.value,
-            "policyLoss": sum(s.policy_loss for s in stats) / len(stats),
+            "policyLoss": policy_loss,
+            "loss": loss,
             "valueLoss": sum(s.value_loss for s in stats) / len(stats),
             "clipFraction": sum(s.clip_fraction for s in stats) / len(stats),
             "responseLength": generated_tokens / rows,

@@ -46,6 +46,11 @@ def parse_progress(line: str) -> ProgressRecord | None:
         return None
 
 
+def progress_records(log_tail: str) -> tuple[ProgressRecord, ...]:
+    """Every progress record in a chunk of log text, oldest first."""
+    return tuple(r for r in map(parse_progress, log_tail.splitlines()) if r is not None)
+
+
 def last_progress(log_tail: str) -> ProgressRecord | None:
     """The newest progress record in a chunk of log text."""
     for line in reversed(log_tail.splitlines()):

@@ -8,6 +8,7 @@ import sys
 from typing import Final
 
 from rlhf_operator.api.stage_io import StageFailure, StageResult, dump
+from rlhf_operator.api.v1alpha1 import Artifacts
 
 DEFAULT_TERMINATION_PATH: Final = "/dev/termination-log"
 #: Kubernetes truncates termination messages at 4096 bytes; stay below it.
@@ -51,5 +52,5 @@ def write_termination_message(outcome: StageResult | StageFailure) -> str:
     return text
 
 
-def failure(error: str, reason: str) -> StageFailure:
-    return StageFailure(error=error[:3500], reason=reason)
+def failure(error: str, reason: str, artifacts: Artifacts | None = None) -> StageFailure:
+    return StageFailure(error=error[:3500], reason=reason, artifacts=artifacts)

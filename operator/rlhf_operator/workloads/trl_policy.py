@@ -7,9 +7,11 @@ import re
 import tempfile
 from typing import Any
 
+from rlhf_operator.guardrails import GuardrailMonitor, Trip
 from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.guardrail_stop import GuardrailTrippedError, newest_before
 from rlhf_operator.workloads.lora import is_peft, lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.precompute import training_prompts
@@ -107,14 +109,32 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
     def reward_model(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         return score(prompts, completions)
 
+    guard = GuardrailMonitor(policy.guardrails)
+    tripped: list[Trip] = []
+
     class Progress(TrainerCallback):
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
         ) -> None:
-            if not logs or "reward" not in logs or not state.is_world_process_zero:
+            if not logs or "reward" not in logs:
                 return
-            last.update(meanReward=float(logs["reward"]), kl=float(logs.get("kl", 0.0)))
-            emit_progress(int(state.global_step), steps, last["meanReward"], last["kl"])
+            step = int(state.global_step)
+            # TRL logs None when no reward function gave a number (e.g. all NaN): not finite.
+            reward = float("nan") if logs["reward"] is None else float(logs["reward"])
+            kl, loss = logs.get("kl"), logs.get("loss")
+            # TRL gathers these over processes, so every process trips at the same step.
+            trip = guard.observe(step, reward, kl, loss)
+            if trip is not None and not tripped:
+                tripped.append(trip)
+                # Stop after this step, without saving the tripping step's weights.
+                control.should_training_stop, control.should_save = True, False
+            if not state.is_world_process_zero:
+                return
+            last.update(meanReward=reward, kl=float(kl or 0.0))
+            if loss is None:
+                emit_progress(step, steps, reward, last["kl"])
+            else:
+                emit_progress(step, steps, reward, last["kl"], loss=float(loss))
 
     interval = policy.checkpoint_interval
     out_dir = _checkpoint_root(ctx)
@@ -180,6 +200,8 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
     if resume:
         print(f"resumed from checkpoint {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
+    if tripped:
+        raise _tripped_error(tripped[0], out_dir, mirror_to, remote)
     if trainer.is_world_process_zero():
         with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
             plain = _plain(trainer, str(spec.base_model.dtype))
@@ -189,6 +211,19 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
                 work, layout.policy_dir(ctx.artifact_root), {"steps": steps, "algorithm": algorithm}
             )
     return steps, last
+
+
+def _tripped_error(trip: Trip, out_dir: str, mirror_to: str | None, remote: str) -> GuardrailTrippedError:
+    """The trip, with the newest checkpoint saved before its step (mirrored or on the volume)."""
+    if mirror_to is not None:
+        steps = _mirrored_steps(mirror_to)
+    else:
+        names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+        steps = [int(m.group(1)) for m in map(_CHECKPOINT.match, names) if m]
+    kept = newest_before(steps, trip.step)
+    return GuardrailTrippedError(
+        trip, None if kept is None else (kept, storage.join(remote, f"checkpoint-{kept}"))
+    )
 
 
 def _plain(trainer: Any, dtype: str) -> Any:

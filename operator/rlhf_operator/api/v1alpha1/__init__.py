@@ -49,6 +49,8 @@ from rlhf_operator.api.v1alpha1.enums import (
     TaintEffect,
     TolerationOperator,
 )
+from rlhf_operator.api.v1alpha1.gate import EvaluationGate
+from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.job import NAME_PATTERN, ObjectMeta, RLHFJob
 from rlhf_operator.api.v1alpha1.pods import (
     GPU_STAGE_MESSAGE,
@@ -90,6 +92,7 @@ from rlhf_operator.api.v1alpha1.storage import (
     StorageSpec,
     VolumeStorage,
 )
+from rlhf_operator.api.v1alpha1.usage import GpuUsage
 
 __all__ = [
     "API_VERSION",
@@ -127,10 +130,13 @@ __all__ = [
     "DatasetSpec",
     "Dtype",
     "EnvVar",
+    "EvaluationGate",
     "EvaluationStage",
     "FileSource",
     "GpuPodSettings",
     "GpuResources",
+    "GpuUsage",
+    "Guardrails",
     "HeldOut",
     "HumanRanking",
     "JudgeEndpoint",

@@ -110,6 +110,7 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     WAITING = "Waiting"
+    PROMOTED = "Promoted"
 
 
 class ConditionStatus(StrEnum):

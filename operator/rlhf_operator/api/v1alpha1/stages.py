@@ -17,6 +17,8 @@ from rlhf_operator.api.v1alpha1.enums import (
     RewardPlacement,
     RuleName,
 )
+from rlhf_operator.api.v1alpha1.gate import EvaluationGate
+from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
 
@@ -234,6 +236,10 @@ class PolicyStage(TrainingFields):
     checkpoint_interval: int = Field(
         20, ge=0, le=1_000_000, description="Steps between checkpoints; 0 disables them."
     )
+    guardrails: Guardrails = Field(
+        default_factory=Guardrails,
+        description="When the stage is stopped because training diverged (KL, NaN, stalled reward).",
+    )
     pod: GpuPodSettings = Field(
         default_factory=GpuPodSettings, description="Pods of the stage (large-GPU node group by default)."
     )
@@ -245,6 +251,9 @@ class EvaluationStage(ApiModel):
     true_rule: RuleSpec | None = Field(
         None,
         description="A known true preference (e.g. of a synthetic task) scored besides the reward model.",
+    )
+    gate: EvaluationGate | None = Field(
+        None, description="The bar the policy must meet to be promoted (condition Promoted, `promoted/`)."
     )
     pod: PodSettings = Field(
         default_factory=PodSettings, description="Pods of the stage (CPU node group by default)."

@@ -10,6 +10,7 @@ from pydantic import Field, StringConstraints
 from rlhf_operator.api.base import ApiModel
 from rlhf_operator.api.v1alpha1.common import CONDITION_REASON_PATTERN, CONDITION_TYPE_PATTERN, Location
 from rlhf_operator.api.v1alpha1.enums import ConditionStatus, Phase, StageName, StageState
+from rlhf_operator.api.v1alpha1.usage import GpuUsage
 
 
 class Condition(ApiModel):
@@ -40,6 +41,7 @@ class StageStatus(ApiModel):
         default_factory=list, max_length=16, description="Kubernetes objects created for the stage."
     )
     message: str | None = Field(None, max_length=32_768, description="Human-readable details.")
+    usage: GpuUsage | None = Field(None, description="GPU time of the stage's finished pods.")
 
 
 class Metrics(ApiModel):
@@ -71,6 +73,9 @@ class Artifacts(ApiModel):
     policy: Location | None = Field(None, description="Trained policy model directory.")
     evaluation_report: Location | None = Field(None, description="Evaluation report (JSON).")
     evaluation_plot: Location | None = Field(None, description="Reward distribution plot (PNG).")
+    promoted_policy: Location | None = Field(
+        None, description="Copy of the policy that met the evaluation gate (under promoted/)."
+    )
 
 
 class RLHFJobStatus(ApiModel):
@@ -83,7 +88,7 @@ class RLHFJobStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
-        description="Running, Suspended, Succeeded, Failed and Waiting conditions.",
+        description="Running, Suspended, Succeeded, Failed, Waiting and (with an evaluation gate) Promoted conditions.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     stages: list[StageStatus] = Field(
@@ -94,3 +99,4 @@ class RLHFJobStatus(ApiModel):
     )
     metrics: Metrics | None = Field(None, description="Training and evaluation metrics.")
     artifacts: Artifacts | None = Field(None, description="Where the artifacts were written.")
+    usage: GpuUsage | None = Field(None, description="GPU time of every stage together.")
