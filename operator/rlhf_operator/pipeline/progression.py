@@ -17,7 +17,7 @@ from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.plan import Event
 from rlhf_operator.results import failure_message, outcomes_readable, stage_result
-from rlhf_operator.stages import STAGES, skipped
+from rlhf_operator.stages import STAGES, skip_reason
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 FINISHED = {StageState.SUCCEEDED, StageState.FAILED}
@@ -47,8 +47,9 @@ def stage_records(ctx: PlanningPass) -> list[StageStatus]:
     for stage in PIPELINE_STAGES:
         previous = ctx.previous.get(stage.value)
         record = previous.model_copy(deep=True) if previous else StageStatus(name=stage)
-        if skipped(ctx.spec, stage):
-            record.state, record.message = StageState.SKIPPED, "Its output is given in spec.dataset."
+        reason = skip_reason(ctx.spec, stage)
+        if reason is not None:
+            record.state, record.message = StageState.SKIPPED, reason
         elif record.state in FINISHED:
             pass
         elif refusal is not None:

@@ -59,6 +59,7 @@ from rlhf_operator.api.v1alpha1.pods import (
     Resources,
     Toleration,
 )
+from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.spec import (
     IMMUTABLE_FIELDS,
     QUEUE_NAME_MESSAGE,
@@ -90,6 +91,7 @@ from rlhf_operator.api.v1alpha1.storage import (
     StorageSpec,
     VolumeStorage,
 )
+from rlhf_operator.api.v1alpha1.tracking import MlflowSpec, TrackingSpec
 
 __all__ = [
     "API_VERSION",
@@ -137,6 +139,7 @@ __all__ = [
     "JudgeMode",
     "Location",
     "Metrics",
+    "MlflowSpec",
     "ObjectMeta",
     "ObjectName",
     "Pairing",
@@ -152,6 +155,7 @@ __all__ = [
     "RankingMethod",
     "RankingStage",
     "Resources",
+    "ReusePolicy",
     "RewardModelStage",
     "RewardPlacement",
     "RuleName",
@@ -169,6 +173,7 @@ __all__ = [
     "TaintEffect",
     "Toleration",
     "TolerationOperator",
+    "TrackingSpec",
     "VolumeStorage",
     "_ranking_rule",
     "validate_update",
