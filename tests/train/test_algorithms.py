@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def test_dpo_beats_the_base_without_a_reward_model(pipeline: dict[str, Any], fre
     progress = _progress(proc.stdout)
     assert [r.step for r in progress] == list(range(1, DPO_SETTINGS["steps"] + 1))
     # The implicit reward margin grows from 0 and DPO measures no KL while it trains.
-    assert progress[-1].mean_reward is not None and progress[-1].mean_reward > 0.3, progress
+    margins = [r.mean_reward for r in progress if r.mean_reward is not None]
+    assert margins[0] == 0.0 and statistics.fmean(margins[len(margins) // 2 :]) > 0.1, margins
     assert all(r.kl is None for r in progress)
     result = json.loads((fresh_root / "policy.result").read_text())
     assert "dpo" in result["message"], result

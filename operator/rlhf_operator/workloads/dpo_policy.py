@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
 from typing import Any
 
 from rlhf_operator.workloads import layout, storage
@@ -88,6 +89,11 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
     last: dict[str, float] = {}
 
     class Progress(TrainerCallback):
+        started = time.perf_counter()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
         ) -> None:
@@ -95,7 +101,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
                 return
             last.update(meanReward=float(logs["rewards/margins"]), loss=float(logs.get("loss", "nan")))
             # DPO measures no KL while it trains (evaluation does): the line carries none.
-            emit_progress(int(state.global_step), steps, last["meanReward"], float("nan"))
+            seconds = round(time.perf_counter() - self.started, 3)
+            emit_progress(int(state.global_step), steps, last["meanReward"], float("nan"), seconds=seconds)
 
     adapter = lora_settings(spec.stages.policy)
     with tempfile.TemporaryDirectory(prefix="rlhf-dpo-") as work:

@@ -179,7 +179,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     summary = (
         f"On {len(prompts)} held-out prompts the policy wins {report['winRate']:.0%} against the base model "
-        f"(mean reward {pol_mean:.2f} vs {base_mean:.2f}"
+        f"(mean {'reward' if judge == 'rewardModel' else 'true-rule score'} {pol_mean:.2f} vs {base_mean:.2f}"
     )
     if true_rule:
         summary += f"; true rule {report['trueRulePolicy']:.2f} vs {report['trueRuleBase']:.2f}"
