@@ -136,7 +136,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     manifest.write_text(yaml.safe_dump(job))
     started = time.monotonic()
     proc = run_cli(
-        ["-m", "rlhf_operator", "run-local", str(manifest), "--workdir", str(workdir), "--with-tiny-assets"]
+        ["-m", "rlhf_operator", "run-local", str(manifest), "--workdir", str(workdir), "--with-tiny-assets"],
+        # ~5 min alone; the shared development machines run several of these at once.
+        timeout=1800,
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
