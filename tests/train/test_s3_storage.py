@@ -101,6 +101,11 @@ def test_whole_pipeline_with_artifacts_on_s3(s3: Any, s3_pipeline: dict[str, Any
     report = json.loads(s3.cat_file(artifacts.evaluation_report(root)))
     assert report["winRate"] >= 0.7, report
     assert not any(s3_pipeline["workdir"].glob("rlhf-jobs")), "artifacts were written to the local disk"
+    # Lineage (model files hashed by their objects' ETags), the reuse index and the event files on S3.
+    made = json.loads(s3.cat_file(f"{root}/precompute/lineage.json"))
+    assert len(made["inputs"]["baseModel"]) == 64, made
+    assert s3.exists(f"s3://{BUCKET}/runs/rlhf-jobs/.reuse/precompute/{made['digest']}.json")
+    assert any("tfevents" in p for p in s3.ls(f"{root}/tensorboard/policy")), s3.ls(f"{root}/tensorboard")
 
 
 def test_rloo_checkpoints_are_mirrored_to_s3_and_resumed_on_a_new_node(
