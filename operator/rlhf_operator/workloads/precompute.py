@@ -19,12 +19,6 @@ from rlhf_operator.api.v1alpha1 import Artifacts, FileSource, RankingMethod, Reu
 from rlhf_operator.workloads import data, labelstudio, layout, lineage, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.modeling import (
-    GenerationSettings,
-    generate_texts,
-    load_causal_lm,
-    load_tokenizer,
-)
 from rlhf_operator.workloads.runtime import completion_index, seed_everything
 
 
@@ -78,6 +72,14 @@ def _generate_shard(
     spec = ctx.typed_spec
     if spec.dataset.responses is not None:
         return _imported_responses(spec.dataset.responses, prompts, offset)
+    # Imported here: a shard that reuses earlier responses never loads torch.
+    from rlhf_operator.workloads.modeling import (
+        GenerationSettings,
+        generate_texts,
+        load_causal_lm,
+        load_tokenizer,
+    )
+
     tokenizer = load_tokenizer(spec.base_model.tokenizer or settings["model"], settings["revision"])
     model = load_causal_lm(
         settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
