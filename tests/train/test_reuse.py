@@ -50,7 +50,7 @@ def test_identical_inputs_reuse_the_responses_and_a_new_temperature_does_not(
             result
         )
         assert "reusing" in stdout and "prompts x" not in stdout, stdout
-        print(f"precompute shard {shard} by reuse: {seconds:.1f}s (a process that imports torch)")
+        print(f"precompute shard {shard} by reuse: {seconds:.1f}s (the whole stage process)")
     assert "all shards are complete" in result["message"]
     assert _lineage(second)["digest"] == made["digest"]
     for name in sorted(p.name for p in (first / "precompute").glob("responses-*.jsonl")):
