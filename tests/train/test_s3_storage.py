@@ -74,6 +74,7 @@ def s3_pipeline(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     proc = run_cli(
         ["-m", "rlhf_operator", "run-local", str(workdir / "job.yaml"), "--workdir", str(workdir)],
         extra_env={"RLHF_CACHE_DIR": str(workdir / "cache")},
+        timeout=1800,  # as the volume pipeline: shared development machines run several at once
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     root = f"{BUCKET}/runs/rlhf-jobs/default/on-s3/local"
