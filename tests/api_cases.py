@@ -67,7 +67,25 @@ CASES: list[Case] = [
     Case("missing-prompts", spec({"dataset": {"prompts": None}}), ("spec.dataset.prompts", "required")),
     Case("wrong-type-steps", stage("policy", {"steps": "many"}), ("spec.stages.policy.steps", "string")),
     # enums
-    Case("enum-algorithm", stage("policy", {"algorithm": "dpo"}), ("spec.stages.policy.algorithm", "rloo")),
+    Case("enum-algorithm", stage("policy", {"algorithm": "ipo"}), ("spec.stages.policy.algorithm", "dpo")),
+    Case(
+        "enum-reuse", stage("precompute", {"reuse": "Sometimes"}), ("spec.stages.precompute.reuse", "Never")
+    ),
+    Case(
+        "dpo-remote-reward",
+        stage("policy", {"algorithm": "dpo", "rewardPlacement": "remote"}),
+        ("`rewardPlacement: remote` must not be used with algorithm dpo",),
+    ),
+    Case(
+        "dpo-vllm",
+        stage("policy", {"algorithm": "dpo", "generation": {"engine": "vllm"}}),
+        ("`generation.engine: vllm` must be used with algorithm rloo or grpo",),
+    ),
+    Case(
+        "mlflow-uri-scheme",
+        spec({"tracking": {"mlflow": {"trackingUri": "mlflow.ml.svc:5000"}}}),
+        ("`trackingUri` must start with http://, https://, file: or databricks",),
+    ),
     Case("enum-dtype", spec({"baseModel": {"dtype": "fp8"}}), ("spec.baseModel.dtype", "bfloat16")),
     Case(
         "enum-format",

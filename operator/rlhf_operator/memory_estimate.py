@@ -54,7 +54,7 @@ SHAPES: dict[str, ModelShape] = {
 
 @dataclass(frozen=True)
 class Setup:
-    algorithm: str = "ppo"  # ppo | rloo | grpo | reward
+    algorithm: str = "ppo"  # ppo | rloo | grpo | dpo | reward
     strategy: str = "ddp"  # ddp | fsdp
     gpus: int = 1  # processes training together (nodes x GPUs per node)
     compute_bytes: int = 2  # 2 for bf16/fp16, 4 for fp32
@@ -107,7 +107,9 @@ def _weights(shape: ModelShape, setup: Setup) -> dict[str, int]:
     else:
         out["frozen base"] = c * p // shards
         out["adapter+grads+adam (fp32)"] = 16 * lora_params(shape, setup)
-    needs_ref = full and (setup.algorithm == "ppo" or (setup.algorithm in ("rloo", "grpo") and setup.kl))
+    needs_ref = full and (
+        setup.algorithm in ("ppo", "dpo") or (setup.algorithm in ("rloo", "grpo") and setup.kl)
+    )
     if needs_ref:
         out["reference"] = c * p // shards
     if setup.algorithm == "ppo":
@@ -137,7 +139,7 @@ def _activations(shape: ModelShape, setup: Setup) -> dict[str, int]:
         # Logits in the compute dtype and their gradient, plus 4 rows of fp32 log-softmax.
         logits = 2 * response * shape.vocab * c + 2 * 4 * setup.response_length * shape.vocab * 4
     kv = 0
-    if setup.algorithm != "reward":
+    if setup.algorithm not in ("reward", "dpo"):  # dpo trains on given pairs: no generation
         kv = 2 * setup.generation_batch * seq * shape.layers * shape.kv_dim * c
     return {"activations": acts, "logits": logits, "kv cache": kv}
 

@@ -17,7 +17,7 @@ from rlhf_operator.api import artifacts
 from rlhf_operator.api.stage_config import CONFIG_PATH
 from rlhf_operator.api.v1alpha1 import (
     PIPELINE_STAGES,
-    DatasetSpec,
+    Algorithm,
     PodSettings,
     RLHFJobSpec,
     StageName,
@@ -114,8 +114,29 @@ def _reward_model_torchrun(job_name: str, namespace: str, spec: RLHFJobSpec) -> 
     )
 
 
-def _never(_: DatasetSpec) -> bool:
-    return False
+def _never(_: RLHFJobSpec) -> str | None:
+    return None
+
+
+GIVEN_IN_DATASET = "Its output is given in spec.dataset."
+#: DPO trains the policy on the rankings: the reward model only serves evaluation, which judges
+#: by its true rule when it has one.
+NOT_NEEDED_BY_DPO = (
+    "Not needed: the policy trains with dpo on the rankings and evaluation judges by its trueRule."
+)
+
+
+def _precompute_skipped(spec: RLHFJobSpec) -> str | None:
+    return GIVEN_IN_DATASET if spec.dataset.responses or spec.dataset.rankings else None
+
+
+def _ranking_skipped(spec: RLHFJobSpec) -> str | None:
+    return GIVEN_IN_DATASET if spec.dataset.rankings else None
+
+
+def _reward_model_skipped(spec: RLHFJobSpec) -> str | None:
+    dpo = spec.stages.policy.algorithm is Algorithm.DPO
+    return NOT_NEEDED_BY_DPO if dpo and spec.stages.evaluation.true_rule is not None else None
 
 
 @dataclass(frozen=True)
@@ -130,8 +151,8 @@ class StageDefinition:
     #: `python -m rlhf_operator.workloads <command>`, and the module that command runs.
     command: str | None = None
     module: str | None = None
-    #: Its output is given in spec.dataset, so the stage does not run.
-    skipped: Callable[[DatasetSpec], bool] = _never
+    #: Why the stage does not run (its output is given in spec.dataset, nothing needs it), or None.
+    skip_reason: Callable[[RLHFJobSpec], str | None] = _never
     #: The `status.artifacts` field its result fills, and where the output is when the pod
     #: reported none.
     artifact_field: str | None = None
@@ -155,7 +176,7 @@ _DEFINITIONS: tuple[StageDefinition, ...] = (
         pod=lambda s: s.precompute.pod,
         command="precompute",
         module="rlhf_operator.workloads.precompute",
-        skipped=lambda d: d.responses is not None or d.rankings is not None,
+        skip_reason=_precompute_skipped,
         artifact_field="responses",
         default_artifact=artifacts.precompute_dir,
         job_shape=_sharded,
@@ -167,7 +188,7 @@ _DEFINITIONS: tuple[StageDefinition, ...] = (
         pod=lambda s: s.ranking.pod,
         command="ranking",
         module="rlhf_operator.workloads.ranking",
-        skipped=lambda d: d.rankings is not None,
+        skip_reason=_ranking_skipped,
         artifact_field="rankings",
         default_artifact=artifacts.ranking_pairs,
     ),
@@ -178,6 +199,7 @@ _DEFINITIONS: tuple[StageDefinition, ...] = (
         pod=lambda s: s.reward_model.pod,
         command="reward-model",
         module="rlhf_operator.workloads.reward_model",
+        skip_reason=_reward_model_skipped,
         artifact_field="reward_model",
         default_artifact=artifacts.reward_model_dir,
         job_shape=_reward_model_torchrun,
@@ -234,5 +256,9 @@ def pod_settings(spec: RLHFJobSpec, stage: StageKey) -> PodSettings:
     return STAGES[stage].pod(spec.stages)
 
 
+def skip_reason(spec: RLHFJobSpec, stage: StageKey) -> str | None:
+    return STAGES[stage].skip_reason(spec)
+
+
 def skipped(spec: RLHFJobSpec, stage: StageKey) -> bool:
-    return STAGES[stage].skipped(spec.dataset)
+    return skip_reason(spec, stage) is not None

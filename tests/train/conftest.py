@@ -84,6 +84,18 @@ def run_cli(
     )
 
 
+def run_stage(
+    stage: str, config: dict[str, Any], where: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One stage program on `config`, its result in `<where>/<stage>.result` (the termination message)."""
+    path = where / f"{stage}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(config))
+    return run_cli(
+        ["-m", "rlhf_operator.workloads", stage, "--config", str(path)],
+        extra_env={"RLHF_TERMINATION_MESSAGE_PATH": str(where / f"{stage}.result"), **(extra or {})},
+    )
+
+
 def torchrun(processes: int, *args: str) -> list[str]:
     """`python -m torch.distributed.run` on this machine with a free rendezvous port, then `args`."""
     from tests.support.ports import free_port
@@ -116,13 +128,18 @@ def stage_config(
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The whole local pipeline with PPO (the default), run once per session."""
+    """The whole local pipeline with PPO (the default), run once per session, tracked in MLflow."""
     workdir = tmp_path_factory.mktemp("pipeline")
     manifest = workdir / "job.yaml"
-    manifest.write_text(yaml.safe_dump(tiny_manifest()))
+    job = tiny_manifest()
+    # Every training stage also records its run in a local MLflow file store (test_tracking).
+    job["spec"]["tracking"] = {"mlflow": {"trackingUri": f"file:{workdir}/mlruns"}}
+    manifest.write_text(yaml.safe_dump(job))
     started = time.monotonic()
     proc = run_cli(
-        ["-m", "rlhf_operator", "run-local", str(manifest), "--workdir", str(workdir), "--with-tiny-assets"]
+        ["-m", "rlhf_operator", "run-local", str(manifest), "--workdir", str(workdir), "--with-tiny-assets"],
+        # ~5 min alone; the shared development machines run several of these at once.
+        timeout=1800,
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -1,10 +1,10 @@
-"""RLOO and GRPO (TRL) also improve; remote and colocated reward train the same policy."""
+"""RLOO, GRPO and DPO (TRL) also improve; remote and colocated reward train the same policy."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import time
+import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +12,20 @@ import pytest
 
 from rlhf_operator.api.stage_io import ProgressRecord
 from tests.support.launchers import RewardServerLauncher
-from tests.train.conftest import env, run_cli, stage_config
+from tests.train.conftest import env, run_stage, stage_config
 
 pytestmark = pytest.mark.train
 
 
-def _run_stage(
-    stage: str, config: dict[str, Any], where: Path, extra: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    path = where / f"{stage}-{time.monotonic_ns()}.json"
-    path.write_text(json.dumps(config))
-    return run_cli(
-        ["-m", "rlhf_operator.workloads", stage, "--config", str(path)],
-        extra_env={"RLHF_TERMINATION_MESSAGE_PATH": str(where / f"{stage}.result"), **(extra or {})},
-    )
+#: The tiny task's dpo settings, also those of the step-time benchmark (bench/bench_dpo_ppo.py).
+DPO_SETTINGS: dict[str, Any] = {
+    "algorithm": "dpo",
+    "steps": 24,
+    "batchSize": 16,
+    "learningRate": 3e-3,
+    "klCoef": 0.1,
+    "checkpointInterval": 0,
+}
 
 
 def _progress(stdout: str) -> list[ProgressRecord]:
@@ -39,20 +39,43 @@ def test_trl_algorithms_improve(pipeline: dict[str, Any], fresh_root: Path, algo
     spec = json.loads(json.dumps(pipeline["spec"]))
     spec["stages"]["policy"].update(algorithm=algorithm, steps=16, checkpointInterval=0)
     spec["stages"]["evaluation"].update(prompts=16)
-    proc = _run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
+    proc = run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(_progress(proc.stdout)) == 16
-    proc = _run_stage("evaluation", stage_config(str(fresh_root), spec, "evaluation"), fresh_root)
+    proc = run_stage("evaluation", stage_config(str(fresh_root), spec, "evaluation"), fresh_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((fresh_root / "evaluation" / "report.json").read_text())
     assert report["trueRulePolicy"] > 1.3 * report["trueRuleBase"], report
     assert report["winRate"] > 0.6, report
 
 
+def test_dpo_beats_the_base_without_a_reward_model(pipeline: dict[str, Any], fresh_root: Path) -> None:
+    shutil.copytree(pipeline["root"] / "ranking", fresh_root / "ranking")
+    spec = json.loads(json.dumps(pipeline["spec"]))
+    spec["stages"]["policy"].update(DPO_SETTINGS)
+    proc = run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    progress = _progress(proc.stdout)
+    assert [r.step for r in progress] == list(range(1, DPO_SETTINGS["steps"] + 1))
+    # The implicit reward margin grows from 0 and DPO measures no KL while it trains.
+    margins = [r.mean_reward for r in progress if r.mean_reward is not None]
+    assert margins[0] == 0.0 and statistics.fmean(margins[len(margins) // 2 :]) > 0.1, margins
+    assert all(r.kl is None for r in progress)
+    result = json.loads((fresh_root / "policy.result").read_text())
+    assert "dpo" in result["message"], result
+    proc = run_stage("evaluation", stage_config(str(fresh_root), spec, "evaluation"), fresh_root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((fresh_root / "evaluation" / "report.json").read_text())
+    # No reward model is trained for dpo when evaluation has a true rule: it judges by the rule.
+    assert report["judge"] == "trueRule", report
+    assert report["winRate"] >= 0.8, report
+    assert report["winRate"] == report["trueRuleWinRate"], report
+
+
 def test_remote_reward_matches_colocated(pipeline: dict[str, Any], fresh_root: Path, tmp_path: Path) -> None:
     spec = json.loads(json.dumps(pipeline["spec"]))
     spec["stages"]["policy"].update(steps=4, checkpointInterval=0)
-    colocated = _run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
+    colocated = run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
     assert colocated.returncode == 0, colocated.stderr[-3000:]
     server_cfg = tmp_path / "serve.json"
     server_cfg.write_text(json.dumps(stage_config(str(fresh_root), spec, "rewardServer")))
@@ -60,7 +83,7 @@ def test_remote_reward_matches_colocated(pipeline: dict[str, Any], fresh_root: P
     try:
         server.wait_ready()
         spec["stages"]["policy"]["rewardPlacement"] = "remote"
-        remote = _run_stage(
+        remote = run_stage(
             "policy",
             stage_config(str(tmp_path / "remote-root"), spec, endpoint=server.url),
             tmp_path,

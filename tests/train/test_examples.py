@@ -15,7 +15,7 @@ from tests.train.conftest import KEYWORDS, REPO, run_cli
 
 pytestmark = pytest.mark.train
 EXAMPLES = REPO / "examples"
-RUN_HERE = ["ai-judge-rlhfjob.yaml", "human-rankings-rlhfjob.yaml"]
+RUN_HERE = ["ai-judge-rlhfjob.yaml", "dpo-rlhfjob.yaml", "human-rankings-rlhfjob.yaml"]
 #: Run elsewhere: the tiny job by the pipeline fixture and `make demo`; the EKS job names S3 buckets
 #: and an 8B model, so the API, chart and memory-fit tests check it instead.
 RUN_ELSEWHERE = ["eks-remote-reward-rlhfjob.yaml", "tiny-rlhfjob.yaml"]
@@ -31,6 +31,9 @@ def test_example_runs_locally_and_beats_the_base(name: str, tmp_path: Path) -> N
     # Scored by the task's hidden rule too, which neither the judge nor the labelers' file reveals.
     evaluation = manifest["spec"]["stages"].setdefault("evaluation", {})
     evaluation["trueRule"] = {"name": "keywords", "keywords": KEYWORDS}
+    mlflow = manifest["spec"].get("tracking", {}).get("mlflow")
+    if mlflow is not None:  # the example's server is a cluster Service: a file store here instead
+        mlflow["trackingUri"] = f"file:{tmp_path / 'mlflow'}"
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(manifest))
 
@@ -43,3 +46,5 @@ def test_example_runs_locally_and_beats_the_base(name: str, tmp_path: Path) -> N
     report = json.loads((root / "evaluation" / "report.json").read_text())
     assert report["trueRuleWinRate"] >= 0.8, report
     assert report["winRate"] >= 0.8, report
+    if mlflow is not None:
+        assert any((tmp_path / "mlflow").rglob("meta.yaml")), "no MLflow run was recorded"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.train.conftest import run_cli, stage_config, torchrun
-from tests.train.test_algorithms import _progress, _run_stage
+from tests.train.conftest import run_cli, run_stage, stage_config, torchrun
+from tests.train.test_algorithms import _progress
 
 pytestmark = pytest.mark.train
 LORA = {"rank": 8, "alpha": 16}
@@ -43,13 +43,13 @@ def test_lora_policy_beats_base(
         algorithm=algorithm, lora=LORA, learningRate=learning_rate, steps=20, checkpointInterval=0
     )
     spec["stages"]["evaluation"].update(prompts=16)
-    proc = _run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
+    proc = run_stage("policy", stage_config(str(fresh_root), spec), fresh_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trainable, total = _trainable(proc.stdout)
     assert 0 < trainable < 0.1 * total, (trainable, total)
     assert len(_progress(proc.stdout)) == 20
     _assert_plain_model(fresh_root / "policy" / "model")
-    proc = _run_stage("evaluation", stage_config(str(fresh_root), spec, "evaluation"), fresh_root)
+    proc = run_stage("evaluation", stage_config(str(fresh_root), spec, "evaluation"), fresh_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((fresh_root / "evaluation" / "report.json").read_text())
     assert report["winRate"] >= 0.8, report
@@ -103,7 +103,7 @@ def test_only_global_rank_zero_writes_the_result(pipeline: dict[str, Any], fresh
     spec = json.loads(json.dumps(pipeline["spec"]))
     for rank, written in (("1", False), ("0", True)):
         term = fresh_root / f"term-{rank}"
-        proc = _run_stage(
+        proc = run_stage(
             "ranking",
             stage_config(str(fresh_root), spec, "ranking"),
             fresh_root,

@@ -74,6 +74,7 @@ def s3_pipeline(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     proc = run_cli(
         ["-m", "rlhf_operator", "run-local", str(workdir / "job.yaml"), "--workdir", str(workdir)],
         extra_env={"RLHF_CACHE_DIR": str(workdir / "cache")},
+        timeout=1800,  # as the volume pipeline: shared development machines run several at once
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     root = f"{BUCKET}/runs/rlhf-jobs/default/on-s3/local"
@@ -101,6 +102,11 @@ def test_whole_pipeline_with_artifacts_on_s3(s3: Any, s3_pipeline: dict[str, Any
     report = json.loads(s3.cat_file(artifacts.evaluation_report(root)))
     assert report["winRate"] >= 0.7, report
     assert not any(s3_pipeline["workdir"].glob("rlhf-jobs")), "artifacts were written to the local disk"
+    # Lineage (model files hashed by their objects' ETags), the reuse index and the event files on S3.
+    made = json.loads(s3.cat_file(f"{root}/precompute/lineage.json"))
+    assert len(made["inputs"]["baseModel"]) == 64, made
+    assert s3.exists(f"s3://{BUCKET}/runs/rlhf-jobs/.reuse/precompute/{made['digest']}.json")
+    assert any("tfevents" in p for p in s3.ls(f"{root}/tensorboard/policy")), s3.ls(f"{root}/tensorboard")
 
 
 def test_rloo_checkpoints_are_mirrored_to_s3_and_resumed_on_a_new_node(

@@ -80,6 +80,8 @@ def test_examples_cover_the_documented_variants() -> None:
     assert eks.stages.policy.reward_placement is RewardPlacement.REMOTE
     assert (eks.stages.policy.nodes, eks.stages.policy.pod.resources.gpus) == (2, 8)
     assert eks.stages.reward_model.serving.replicas == 2
+    dpo = jobs["dpo-rlhfjob.yaml"].spec
+    assert dpo.stages.policy.algorithm is Algorithm.DPO and dpo.tracking.mlflow is not None
 
 
 def test_defaults_are_filled() -> None:

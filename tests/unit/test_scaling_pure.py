@@ -100,6 +100,15 @@ def test_estimate_orders_strategies_as_expected() -> None:
     assert 140 * GIB < weights < 160 * GIB
 
 
+def test_dpo_keeps_a_reference_and_generates_nothing() -> None:
+    shape = SHAPES["llama-3.1-8b"]
+    dpo = estimate(shape, Setup(algorithm="dpo", gpus=1)).parts
+    grpo = estimate(shape, Setup(algorithm="grpo", gpus=1, kl=False)).parts
+    assert dpo["reference"] > 0 and "reference" not in grpo
+    assert dpo["kv cache"] == 0 < grpo["kv cache"]
+    assert "value head" not in dpo
+
+
 def test_what_cannot_fit_is_refused() -> None:
     eight_b = SHAPES["llama-3.1-8b"]
     assert not fits(eight_b, Setup(strategy="ddp", gpus=1), 24 * GIB)

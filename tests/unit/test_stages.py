@@ -50,6 +50,24 @@ def test_run_local_and_the_operator_skip_the_same_stages(dataset: dict[str, obje
 
 
 @pytest.mark.parametrize(
+    ("evaluation", "runs_reward_model"),
+    [({}, False), ({"trueRule": None}, True)],
+)
+def test_dpo_trains_the_reward_model_only_when_evaluation_needs_it(
+    evaluation: dict[str, object], runs_reward_model: bool
+) -> None:
+    job = rlhfjob(stages={"policy": {"algorithm": "dpo"}, "evaluation": evaluation})
+    assert (not skipped(job.spec, StageName.REWARD_MODEL)) is runs_reward_model
+    status = reconcile(job, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).status
+    record = next(r for r in status["stages"] if r["name"] == "rewardModel")
+    if runs_reward_model:
+        assert record["state"] == "Pending"
+    else:
+        assert record["state"] == "Skipped"
+        assert "dpo" in record["message"] and "trueRule" in record["message"]
+
+
+@pytest.mark.parametrize(
     ("stage", "completions", "indexed", "first"),
     [
         (StageName.PRECOMPUTE, 2, True, "python"),

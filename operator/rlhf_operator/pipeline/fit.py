@@ -54,7 +54,9 @@ def _setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
             lora_rank=policy.lora.rank if policy.lora else None,
             cpu_offload=policy.distributed.cpu_offload,
             activation_checkpointing=policy.activation_checkpointing,
-            micro_batch=min(per_gpu, policy.micro_batch_size or per_gpu),
+            # dpo: a chosen and a rejected sequence per pair.
+            micro_batch=(2 if policy.algorithm == Algorithm.DPO else 1)
+            * min(per_gpu, policy.micro_batch_size or per_gpu),
             prompt_length=policy.response_length,  # prompts are unknown here: assume as long as replies
             response_length=policy.response_length,
             generation_batch=per_gpu,

@@ -19,7 +19,7 @@ from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.plan import Event
 from rlhf_operator.results import failure_message, outcomes_readable, stage_failure, stage_result
-from rlhf_operator.stages import STAGES, pod_settings, skipped
+from rlhf_operator.stages import STAGES, pod_settings, skip_reason
 from rlhf_operator.usage import stage_usage
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
@@ -50,8 +50,9 @@ def stage_records(ctx: PlanningPass) -> list[StageStatus]:
     for stage in PIPELINE_STAGES:
         previous = ctx.previous.get(stage.value)
         record = previous.model_copy(deep=True) if previous else StageStatus(name=stage)
-        if skipped(ctx.spec, stage):
-            record.state, record.message = StageState.SKIPPED, "Its output is given in spec.dataset."
+        reason = skip_reason(ctx.spec, stage)
+        if reason is not None:
+            record.state, record.message = StageState.SKIPPED, reason
         elif record.state in FINISHED:
             pass
         elif refusal is not None:

@@ -13,9 +13,10 @@ import os
 import sys
 import traceback
 
+from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import StageName
 from rlhf_operator.stages import BY_COMMAND
-from rlhf_operator.workloads.config import load_config
+from rlhf_operator.workloads.config import StageContext, load_config
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.exit_codes import EX_CONFIG, EX_OK, EX_RETRYABLE
 from rlhf_operator.workloads.result import failure, write_termination_message
@@ -46,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _record_lineage(ctx: StageContext) -> None:
+    """The lineage manifest next to a finished stage's artifact (precompute writes its own)."""
+    from rlhf_operator.workloads import lineage
+
+    stage = ctx.config.stage if ctx.config is not None else None
+    if stage in lineage.UPSTREAM:
+        lineage.record_stage(ctx, stage)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet_libraries()
@@ -59,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(str(BY_COMMAND[args.stage].module))
         serves = BY_COMMAND[args.stage].name is StageName.REWARD_SERVER
         payload = module.run(ctx, args) if serves else module.run(ctx)
+        if isinstance(payload, StageResult) and os.environ.get("RANK", "0") == "0":
+            _record_lineage(ctx)
     except StageConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr, flush=True)
         write_termination_message(failure(exc.message, exc.reason, exc.artifacts))

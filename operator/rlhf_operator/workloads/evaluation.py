@@ -1,7 +1,7 @@
 """Stage `evaluation`: the trained policy against the base model on held-out prompts.
 
 Mean reward-model score of each, reward gain, win rate judged by the reward model (ties count
-1/2) and by the true rule when one is given, the sequence-level KL of the policy to the base, a
+1/2; by the true rule when no reward model was trained, dpo) and by the true rule when one is given, the sequence-level KL of the policy to the base, a
 JSON report and a PNG of the reward distributions.
 """
 
@@ -15,17 +15,19 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_operator.api.stage_io import StageResult
-from rlhf_operator.api.v1alpha1 import Artifacts, EvaluationGate, Metrics
+from rlhf_operator.api.v1alpha1 import Artifacts, EvaluationGate, Metrics, StageName
 from rlhf_operator.gate import verdict
+from rlhf_operator.stages import skipped
 from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.judges import rule_from_spec
+from rlhf_operator.workloads.judges import Scorer, rule_from_spec
 from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer, stage_device
 from rlhf_operator.workloads.ppo import position_ids, token_logprobs
 from rlhf_operator.workloads.ppo_core import response_mask
 from rlhf_operator.workloads.precompute import held_out_prompts
 from rlhf_operator.workloads.reward_source import make_reward
+from rlhf_operator.workloads.tracking import StageMetrics, trainer_tracking
 
 
 def win_rate(policy: list[float], base: list[float]) -> float:
@@ -137,8 +139,7 @@ def run(ctx: StageContext) -> StageResult:
     }
     base_out, _ = sample_with_kl(base, base, tokenizer, prompts, **sampling)
     pol_out, kls = sample_with_kl(policy, base, tokenizer, prompts, **sampling)
-    # The reward model always scores evaluation locally unless a reward server is configured.
-    reward = make_reward(ctx, "remote" if ctx.reward_endpoint else "colocated")
+    reward, judge = _judge(ctx)
     full_prompts = [p for p in prompts for _ in range(samples)]
     base_r = reward(full_prompts, base_out)
     pol_r = reward(full_prompts, pol_out)
@@ -151,6 +152,7 @@ def run(ctx: StageContext) -> StageResult:
         # A difference: reward-model scores can be zero or negative, so a ratio would mislead.
         "rewardGain": pol_mean - base_mean,
         "winRate": win_rate(pol_r, base_r),
+        "judge": judge,
         "kl": statistics.fmean(kls),
         "baseLength": statistics.fmean(len(c.split()) for c in base_out),
         "policyLength": statistics.fmean(len(c.split()) for c in pol_out),
@@ -172,12 +174,13 @@ def run(ctx: StageContext) -> StageResult:
             report["trueRulePolicy"] / report["trueRuleBase"] if report["trueRuleBase"] > 0 else None
         )
     storage.write_json_atomic(layout.evaluation_report(root), report)
+    track_evaluation(ctx, report)
     storage.write_bytes_atomic(
-        layout.evaluation_plot(root), plot(base_r, pol_r, "Held-out reward: base vs policy")
+        layout.evaluation_plot(root), plot(base_r, pol_r, f"Held-out {judge} score: base vs policy")
     )
     summary = (
         f"On {len(prompts)} held-out prompts the policy wins {report['winRate']:.0%} against the base model "
-        f"(mean reward {pol_mean:.2f} vs {base_mean:.2f}"
+        f"(mean {'reward' if judge == 'rewardModel' else 'true-rule score'} {pol_mean:.2f} vs {base_mean:.2f}"
     )
     if true_rule:
         summary += f"; true rule {report['trueRulePolicy']:.2f} vs {report['trueRuleBase']:.2f}"
@@ -200,6 +203,23 @@ def promote(result: StageResult, gate: EvaluationGate, policy_uri: str, root: st
     return result.model_copy(
         update={"artifacts": artifacts, "message": f"{result.message} {decision.message}"}
     )
+
+
+def _judge(ctx: StageContext) -> tuple[Scorer, str]:
+    """The reward model, or the true rule when no reward model was trained (dpo with a trueRule)."""
+    true_rule = ctx.typed_spec.stages.evaluation.true_rule
+    if skipped(ctx.typed_spec, StageName.REWARD_MODEL) and true_rule is not None:
+        return rule_from_spec(true_rule, where="stages.evaluation.trueRule"), "trueRule"
+    # The reward model always scores evaluation locally unless a reward server is configured.
+    return make_reward(ctx, "remote" if ctx.reward_endpoint else "colocated"), "rewardModel"
+
+
+def track_evaluation(ctx: StageContext, report: dict[str, Any]) -> None:
+    """The report's numbers as the evaluation stage's run in TensorBoard and MLflow."""
+    with trainer_tracking(ctx, "evaluation") as tracking:
+        scalars = StageMetrics(tracking, {"prompts": report["prompts"], "judge": report["judge"]})
+        scalars.log(0, {k: v for k, v in report.items() if isinstance(v, float)})
+        scalars.close()
 
 
 def evaluation_result(report: dict[str, Any], root: str, summary: str) -> StageResult:

@@ -1,8 +1,10 @@
-"""Stage `policy`: optimise the base model against the reward (ppo by default; rloo, grpo via TRL)."""
+"""Stage `policy`: optimise the base model against the reward (ppo by default; rloo, grpo via TRL),
+or on the preference pairs directly (dpo via TRL)."""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
@@ -18,6 +20,7 @@ from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_source import make_reward
 from rlhf_operator.workloads.runtime import seed_everything
+from rlhf_operator.workloads.tracking import StageMetrics, ppo_scalars, trainer_tracking
 
 
 def _settings(ctx: StageContext, world_size: int) -> Any:
@@ -105,9 +108,30 @@ def run_ppo(ctx: StageContext) -> StageResult:
         checkpoint.set_rng_state(state["rng"])
         start = int(state["step"])
         print(f"resumed from checkpoint step {start} ({resume[1]})", flush=True)
+    with trainer_tracking(ctx, "policy", info.is_main) as tracking:
+        scalars = StageMetrics(tracking, asdict(settings)) if info.is_main else None
+        try:
+            stats = _train(ctx, trainer, settings, start, scalars)
+        finally:  # a guardrail trip still leaves the steps up to it in TensorBoard
+            if scalars is not None:
+                scalars.close()
+    with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
+        if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work):
+            storage.publish_dir(work, layout.policy_dir(root), {"steps": settings.steps, "algorithm": "ppo"})
+    barrier(info)
+    shutdown(info)
+    return _result(ctx, settings.steps, stats)
+
+
+def _train(
+    ctx: StageContext, trainer: Any, settings: Any, start: int, scalars: StageMetrics | None
+) -> dict[str, float]:
+    """The PPO steps after `start`: progress lines, tracked scalars and checkpoints."""
+    info, plan = trainer.dist, trainer.plan
+    interval = ctx.typed_spec.stages.policy.checkpoint_interval
     stats: dict[str, float] = {}
     # Every process sees the same global reward, KL and loss, so all of them stop at the same step.
-    guard = GuardrailMonitor(spec.stages.policy.guardrails)
+    guard = GuardrailMonitor(ctx.typed_spec.stages.policy.guardrails)
     for step in range(start + 1, settings.steps + 1):
         stats = trainer.step(step)
         if info.is_main:
@@ -121,16 +145,13 @@ def run_ppo(ctx: StageContext) -> StageResult:
                 responseLength=round(stats["responseLength"], 2),
                 loss=stats["loss"],
             )
-        _stop_if_tripped(guard, root, step, stats)
+        if scalars is not None:
+            scalars.log(step, ppo_scalars(stats, trainer.optimizer.param_groups[0]["lr"]))
+        _stop_if_tripped(guard, ctx.artifact_root, step, stats)
         if interval and step % interval == 0 and step < settings.steps:
-            _save_checkpoint(root, step, trainer, tokenizer, plan)
+            _save_checkpoint(ctx.artifact_root, step, trainer, trainer.tokenizer, plan)
             barrier(info)
-    with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
-        if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work):
-            storage.publish_dir(work, layout.policy_dir(root), {"steps": settings.steps, "algorithm": "ppo"})
-    barrier(info)
-    shutdown(info)
-    return _result(ctx, settings.steps, stats)
+    return stats
 
 
 def _stop_if_tripped(guard: GuardrailMonitor, root: str, step: int, stats: dict[str, float]) -> None:
@@ -157,13 +178,15 @@ def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResu
     metrics = Metrics(policy_step=steps, policy_total_steps=steps)
     if stats:
         metrics = metrics.model_copy(
-            update={"mean_reward": round(stats["meanReward"], 4), "kl": round(stats["kl"], 4)}
+            update={"mean_reward": round(stats["meanReward"], 4)}
+            | ({"kl": round(stats["kl"], 4)} if "kl" in stats else {})
         )
     algorithm = ctx.typed_spec.stages.policy.algorithm
+    what = "reward margin of the pairs" if algorithm == "dpo" else "mean reward"
     return StageResult(
         metrics=metrics,
         artifacts=Artifacts(policy=layout.policy_dir(ctx.artifact_root)),
-        message=f"Policy trained with {algorithm} for {steps} steps; final mean reward "
+        message=f"Policy trained with {algorithm} for {steps} steps; final {what} "
         f"{stats.get('meanReward', float('nan')):.3f}.",
     )
 
@@ -177,6 +200,11 @@ def run(ctx: StageContext) -> StageResult:
 
         steps, stats = run_trl(ctx, algorithm)
         return _result(ctx, steps, stats)
+    if algorithm == "dpo":
+        from rlhf_operator.workloads.dpo_policy import run_dpo
+
+        steps, stats = run_dpo(ctx)
+        return _result(ctx, steps, stats)
     raise StageConfigError(
-        f"stages.policy.algorithm must be ppo, rloo or grpo, not {algorithm!r}.", "InvalidAlgorithm"
+        f"stages.policy.algorithm must be ppo, rloo, grpo or dpo, not {algorithm!r}.", "InvalidAlgorithm"
     )

@@ -2,7 +2,9 @@
 
 Deterministic and resumable: the held-out split and the shard boundaries depend only on the
 prompts, the fraction and the seed; a shard whose `.done.json` marker matches the settings is not
-generated again; the manifest is written once every shard is done.
+generated again; the manifest is written once every shard is done, with the lineage, and the
+result joins the storage's reuse index. A shard whose inputs hash to an earlier job's finished
+result copies that job's shard instead of generating (unless `reuse: Never`).
 """
 
 from __future__ import annotations
@@ -11,17 +13,12 @@ import time
 from typing import Any
 
 from rlhf_operator.api.artifacts import join
+from rlhf_operator.api.lineage import Lineage, ReuseEntry
 from rlhf_operator.api.stage_io import StageResult
-from rlhf_operator.api.v1alpha1 import Artifacts, FileSource, RankingMethod
-from rlhf_operator.workloads import data, labelstudio, layout, storage
+from rlhf_operator.api.v1alpha1 import Artifacts, FileSource, RankingMethod, ReusePolicy, StageName
+from rlhf_operator.workloads import data, labelstudio, layout, lineage, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.modeling import (
-    GenerationSettings,
-    generate_texts,
-    load_causal_lm,
-    load_tokenizer,
-)
 from rlhf_operator.workloads.runtime import completion_index, seed_everything
 
 
@@ -75,6 +72,14 @@ def _generate_shard(
     spec = ctx.typed_spec
     if spec.dataset.responses is not None:
         return _imported_responses(spec.dataset.responses, prompts, offset)
+    # Imported here: a shard that reuses earlier responses never loads torch.
+    from rlhf_operator.workloads.modeling import (
+        GenerationSettings,
+        generate_texts,
+        load_causal_lm,
+        load_tokenizer,
+    )
+
     tokenizer = load_tokenizer(spec.base_model.tokenizer or settings["model"], settings["revision"])
     model = load_causal_lm(
         settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
@@ -116,7 +121,11 @@ def _imported_responses(responses: FileSource, prompts: list[str], offset: int) 
     ]
 
 
-def write_manifest_if_complete(ctx: StageContext, settings: dict[str, Any], held_count: int) -> bool:
+def write_manifest_if_complete(
+    ctx: StageContext, settings: dict[str, Any], held_count: int, made_by: Lineage | None = None
+) -> bool:
+    """Writes the manifest once every shard is done; then the lineage, and the result joins the
+    storage's reuse index."""
     count = settings["shards"]
     files = [layout.shard_file(ctx.artifact_root, i, count) for i in range(count)]
     if not all(_shard_is_done(ctx, i, count, settings) for i in range(count)):
@@ -133,6 +142,9 @@ def write_manifest_if_complete(ctx: StageContext, settings: dict[str, Any], held
     )
     if ctx.typed_spec.stages.ranking.method == RankingMethod.HUMAN:
         write_labeling_tasks(ctx.artifact_root, files)
+    if made_by is not None:
+        lineage.write_lineage(ctx, made_by)
+        lineage.register(ctx, made_by)
     return True
 
 
@@ -144,9 +156,37 @@ def write_labeling_tasks(root: str, shard_files: list[str]) -> None:
     storage.write_bytes_atomic(join(target, "config.xml"), labelstudio.LABEL_CONFIG.encode())
 
 
+def precompute_lineage(ctx: StageContext, prompts_hash: str) -> Lineage:
+    """What makes the responses: model files, prompts (with the held-out split), settings."""
+    inputs = {**lineage.base_model_inputs(ctx.typed_spec), "prompts": prompts_hash}
+    if ctx.typed_spec.dataset.responses is not None:
+        inputs["responses"] = lineage.tree_digest(ctx.typed_spec.dataset.responses.source)
+    return lineage.stage_lineage(ctx, StageName.PRECOMPUTE, inputs)
+
+
+def _reuse_shard(earlier: ReuseEntry, index: int, count: int) -> list[dict[str, Any]]:
+    """Copies an earlier job's shard (a copy: deleting that job later leaves this one whole)."""
+    rows = data.read_rows(layout.shard_file(earlier.artifact_root, index, count), "jsonl", "earlier shard")
+    print(f"precompute shard {index}: reusing {len(rows)} prompts from {earlier.artifact_root}", flush=True)
+    return rows
+
+
+def _shard_rows(
+    ctx: StageContext, mine: list[str], offset: int, settings: dict[str, Any], made_by: Lineage
+) -> tuple[list[dict[str, Any]], ReuseEntry | None]:
+    index, count = completion_index(), settings["shards"]
+    earlier = None
+    if ctx.typed_spec.stages.precompute.reuse is not ReusePolicy.NEVER:
+        earlier = lineage.find_reusable(ctx, made_by)
+    if earlier is not None:
+        return _reuse_shard(earlier, index, count), earlier
+    return _generate_shard(ctx, mine, offset, settings, index), None
+
+
 def run(ctx: StageContext) -> StageResult:
     train, held, prompts_hash = split_prompts(ctx)
     settings = settings_of(ctx, prompts_hash)
+    made_by = precompute_lineage(ctx, prompts_hash)
     count = settings["shards"]
     index = completion_index()
     root = ctx.artifact_root
@@ -155,20 +195,32 @@ def run(ctx: StageContext) -> StageResult:
     storage.write_jsonl_atomic(layout.train_prompts(root), [{"prompt": p} for p in train])
     mine = data.shard(train, index, count)
     offset = sum(len(data.shard(train, i, count)) for i in range(index))
+    earlier = None
     if _shard_is_done(ctx, index, count, settings):
         print(f"precompute shard {index}/{count} is already complete; skipping", flush=True)
         rows = None
     else:
-        rows = _generate_shard(ctx, mine, offset, settings, index)
+        rows, earlier = _shard_rows(ctx, mine, offset, settings, made_by)
         storage.write_jsonl_atomic(layout.shard_file(root, index, count), rows)
         storage.write_json_atomic(
-            layout.shard_done(root, index, count), {"settings": settings, "rows": len(rows)}
+            layout.shard_done(root, index, count),
+            {
+                "settings": settings,
+                "rows": len(rows),
+                "reusedFrom": earlier.artifact_root if earlier else None,
+            },
         )
-    complete = write_manifest_if_complete(ctx, settings, len(held))
+    complete = write_manifest_if_complete(ctx, settings, len(held), made_by)
     produced = len(mine) if rows is None else len(rows)
     message = f"Shard {index + 1} of {count} holds responses for {produced} prompts" + (
         "; all shards are complete." if complete else "; other shards are still running."
     )
+    if earlier is not None:
+        job = earlier.job
+        message = (
+            f"Reused the responses of RLHFJob {job.namespace}/{job.name} (uid {job.uid}): its inputs hash "
+            f"the same (lineage {made_by.digest[:12]}). " + message
+        )
     return StageResult(artifacts=Artifacts(responses=layout.precompute_dir(root)), message=message)
 
 

@@ -17,6 +17,7 @@ from rlhf_operator.workloads.lora import is_peft, lora_settings, peft_config, tr
 from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
+from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
 from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
 
 
@@ -86,6 +87,12 @@ def _load(path: str, source: str, dtype: str) -> Any:
 
 
 def run(ctx: StageContext) -> StageResult:
+    # The Trainer's report_to callbacks read their settings from the environment when built.
+    with trainer_tracking(ctx, "reward-model") as tracking:
+        return _train(ctx, tracking)
+
+
+def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
     import os
 
     import torch
@@ -120,8 +127,8 @@ def run(ctx: StageContext) -> StageResult:
             num_train_epochs=float(rm.epochs),
             learning_rate=rm.learning_rate,
             max_length=rm.max_length,
-            report_to="none",
             save_strategy="no",
+            **tracking.arguments(),
             logging_steps=10,
             seed=ctx.seed,
             disable_tqdm=True,

@@ -17,6 +17,7 @@ from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_source import make_reward
+from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
 from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -80,6 +81,12 @@ def trl_arguments(
 
 
 def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
+    # The Trainer's report_to callbacks read their settings from the environment when built.
+    with trainer_tracking(ctx, "policy") as tracking:
+        return _train_trl(ctx, algorithm, tracking)
+
+
+def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> tuple[int, dict[str, float]]:
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -150,6 +157,7 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
 
     adapter = lora_settings(policy)
     common: dict[str, Any] = dict(
+        **tracking.arguments(),
         output_dir=out_dir,
         max_steps=steps,
         learning_rate=policy.learning_rate,
@@ -161,7 +169,6 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
         save_strategy="steps" if interval else "no",
         save_steps=interval or 500,
         save_total_limit=2,
-        report_to="none",
         seed=ctx.seed,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -204,7 +211,7 @@ def run_trl(ctx: StageContext, algorithm: str) -> tuple[int, dict[str, float]]:
         raise _tripped_error(tripped[0], out_dir, mirror_to, remote)
     if trainer.is_world_process_zero():
         with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
-            plain = _plain(trainer, str(spec.base_model.dtype))
+            plain = plain_model(trainer, str(spec.base_model.dtype))
             plain.save_pretrained(work)
             tokenizer.save_pretrained(work)
             storage.publish_dir(
@@ -226,7 +233,7 @@ def _tripped_error(trip: Trip, out_dir: str, mirror_to: str | None, remote: str)
     )
 
 
-def _plain(trainer: Any, dtype: str) -> Any:
+def plain_model(trainer: Any, dtype: str) -> Any:
     """The trained model as a plain transformers model in `dtype`: merged when LoRA."""
     import torch
 

@@ -61,6 +61,7 @@ from rlhf_operator.api.v1alpha1.pods import (
     Resources,
     Toleration,
 )
+from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.spec import (
     IMMUTABLE_FIELDS,
     QUEUE_NAME_MESSAGE,
@@ -92,6 +93,7 @@ from rlhf_operator.api.v1alpha1.storage import (
     StorageSpec,
     VolumeStorage,
 )
+from rlhf_operator.api.v1alpha1.tracking import MlflowSpec, TrackingSpec
 from rlhf_operator.api.v1alpha1.usage import GpuUsage
 
 __all__ = [
@@ -143,6 +145,7 @@ __all__ = [
     "JudgeMode",
     "Location",
     "Metrics",
+    "MlflowSpec",
     "ObjectMeta",
     "ObjectName",
     "Pairing",
@@ -158,6 +161,7 @@ __all__ = [
     "RankingMethod",
     "RankingStage",
     "Resources",
+    "ReusePolicy",
     "RewardModelStage",
     "RewardPlacement",
     "RuleName",
@@ -175,6 +179,7 @@ __all__ = [
     "TaintEffect",
     "Toleration",
     "TolerationOperator",
+    "TrackingSpec",
     "VolumeStorage",
     "_ranking_rule",
     "validate_update",

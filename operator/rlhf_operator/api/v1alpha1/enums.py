@@ -49,6 +49,7 @@ class Algorithm(StrEnum):
     PPO = "ppo"
     RLOO = "rloo"
     GRPO = "grpo"
+    DPO = "dpo"
 
 
 class RewardPlacement(StrEnum):

@@ -12,6 +12,7 @@ from rlhf_operator.api.v1alpha1.data import BaseModelSpec, DatasetSpec
 from rlhf_operator.api.v1alpha1.enums import ArtifactRetention, RankingMethod
 from rlhf_operator.api.v1alpha1.stages import Stages
 from rlhf_operator.api.v1alpha1.storage import StorageSpec
+from rlhf_operator.api.v1alpha1.tracking import TrackingSpec
 
 
 def _ranking_rule(method: RankingMethod, needs: str, cel_needs: str, check: Any) -> CelRule:
@@ -73,10 +74,15 @@ class RLHFJobSpec(ApiModel):
         description="Settings of each pipeline stage.",
         json_schema_extra=immutable("stages"),
     )
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec,
+        description="Where the training stages' metrics go: TensorBoard event files, MLflow.",
+        json_schema_extra=immutable("tracking"),
+    )
 
 
 # Rules on changes, checked by the API server (CEL transition rules) and by `validate_update`.
-IMMUTABLE_FIELDS = ("seed", "base_model", "dataset", "storage", "stages")
+IMMUTABLE_FIELDS = ("seed", "base_model", "dataset", "storage", "stages", "tracking")
 QUEUE_NAME_MESSAGE = "`queueName` must not change once set; create a new RLHFJob instead"
 QUEUE_NAME_RULE = "!has(oldSelf.queueName) || (has(self.queueName) && self.queueName == oldSelf.queueName)"
 

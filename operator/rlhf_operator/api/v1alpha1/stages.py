@@ -20,6 +20,7 @@ from rlhf_operator.api.v1alpha1.enums import (
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
+from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
 
 
@@ -137,6 +138,11 @@ class PrecomputeStage(ApiModel):
         None, ge=1, le=256, description="Shards run at once; defaults to all of them."
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Prompts generated together.")
+    reuse: ReusePolicy = Field(
+        ReusePolicy.IF_AVAILABLE,
+        description="IfAvailable: take an earlier job's finished responses on the same storage when "
+        "their inputs (model files, prompts, generation settings) hash the same; Never: always generate.",
+    )
     pod: PodSettings = Field(
         default_factory=PodSettings, description="Pods of the stage (CPU node group by default)."
     )
@@ -187,14 +193,22 @@ class PolicyStage(TrainingFields):
     cel_rules = (
         ACCUMULATION_RULE,
         CelRule(
-            "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm != 'ppo'",
-            "`generation.engine: vllm` must be used with algorithm rloo or grpo (ppo generates with transformers)",
-            lambda p: p.generation.engine != "vllm" or p.algorithm != Algorithm.PPO,
+            "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm == 'rloo' "
+            "|| self.algorithm == 'grpo'",
+            "`generation.engine: vllm` must be used with algorithm rloo or grpo (ppo generates with "
+            "transformers, dpo does not generate)",
+            lambda p: p.generation.engine != "vllm" or p.algorithm in (Algorithm.RLOO, Algorithm.GRPO),
         ),
         CelRule(
-            "self.algorithm == 'ppo' || self.batchSize % self.numGenerations == 0",
+            "self.algorithm == 'ppo' || self.algorithm == 'dpo' || self.batchSize % self.numGenerations == 0",
             "`batchSize` must be a multiple of `numGenerations` for rloo and grpo",
-            lambda p: p.algorithm == Algorithm.PPO or p.batch_size % p.num_generations == 0,
+            lambda p: p.algorithm in (Algorithm.PPO, Algorithm.DPO) or p.batch_size % p.num_generations == 0,
+        ),
+        CelRule(
+            "self.algorithm != 'dpo' || self.rewardPlacement != 'remote'",
+            "`rewardPlacement: remote` must not be used with algorithm dpo (dpo trains on the rankings "
+            "and calls no reward)",
+            lambda p: p.algorithm != Algorithm.DPO or p.reward_placement != RewardPlacement.REMOTE,
         ),
         CelRule(
             "!has(self.miniBatchSize) || self.miniBatchSize <= self.batchSize",
@@ -208,7 +222,11 @@ class PolicyStage(TrainingFields):
         ),
     )
 
-    algorithm: Algorithm = Field(Algorithm.PPO, description="ppo, rloo or grpo.")
+    algorithm: Algorithm = Field(
+        Algorithm.PPO,
+        description="ppo, rloo or grpo (against the reward), or dpo (TRL's DPOTrainer on the rankings; "
+        "klCoef is its beta).",
+    )
     kl_coef: float = Field(
         0.05, ge=0, le=10, description="Weight of the KL penalty that keeps the policy near the base."
     )

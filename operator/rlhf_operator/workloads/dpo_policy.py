@@ -1,0 +1,126 @@
+"""`dpo` policy optimisation: TRL's DPOTrainer on the ranking stage's preference pairs.
+
+No reward is called while training: the pairs (or `dataset.rankings`) are the signal, `klCoef` is
+DPO's beta and the reference is the base model (TRL loads it from the same path; under LoRA the
+adapter switched off). The progress lines carry DPO's implicit reward margin as the mean reward.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from typing import Any
+
+from rlhf_operator.workloads import layout, storage
+from rlhf_operator.workloads.config import StageContext
+from rlhf_operator.workloads.errors import StageConfigError
+from rlhf_operator.workloads.lora import lora_settings, peft_config
+from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.progress import emit_progress
+from rlhf_operator.workloads.reward_model import load_pairs
+from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trl_policy import plain_model
+
+
+def dpo_rows(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, str]]:
+    """The pairs as DPOTrainer's standard (non-conversational) preference rows, shuffled by seed."""
+    rows = [{k: str(p[k]) for k in ("prompt", "chosen", "rejected")} for p in pairs]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def run_dpo(ctx: StageContext) -> tuple[int, dict[str, float]]:
+    # The Trainer's report_to callbacks read their settings from the environment when built.
+    with trainer_tracking(ctx, "policy") as tracking:
+        return _train(ctx, tracking)
+
+
+def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_dir: str) -> Any:
+    import torch
+    from trl import DPOConfig  # type: ignore[attr-defined]
+
+    spec = ctx.typed_spec
+    policy = spec.stages.policy
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if policy.batch_size % world:
+        raise StageConfigError(
+            f"stages.policy.batchSize ({policy.batch_size}) must split evenly over {world} processes.",
+            "InvalidBatchSize",
+        )
+    return DPOConfig(
+        output_dir=out_dir,
+        max_steps=policy.steps,
+        learning_rate=policy.learning_rate,
+        beta=policy.kl_coef,
+        logging_steps=1,
+        save_strategy="no",
+        seed=ctx.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **tracking.arguments(),
+        **trainer_arguments(
+            policy,
+            str(spec.base_model.dtype),
+            per_process=policy.batch_size // world,
+            cuda=torch.cuda.is_available(),
+            lora=policy.lora is not None,
+            transformer_layers=layer_classes(model_path),
+        ),
+    )
+
+
+def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str, float]]:
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import DPOTrainer  # type: ignore[attr-defined]
+
+    spec = ctx.typed_spec
+    steps = spec.stages.policy.steps
+    if spec.stages.policy.kl_coef <= 0:
+        raise StageConfigError(
+            "stages.policy.klCoef is dpo's beta and must be greater than 0 (e.g. 0.1).", "InvalidKlCoef"
+        )
+    pairs = load_pairs(ctx)
+    model_path = resolve_model_path(spec.base_model.source, "the base model")
+    tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
+    last: dict[str, float] = {}
+
+    class Progress(TrainerCallback):
+        started = time.perf_counter()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
+            if not logs or "rewards/margins" not in logs or not state.is_world_process_zero:
+                return
+            last.update(meanReward=float(logs["rewards/margins"]), loss=float(logs.get("loss", "nan")))
+            # DPO measures no KL while it trains (evaluation does): the line carries none.
+            seconds = round(time.perf_counter() - self.started, 3)
+            emit_progress(int(state.global_step), steps, last["meanReward"], float("nan"), seconds=seconds)
+
+    adapter = lora_settings(spec.stages.policy)
+    with tempfile.TemporaryDirectory(prefix="rlhf-dpo-") as work:
+        trainer = DPOTrainer(
+            model=model_path,
+            args=_config(ctx, tracking, model_path, f"{work}/trainer"),
+            train_dataset=Dataset.from_list(dpo_rows(pairs, ctx.seed)),
+            processing_class=tokenizer,
+            callbacks=[Progress()],
+            peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,
+        )
+        trainer.remove_callback(PrinterCallback)
+        print(f"dpo: {len(pairs)} preference pairs, beta {spec.stages.policy.kl_coef}", flush=True)
+        trainer.train()
+        if trainer.is_world_process_zero():
+            plain_model(trainer, str(spec.base_model.dtype)).save_pretrained(f"{work}/model")
+            tokenizer.save_pretrained(f"{work}/model")
+            storage.publish_dir(
+                f"{work}/model", layout.policy_dir(ctx.artifact_root), {"steps": steps, "algorithm": "dpo"}
+            )
+    return steps, last
