@@ -21,6 +21,7 @@ from rlhf_operator.workloads.modeling import (
     generate_texts,
     load_causal_lm,
     load_tokenizer,
+    stage_device,
 )
 from rlhf_operator.workloads.runtime import completion_index, seed_everything
 
@@ -76,8 +77,13 @@ def _generate_shard(
     if spec.dataset.responses is not None:
         return _imported_responses(spec.dataset.responses, prompts, offset)
     tokenizer = load_tokenizer(spec.base_model.tokenizer or settings["model"], settings["revision"])
-    model = load_causal_lm(
-        settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
+    # On the pod's GPU when it has one, in baseModel.dtype as loaded (generate_texts follows the model).
+    model = (
+        load_causal_lm(  # type: ignore[no-untyped-call]
+            settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
+        )
+        .eval()
+        .to(stage_device())
     )
     # Seed per shard: a retried pod produces the same responses as the first attempt.
     seed_everything(ctx.seed * 1000 + index)
