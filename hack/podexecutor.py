@@ -6,6 +6,8 @@ would run it in a container:
 
 - the image is mapped to the local Python environment (`python`, `torchrun` come from it);
 - the pod's environment is resolved (values, fieldRefs, `$(VAR)` expansion in the command);
+- the pods share the host's network: the DNS names and ports of a pod's headless Service (its
+  `subdomain`, e.g. a torchrun rendezvous) become 127.0.0.1 and a free local port (`podnetwork`);
 - volumes are materialised: ConfigMaps and Secrets as files, a PersistentVolumeClaim as the
   hostPath of its bound PersistentVolume, emptyDirs as fresh directories. Processes see local
   paths, so every container path under a mount is rewritten in the command, the environment and
@@ -43,6 +45,8 @@ from typing import Any
 import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+
+from podnetwork import LoopbackNetwork
 
 log = logging.getLogger("podexecutor")
 Manifest = dict[str, Any]
@@ -132,6 +136,7 @@ class PodExecutor:
         self.running: dict[str, RunningPod] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.network = LoopbackNetwork()
 
     # ------------------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -198,7 +203,7 @@ class PodExecutor:
         mounts[termination_path] = str(termination_file)
         self._remap_config_files(pod_dir, mounts)
 
-        env = self._environment(pod, container, mounts)
+        env = self._on_loopback(pod, self._environment(pod, container, mounts))
         command = [
             expand(part, env) for part in (container.get("command") or []) + (container.get("args") or [])
         ]
@@ -309,6 +314,26 @@ class PodExecutor:
                 continue
             env[var["name"]] = remap_strings(value, mounts)
         return env
+
+    def _on_loopback(self, pod: Manifest, env: dict[str, str]) -> dict[str, str]:
+        """The environment with the pod's headless-Service host names and ports on loopback."""
+        namespace, subdomain = pod["metadata"]["namespace"], pod["spec"].get("subdomain")
+        if not subdomain:
+            return env
+        try:
+            service = self.core.read_namespaced_service(subdomain, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            log.warning(
+                "pod %s names subdomain %s but no such Service exists", pod["metadata"]["name"], subdomain
+            )
+            return env
+        ports = {
+            p.port: self.network.local_port(namespace, service.metadata.uid, p.port)
+            for p in service.spec.ports or []
+        }
+        return self.network.pod_environment(env, namespace, subdomain, ports)
 
     def _register_logs(self, pod: Manifest, container: str, log_file: Path) -> None:
         meta = pod["metadata"]

@@ -228,7 +228,10 @@ def run_grpo(model_dir: str, s: dict[str, int], steps: int) -> dict[str, Any]:
         output_dir=tempfile.mkdtemp(prefix="bench-grpo-"),
         max_steps=steps,
         learning_rate=1e-6,
-        per_device_train_batch_size=s["batch"],
+        # As the operator runs TRL (workloads/trainer_args.py): micro-batches of `micro` completions,
+        # accumulated to the batch; TRL still generates the whole batch at once.
+        per_device_train_batch_size=s["micro"],
+        gradient_accumulation_steps=s["batch"] // s["micro"],
         num_generations=s["generations"],
         max_completion_length=s["response"],
         beta=0.0,
@@ -362,6 +365,8 @@ def run_scenario(scenario: str, args: argparse.Namespace, model_dir: str) -> dic
         args.device,
         "--steps",
         str(args.steps),
+        "--preset",
+        args.preset,
     ] + (["--tiny"] if args.tiny else [])
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=env, timeout=args.scenario_timeout, check=False

@@ -69,9 +69,11 @@ def stage_result(pods: list[Manifest]) -> StageResult:
     outcomes = sorted(
         (o for o in map(pod_outcome, pods) if o and o.phase == "Succeeded"), key=lambda o: o.index
     )
-    result = merge_results([_result(o.message) for o in outcomes])
-    if len(outcomes) > 1:
-        # Each shard speaks for itself only; the stage's message speaks for all of them.
+    results = [_result(o.message) for o in outcomes]
+    result = merge_results(results)
+    if sum(1 for r in results if r.message) > 1:
+        # Each shard speaks for itself only; the stage's message speaks for all of them. (The pods
+        # of one torchrun training run have one result, global rank 0's: its message stands.)
         result = result.model_copy(update={"message": f"All {len(outcomes)} shards succeeded."})
     return result
 

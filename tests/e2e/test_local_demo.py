@@ -2,13 +2,14 @@
 
 The cluster runs in executed mode: Kubernetes' own scheduler and Job controller place and track the
 pods, the local pod executor runs each pod's real stage program (in place of kubelet and a container
-runtime) and the operator runs with the Helm chart's configuration.
+runtime) and the operator runs with the Helm chart's configuration. Both tests share one cluster.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,61 +25,117 @@ NODE_GROUP_OF_STAGE = {
 }  # fmt: skip
 
 
-@pytest.mark.timeout(1500)
-def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(tmp_path: Path) -> None:
-    cluster = LocalCluster("e2e", home=tmp_path / "clusters", executed=True)
+@pytest.fixture(scope="module")
+def executed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The local cluster in executed mode with the CRD installed."""
+    cluster = LocalCluster("e2e", home=tmp_path_factory.mktemp("clusters"), executed=True)
     cluster.up()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl(
             "wait", "--for=condition=Established", "crd/rlhfjobs.rlhf-operator.dev", "--timeout=60s"
         )
-        namespace, data = "rlhf-e2e", tmp_path / "data"
-        prepare_storage(cluster, namespace, data)
-        make_tiny_assets(data)
-        progress: list[dict[str, Any]] = []
-
-        def record(line: str) -> None:
-            status = json.loads(
-                cluster.kubectl("get", "rlhfjob", "tiny", "-n", namespace, "-o", "json").stdout
-            )
-            metrics = status.get("status", {}).get("metrics", {})
-            if status["status"].get("currentStage") == "policy" and "policyStep" in metrics:
-                progress.append(metrics)
-            print(line)
-
-        with running_pipeline(cluster, namespace, tmp_path):
-            cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
-            final = follow(cluster, namespace, "tiny", timeout_s=1200, show=record)
-
-        assert final["phase"] == "Succeeded", final.get("message")
-        metrics = final["metrics"]
-        assert metrics["rewardModelAccuracy"] >= 0.8
-        assert metrics["winRate"] >= 0.7
-        assert metrics["policyReward"] > metrics["baseReward"]
-        assert {"meanReward", "kl", "policyStep"} <= set(metrics)
-        total = yaml.safe_load(EXAMPLE.read_text())["spec"]["stages"]["policy"]["steps"]
-        # Progress reached the status while the policy trained, not only from its final result.
-        assert any(p["policyStep"] < total for p in progress), progress
-        assert final["artifacts"]["evaluationPlot"].startswith("/data/rlhf-jobs/rlhf-e2e/tiny/")
-        assert (data / final["artifacts"]["evaluationPlot"].removeprefix("/data/")).stat().st_size > 1000
-
-        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-        assert sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods) == sorted(
-            ["precompute", "precompute", "ranking", "reward-model", "policy", "evaluation"]
-        )
-        for pod in pods:
-            node = json.loads(cluster.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
-            component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
-            assert node["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] == NODE_GROUP_OF_STAGE[component]
-        policy_pod = next(
-            p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
-        )
-        assert "RLHF_PROGRESS" in pod_log(cluster, namespace, policy_pod["metadata"]["name"])
-        row = cluster.kubectl("get", "rlhfjobs", "-n", namespace, "--no-headers").stdout.split()
-        assert row[:3] == ["tiny", "evaluation", "Succeeded"]
+        yield cluster
     finally:
         cluster.down()
+
+
+def run_tiny_job(
+    cluster: LocalCluster, namespace: str, job: dict[str, Any], workdir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Applies `job` with the operator and the pod executor running; its final status and the
+    policy progress the status showed while the policy trained."""
+    name = job["metadata"]["name"]
+    prepare_storage(cluster, namespace, workdir / "data")
+    make_tiny_assets(workdir / "data")
+    progress: list[dict[str, Any]] = []
+
+    def record(line: str) -> None:
+        status = json.loads(cluster.kubectl("get", "rlhfjob", name, "-n", namespace, "-o", "json").stdout)
+        metrics = status.get("status", {}).get("metrics", {})
+        if status["status"].get("currentStage") == "policy" and "policyStep" in metrics:
+            progress.append(metrics)
+        print(line)
+
+    with running_pipeline(cluster, namespace, workdir):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+        final = follow(cluster, namespace, name, timeout_s=1200, show=record)
+    return final, progress
+
+
+def stage_pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = json.loads(
+        cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
+    )["items"]
+    for pod in pods:
+        node = json.loads(cluster.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
+        component = pod["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert node["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] == NODE_GROUP_OF_STAGE[component]
+    return pods
+
+
+@pytest.mark.timeout(1500)
+def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(
+    executed_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster, namespace = executed_cluster, "rlhf-e2e"
+    final, progress = run_tiny_job(cluster, namespace, yaml.safe_load(EXAMPLE.read_text()), tmp_path)
+
+    assert final["phase"] == "Succeeded", final.get("message")
+    metrics = final["metrics"]
+    assert metrics["rewardModelAccuracy"] >= 0.8
+    assert metrics["winRate"] >= 0.7
+    assert metrics["policyReward"] > metrics["baseReward"]
+    assert {"meanReward", "kl", "policyStep"} <= set(metrics)
+    total = yaml.safe_load(EXAMPLE.read_text())["spec"]["stages"]["policy"]["steps"]
+    # Progress reached the status while the policy trained, not only from its final result.
+    assert any(p["policyStep"] < total for p in progress), progress
+    assert final["artifacts"]["evaluationPlot"].startswith("/data/rlhf-jobs/rlhf-e2e/tiny/")
+    plot = tmp_path / "data" / final["artifacts"]["evaluationPlot"].removeprefix("/data/")
+    assert plot.stat().st_size > 1000
+
+    pods = stage_pods(cluster, namespace)
+    assert sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods) == sorted(
+        ["precompute", "precompute", "ranking", "reward-model", "policy", "evaluation"]
+    )
+    policy_pod = next(p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy")
+    assert "RLHF_PROGRESS" in pod_log(cluster, namespace, policy_pod["metadata"]["name"])
+    row = cluster.kubectl("get", "rlhfjobs", "-n", namespace, "--no-headers").stdout.split()
+    assert row[:3] == ["tiny", "evaluation", "Succeeded"]
+
+
+@pytest.mark.timeout(1500)
+def test_policy_on_two_nodes_rendezvous_for_real_and_its_fsdp_policy_wins(
+    executed_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`nodes: 2`, strategy fsdp: two policy pods of one Indexed Job, each a torchrun agent, meet
+    at node 0's rendezvous (the headless Service's name and port, on 127.0.0.1) and train one
+    sharded policy; the whole tiny pipeline around it still wins >= 0.9 of evaluation prompts."""
+    cluster, namespace = executed_cluster, "rlhf-e2e-2n"
+    job = yaml.safe_load(EXAMPLE.read_text())
+    job["spec"]["stages"]["policy"].update(nodes=2, distributed={"strategy": "fsdp"})
+    final, _ = run_tiny_job(cluster, namespace, job, tmp_path)
+
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert final["metrics"]["winRate"] >= 0.9, final["metrics"]
+    assert final["metrics"]["policyStep"] == job["spec"]["stages"]["policy"]["steps"]
+    policy = [
+        p
+        for p in stage_pods(cluster, namespace)
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
+    ]
+    by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in policy}
+    assert sorted(by_index) == ["0", "1"], [p["metadata"]["name"] for p in policy]
+    assert all(p["status"]["phase"] == "Succeeded" for p in policy)
+    service = json.loads(
+        cluster.kubectl(
+            "get", "service", "-n", namespace, policy[0]["spec"]["subdomain"], "-o", "json"
+        ).stdout
+    )
+    assert service["spec"]["clusterIP"] == "None"
+    logs = {index: pod_log(cluster, namespace, pod["metadata"]["name"]) for index, pod in by_index.items()}
+    # One training run of world size 2: global rank 0 (node 0) reports progress, rank 1 does not.
+    assert "RLHF_PROGRESS" in logs["0"] and "RLHF_PROGRESS" not in logs["1"], logs["1"][-2000:]
 
 
 def pod_log(cluster: LocalCluster, namespace: str, pod: str) -> str:

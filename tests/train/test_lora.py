@@ -1,4 +1,4 @@
-"""LoRA (PEFT) for PPO, GRPO and the reward model on the tiny task; the reward model on 2 processes."""
+"""LoRA (PEFT) for PPO, RLOO, GRPO and the reward model on the tiny task; the reward model on 2 processes."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _assert_plain_model(directory: Path) -> None:
     AutoModelForCausalLM.from_pretrained(str(directory))
 
 
-@pytest.mark.parametrize(("algorithm", "learning_rate"), [("ppo", 2e-3), ("grpo", 2e-3)])
+@pytest.mark.parametrize(("algorithm", "learning_rate"), [("ppo", 2e-3), ("grpo", 2e-3), ("rloo", 5e-3)])
 def test_lora_policy_beats_base(
     pipeline: dict[str, Any], fresh_root: Path, algorithm: str, learning_rate: float
 ) -> None:
@@ -47,6 +47,9 @@ def test_lora_policy_beats_base(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trainable, total = _trainable(proc.stdout)
     assert 0 < trainable < 0.1 * total, (trainable, total)
+    if algorithm != "ppo":  # PPO's reference: test_lora_reference_is_the_adapter_switched_off
+        # TRL's own ref_model attribute: no second full model is loaded under LoRA.
+        assert "reference: the policy with its adapter switched off" in proc.stdout, proc.stdout[-2000:]
     assert len(_progress(proc.stdout)) == 20
     _assert_plain_model(fresh_root / "policy" / "model")
     proc = run_stage("evaluation", stage_config(str(fresh_root), spec, "evaluation"), fresh_root)

@@ -6,9 +6,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from rlhf_operator.api.v1alpha1 import StageName
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.pipeline import reconcile
-from rlhf_operator.pipeline.fit import fit_problem, model_billions
+from rlhf_operator.pipeline.fit import fit_problem, model_billions, stage_setup
 from rlhf_operator.plan import Observed
 from tests.support.builders import TOKEN, rlhfjob
 
@@ -60,3 +63,32 @@ def test_what_fits_or_is_unknown_is_not_refused() -> None:
     assert fit_problem(rlhfjob(**BIG, stages=ONE_SMALL_GPU).spec, OperatorConfig()) is None
     plan = reconcile(fixed, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
     assert [m["metadata"]["name"] for m in plan.create if m["kind"] == "Job"] == ["tiny-precompute"]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "split", "micro"),
+    [
+        ("grpo", {"gradientAccumulationSteps": 4}, 16),
+        ("rloo", {"microBatchSize": 8}, 8),
+        ("grpo", {}, 64),  # TRL forwards the whole per-process batch at once
+        ("ppo", {"miniBatchSize": 32, "gradientAccumulationSteps": 2}, 16),
+    ],
+)
+def test_the_estimate_holds_the_micro_batch_the_stage_program_runs(
+    algorithm: str, split: dict[str, int], micro: int
+) -> None:
+    """The activations are estimated for the sequences one forward/backward holds: for TRL the
+    per_device_train_batch_size its arguments get, for PPO a mini-batch's share, split by
+    microBatchSize or gradientAccumulationSteps."""
+    from rlhf_operator.workloads.trainer_args import trainer_arguments
+
+    job = rlhfjob(**BIG, stages={"policy": {"algorithm": algorithm, "batchSize": 64, **split}})
+    setup = stage_setup(job.spec, StageName.POLICY)
+    assert setup.micro_batch == micro
+    assert setup.generation_batch == 64
+    if algorithm != "ppo":
+        policy = job.spec.stages.policy
+        args = trainer_arguments(
+            policy, "bfloat16", per_process=64, cuda=False, lora=False, transformer_layers=[]
+        )
+        assert args["per_device_train_batch_size"] == setup.micro_batch

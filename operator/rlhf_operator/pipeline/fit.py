@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rlhf_operator.api.training import micro_batch
 from rlhf_operator.api.v1alpha1 import Algorithm, RLHFJobSpec, StageName
 from rlhf_operator.config import OperatorConfig, Role
 from rlhf_operator.memory_estimate import GIB, SHAPES, ModelShape, Setup, estimate
@@ -38,7 +39,8 @@ def shape_for(billions: float) -> ModelShape:
     )
 
 
-def _setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
+def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
+    """A training stage's memory-estimate inputs, as its stage program will run it."""
     training = spec.stages.policy if stage is StageName.POLICY else spec.stages.reward_model
     pod = training.pod
     nodes = training.nodes
@@ -46,6 +48,14 @@ def _setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
     if stage is StageName.POLICY:
         policy = spec.stages.policy
         per_gpu = max(1, policy.batch_size // max(1, nodes * pod.resources.gpus))
+        # What one forward/backward holds, as the stage program splits it: PPO a mini-batch's share
+        # (workloads/policy.py), TRL the whole per-process batch (trainer_args.py), each by
+        # microBatchSize or gradientAccumulationSteps. TRL forwards that many completions at once.
+        per_update = per_gpu
+        if policy.algorithm == Algorithm.PPO:
+            per_update = max(
+                1, (policy.mini_batch_size or policy.batch_size) // max(1, nodes * pod.resources.gpus)
+            )
         return Setup(
             algorithm=str(policy.algorithm),
             strategy=str(policy.distributed.strategy),
@@ -56,7 +66,7 @@ def _setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
             activation_checkpointing=policy.activation_checkpointing,
             # dpo: a chosen and a rejected sequence per pair.
             micro_batch=(2 if policy.algorithm == Algorithm.DPO else 1)
-            * min(per_gpu, policy.micro_batch_size or per_gpu),
+            * micro_batch(per_update, policy.micro_batch_size, policy.gradient_accumulation_steps),
             prompt_length=policy.response_length,  # prompts are unknown here: assume as long as replies
             response_length=policy.response_length,
             generation_batch=per_gpu,
@@ -73,7 +83,7 @@ def _setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
         cpu_offload=rm.distributed.cpu_offload,
         activation_checkpointing=rm.activation_checkpointing,
         # Two sequences (chosen and rejected) per pair.
-        micro_batch=2 * min(per_gpu, rm.micro_batch_size or per_gpu),
+        micro_batch=2 * micro_batch(per_gpu, rm.micro_batch_size, rm.gradient_accumulation_steps),
         prompt_length=rm.max_length // 2,
         response_length=rm.max_length - rm.max_length // 2,
     )
@@ -106,7 +116,7 @@ def fit_refusal(spec: RLHFJobSpec, config: OperatorConfig) -> Refusal | None:
         gpu_gib = config.gpu_memory_gib.get(group)
         if gpu_gib is None:
             continue
-        setup = _setup(spec, stage)
+        setup = stage_setup(spec, stage)
         need = estimate(shape, setup)
         if need.total > 0.9 * gpu_gib * GIB:
             return Refusal(

@@ -78,11 +78,17 @@ def _generate_shard(
         generate_texts,
         load_causal_lm,
         load_tokenizer,
+        stage_device,
     )
 
     tokenizer = load_tokenizer(spec.base_model.tokenizer or settings["model"], settings["revision"])
-    model = load_causal_lm(
-        settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
+    # On the pod's GPU when it has one, in baseModel.dtype as loaded (generate_texts follows the model).
+    model = (
+        load_causal_lm(  # type: ignore[no-untyped-call]
+            settings["model"], settings["revision"], spec.base_model.dtype.value, tokenizer, "the base model"
+        )
+        .eval()
+        .to(stage_device())
     )
     # Seed per shard: a retried pod produces the same responses as the first attempt.
     seed_everything(ctx.seed * 1000 + index)

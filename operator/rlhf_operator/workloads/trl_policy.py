@@ -198,9 +198,11 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         callbacks=[Progress(), MirrorCheckpoints()],
         peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,
     )
-    if adapter is not None and trainer.is_world_process_zero():
-        trainable, total = trainable_fraction(trainer.model)
-        print(f"lora: {trainable} of {total} parameters trainable ({trainable / total:.4%})", flush=True)
+    if trainer.is_world_process_zero():
+        if adapter is not None:
+            trainable, total = trainable_fraction(trainer.model)
+            print(f"lora: {trainable} of {total} parameters trainable ({trainable / total:.4%})", flush=True)
+        print(f"reference: {_reference(trainer, adapter is not None)}", flush=True)
     # PrinterCallback dumps every log dict to stdout; the progress lines carry what matters.
     trainer.remove_callback(PrinterCallback)
     resume = latest_checkpoint(out_dir, mirror_to) if interval else None
@@ -231,6 +233,13 @@ def _tripped_error(trip: Trip, out_dir: str, mirror_to: str | None, remote: str)
     return GuardrailTrippedError(
         trip, None if kept is None else (kept, storage.join(remote, f"checkpoint-{kept}"))
     )
+
+
+def _reference(trainer: Any, lora: bool) -> str:
+    """What TRL holds as the KL reference: under LoRA no second model (the adapter switched off)."""
+    if trainer.ref_model is not None:
+        return "a second full model"
+    return "the policy with its adapter switched off" if lora else "none (klCoef 0)"
 
 
 def plain_model(trainer: Any, dtype: str) -> Any:
