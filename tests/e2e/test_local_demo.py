@@ -102,6 +102,10 @@ def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(
     assert "RLHF_PROGRESS" in pod_log(cluster, namespace, policy_pod["metadata"]["name"])
     row = cluster.kubectl("get", "rlhfjobs", "-n", namespace, "--no-headers").stdout.split()
     assert row[:3] == ["tiny", "evaluation", "Succeeded"]
+    # The example's gate (minWinRate 0.8) is met: Promoted, and the policy copied under promoted/.
+    cluster.kubectl("wait", "--for=condition=Promoted", "rlhfjob/tiny", "-n", namespace, "--timeout=60s")
+    promoted = tmp_path / "data" / final["artifacts"]["promotedPolicy"].removeprefix("/data/")
+    assert (promoted / "model.safetensors").exists()
 
 
 @pytest.mark.timeout(1500)
