@@ -97,7 +97,7 @@ def test_explain_shows_descriptions(crd_installed: Kube) -> None:
 
     text = crd_installed.wait_for(explained, timeout=60, what="the RLHFJob schema in kubectl explain")
     assert "Weight of the KL penalty" in text
-    assert "ppo, rloo or grpo." in text
+    assert "ppo, rloo or grpo (against the reward), or dpo" in text
 
 
 def _status() -> dict[str, Any]:
