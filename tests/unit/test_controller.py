@@ -84,13 +84,8 @@ def _running_policy() -> Manifest:
     }
 
 
-@pytest.mark.parametrize(("interval", "reads"), [(300.0, 1), (1e-6, 2)])
-def test_progress_is_read_at_most_once_per_interval(interval: float, reads: int) -> None:
-    kube = FakeKube(logs={"tiny-policy-0": format_progress(7, 30, 1.5, 0.25) + "\n"})
-    ctl = controller(kube, progress_interval_seconds=interval)
-    job = body(_running_policy())
-    kube.add_rlhfjob(job)
-    ctl.store.put_job(job)
+def _observe_running_policy(ctl: Controller) -> None:
+    """The policy's Job and its running pod `tiny-policy-0`, as the watches would have stored them."""
     labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "policy"}
     ctl.store.put_child(
         "Job", {"metadata": {"name": "tiny-policy", "labels": labels}, "spec": {}, "status": {"active": 1}}
@@ -98,6 +93,16 @@ def test_progress_is_read_at_most_once_per_interval(interval: float, reads: int)
     running = pod("policy", "Running", name="tiny-policy-0")
     running["metadata"]["labels"] = labels
     ctl.store.put_child("Pod", running)
+
+
+@pytest.mark.parametrize(("interval", "reads"), [(300.0, 1), (1e-6, 2)])
+def test_progress_is_read_at_most_once_per_interval(interval: float, reads: int) -> None:
+    kube = FakeKube(logs={"tiny-policy-0": format_progress(7, 30, 1.5, 0.25) + "\n"})
+    ctl = controller(kube, progress_interval_seconds=interval)
+    job = body(_running_policy())
+    kube.add_rlhfjob(job)
+    ctl.store.put_job(job)
+    _observe_running_policy(ctl)
     ctl.reconcile(KEY)
     ctl.reconcile(KEY)
     assert kube.count("log") == reads
@@ -112,13 +117,7 @@ def test_a_policy_whose_logged_kl_trips_its_guardrail_is_stopped_by_the_operator
     job = body(_running_policy(), stages={"policy": {"guardrails": {"maxKL": 20, "klSteps": 3}}})
     kube.add_rlhfjob(job)
     ctl.store.put_job(job)
-    labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "policy"}
-    ctl.store.put_child(
-        "Job", {"metadata": {"name": "tiny-policy", "labels": labels}, "spec": {}, "status": {"active": 1}}
-    )
-    running = pod("policy", "Running", name="tiny-policy-0")
-    running["metadata"]["labels"] = labels
-    ctl.store.put_child("Pod", running)
+    _observe_running_policy(ctl)
     ctl.reconcile(KEY)
     assert ("delete", "Job", "tiny-policy") in kube.requests
     status = (ctl.store.job(KEY) or {})["status"]
