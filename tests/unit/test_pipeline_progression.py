@@ -40,6 +40,8 @@ def test_missing_dependency_waits_with_a_condition_naming_it() -> None:
     waiting = next(c for c in plan.status["conditions"] if c["type"] == "Waiting")
     assert waiting["status"] == "True" and "rlhf-data" in waiting["message"]
     assert plan.status["phase"] == "Pending"
+    stage = next(s for s in plan.status["stages"] if s["name"] == "precompute")
+    assert stage["message"] == "Waiting: PersistentVolumeClaim rlhf-data does not exist.", stage
 
 
 def test_finished_stage_feeds_metrics_and_starts_the_next() -> None:

@@ -187,7 +187,7 @@ def _start(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         record.message = "Starting."
         return
     if ctx.observed.missing:
-        record.state, record.message = StageState.PENDING, "Waiting for " + "; ".join(ctx.observed.missing)
+        record.state, record.message = StageState.PENDING, "Waiting: " + "; ".join(ctx.observed.missing) + "."
         return
     endpoint = None
     if stage is StageName.POLICY and ctx.spec.stages.policy.reward_placement == "remote":
