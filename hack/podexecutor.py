@@ -26,10 +26,9 @@ in executed mode (`LocalCluster(..., executed=True)`), where kwok leaves pods to
 from __future__ import annotations
 
 import argparse
-import json
+import base64
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -38,75 +37,28 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from podlocal import (
+    Manifest,
+    copy_to_cri_log,
+    cri_text,
+    environment,
+    expand,
+    now,
+    remap_config_files,
+    remap_strings,
+    unmap_paths,
+    write_files,
+)
 from podnetwork import LoopbackNetwork
 
 log = logging.getLogger("podexecutor")
-Manifest = dict[str, Any]
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def remap_path(value: str, mounts: dict[str, str]) -> str:
-    """`value` with a leading container mount path replaced by its local directory."""
-    for container_path in sorted(mounts, key=len, reverse=True):
-        local = mounts[container_path]
-        if value == container_path or value.startswith(container_path.rstrip("/") + "/"):
-            return local.rstrip("/") + value[len(container_path.rstrip("/")) :]
-    return value
-
-
-def unmap_paths(text: str, mounts: dict[str, str]) -> str:
-    """Local directories in a program's output back to the container paths the pod sees."""
-    for container_path, local in sorted(mounts.items(), key=lambda item: len(item[1]), reverse=True):
-        text = text.replace(local.rstrip("/"), container_path.rstrip("/"))
-    return text
-
-
-def remap_strings(value: Any, mounts: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {k: remap_strings(v, mounts) for k, v in value.items()}
-    if isinstance(value, list):
-        return [remap_strings(v, mounts) for v in value]
-    if isinstance(value, str):
-        # Inside a string (e.g. `--flag=/data/x`) only the part after the last `=` may be a path.
-        head, sep, tail = value.rpartition("=")
-        return head + sep + remap_path(tail, mounts) if sep else remap_path(value, mounts)
-    return value
-
-
-def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion in commands and env values; `$$` escapes."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: "$" if m.group(0) == "$$" else env.get(
-        m.group(1), m.group(0)), value)  # fmt: skip
-
-
-def field_ref(pod: Manifest, path: str) -> str:
-    meta = pod["metadata"]
-    match = re.fullmatch(r"metadata\.(annotations|labels)\['(.+)'\]", path)
-    if match:
-        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
-    simple = {
-        "metadata.name": meta.get("name"),
-        "metadata.namespace": meta.get("namespace"),
-        "metadata.uid": meta.get("uid"),
-        "spec.nodeName": pod["spec"].get("nodeName"),
-        "spec.serviceAccountName": pod["spec"].get("serviceAccountName"),
-        "status.podIP": "127.0.0.1",
-        "status.hostIP": "127.0.0.1",
-    }
-    return str(simple.get(path) or "")
 
 
 @dataclass
@@ -201,9 +153,9 @@ class PodExecutor:
         termination_file = pod_dir / "termination-log"
         termination_file.touch()
         mounts[termination_path] = str(termination_file)
-        self._remap_config_files(pod_dir, mounts)
+        remap_config_files(pod_dir, mounts)
 
-        env = self._on_loopback(pod, self._environment(pod, container, mounts))
+        env = self._on_loopback(pod, environment(pod, container, mounts, self.bin_dir))
         command = [
             expand(part, env) for part in (container.get("command") or []) + (container.get("args") or [])
         ]
@@ -235,7 +187,7 @@ class PodExecutor:
             started_at=now(), mounts=mounts, readiness_url=readiness_url, ready=readiness_url is None,
         )  # fmt: skip
         for stream_name, stream in (("stdout", process.stdout), ("stderr", process.stderr)):
-            pump = threading.Thread(target=_pump, args=(stream, stream_name, log_file), daemon=True)
+            pump = threading.Thread(target=copy_to_cri_log, args=(stream, stream_name, log_file), daemon=True)
             pump.start()
             running.pumps.append(pump)
         with self.lock:
@@ -251,14 +203,10 @@ class PodExecutor:
             target = pod_dir / "volumes" / volume["name"]
             if "configMap" in volume:
                 data = self.core.read_namespaced_config_map(volume["configMap"]["name"], namespace).data or {}
-                _write_files(target, data)
+                write_files(target, data)
             elif "secret" in volume:
                 secret = self.core.read_namespaced_secret(volume["secret"]["secretName"], namespace)
-                import base64
-
-                _write_files(
-                    target, {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-                )
+                write_files(target, {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()})
             elif "persistentVolumeClaim" in volume:
                 claim = self.core.read_namespaced_persistent_volume_claim(
                     volume["persistentVolumeClaim"]["claimName"], namespace
@@ -281,39 +229,6 @@ class PodExecutor:
                 source.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"]] = str(source)
         return mounts
-
-    def _remap_config_files(self, pod_dir: Path, mounts: dict[str, str]) -> None:
-        for path in (pod_dir / "volumes").rglob("*"):
-            if not path.is_file():
-                continue
-            text = path.read_text()
-            try:
-                data = json.loads(text)
-                path.write_text(json.dumps(remap_strings(data, mounts), indent=2))
-            except json.JSONDecodeError:
-                try:
-                    data = yaml.safe_load(text)
-                except yaml.YAMLError:
-                    continue
-                if isinstance(data, dict | list):
-                    path.write_text(yaml.safe_dump(remap_strings(data, mounts)))
-
-    def _environment(self, pod: Manifest, container: Manifest, mounts: dict[str, str]) -> dict[str, str]:
-        env = {
-            "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOSTNAME": pod["metadata"]["name"],
-            "PYTHONUNBUFFERED": "1",
-            "LANG": "C.UTF-8",
-        }
-        for var in container.get("env") or []:
-            if "value" in var:
-                value = expand(var.get("value") or "", env)
-            elif "fieldRef" in (var.get("valueFrom") or {}):
-                value = field_ref(pod, var["valueFrom"]["fieldRef"]["fieldPath"])
-            else:
-                continue
-            env[var["name"]] = remap_strings(value, mounts)
-        return env
 
     def _on_loopback(self, pod: Manifest, env: dict[str, str]) -> dict[str, str]:
         """The environment with the pod's headless-Service host names and ports on loopback."""
@@ -451,7 +366,7 @@ class PodExecutor:
         exit_code = 128 - code if code < 0 else code
         message = running.termination_file.read_text(errors="replace")[:TERMINATION_MESSAGE_LIMIT].strip()
         if not message and exit_code != 0 and running.fallback_to_logs:
-            lines = [_cri_text(line) for line in running.log_file.read_text(errors="replace").splitlines()]
+            lines = [cri_text(line) for line in running.log_file.read_text(errors="replace").splitlines()]
             message = "\n".join(lines[-FALLBACK_LOG_LINES:])[-TERMINATION_MESSAGE_LIMIT:]
         message = unmap_paths(message, running.mounts)
         reason = "Completed" if exit_code == 0 else ("OOMKilled" if exit_code == 137 else "Error")
@@ -483,25 +398,6 @@ class PodExecutor:
             os.killpg(running.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _write_files(target: Path, data: dict[str, str]) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    for key, value in data.items():
-        (target / key).write_text(value)
-
-
-def _pump(stream: Any, name: str, log_file: Path) -> None:
-    """Copies a process stream into the log file in CRI format (what kubelet's log readers expect)."""
-    with log_file.open("a", buffering=1) as out:
-        for raw in iter(stream.readline, b""):
-            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            out.write(f"{stamp} {name} F {raw.decode(errors='replace').rstrip(chr(10))}\n")
-
-
-def _cri_text(line: str) -> str:
-    parts = line.split(" ", 3)
-    return parts[3] if len(parts) == 4 else line
 
 
 def main(argv: list[str] | None = None) -> int:
