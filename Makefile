@@ -61,7 +61,7 @@ test-images: venv tools images ## the built images in real containers (podman, a
 test-node: venv tools node-packages node-tools images ## the real node: it joins, a restricted pod reaches Services and DNS, cleanup leaves nothing (root)
 	$(VENV)/bin/pytest -m node tests/node/test_real_node.py
 
-test-node-demo: venv tools node-packages node-tools images ## the tiny job end to end on the real node, every stage in its image (root, ~40 GB free disk, ~30 min)
+test-node-demo: venv tools node-packages node-tools images ## the tiny job end to end on the real node, every stage in its image (root, ~20 GB free disk, ~6 min)
 	$(VENV)/bin/pytest -m node tests/node/test_real_demo.py
 
 test-unit: venv ## the fast unit tests only

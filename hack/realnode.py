@@ -34,6 +34,7 @@ POD_CIDR = "10.202.0.0/24"
 SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+GIB = 1 << 30
 PAUSE_IMAGE = "localhost/rlhf-operator/pause:catatonit"
 # What the kubelet sets on its host (pkg/kubelet/cm setupKernelTunables): read from these files instead.
 KUBELET_SYSCTLS = {
@@ -97,6 +98,7 @@ class RealNode:
 
     def up(self, kubeconfig: Path, api_port: int, images: list[Path]) -> None:
         self.check_host()
+        check_disk(self.home.parent, images)
         self.home.mkdir(parents=True, exist_ok=True)
         # Mount points of the private tmpfs's (and `ip netns`'s own /run/netns) made on the host's
         # filesystem: recorded so `down` removes those that were not there before.
@@ -322,6 +324,28 @@ class RealNode:
     def _hierarchies() -> list[Path]:
         """Every mounted cgroup hierarchy (v1 controllers, name=systemd, the v2 unified mount)."""
         return sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir() and (p / "cgroup.procs").exists())
+
+
+def disk_needed(archive_bytes: int, disk_bytes: int) -> int:
+    """Free bytes the node needs to import image archives of `archive_bytes` on a `disk_bytes` disk.
+
+    containerd keeps each layer twice (the archive's blob in its content store, the unpacked
+    snapshot), and the kubelet must stay above its 2% eviction threshold with room for the pods'
+    logs and emptyDirs, or it reports DiskPressure, taints the node and nothing schedules.
+    """
+    return 2 * archive_bytes + disk_bytes // 50 + 2 * GIB
+
+
+def check_disk(where: Path, images: list[Path]) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    usage = shutil.disk_usage(where)
+    needed = disk_needed(sum(p.stat().st_size for p in images), usage.total)
+    if usage.free < needed:
+        raise NodeError(
+            f"the real node needs {needed / GIB:.1f} GiB free on the disk of {where} to import its images "
+            f"(each layer is stored twice by containerd, and the kubelet evicts below 2% free); "
+            f"{usage.free / GIB:.1f} GiB is free: free some space or pass fewer images"
+        )
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,7 @@ node, and every stage pod of the tiny job in the worker or trainer image on that
 chart's securityContext, in namespaces that enforce the restricted Pod Security Standard.
 
 The same steps as `make demo` (hack/demo_real.py), on a private cluster. Needs root and the
-three images (`make images`); `make test-node` runs it.
+three images (`make images`); `make test-node-demo` runs it, in CI too.
 """
 
 from __future__ import annotations
