@@ -82,6 +82,12 @@ if [ -d "$uv_cache" ]; then mounts+=(--volume "$uv_cache:/cache/uv"); fi
 for image in $images; do
   start=$SECONDS
   log "$image: building"
+  # A multi-stage image's build stage is tagged too: untagged, `rmi --prune` below would remove it
+  # with its layer cache, and every later `make images` would rebuild the image (~15 s each).
+  if grep -q '^FROM .* AS build$' "$root/images/$image/Dockerfile"; then
+    buildah bud --quiet --isolation chroot --layers --pull-never "${mounts[@]}" "${build_args[@]}" --target build \
+      --file "$root/images/$image/Dockerfile" --tag "localhost/rlhf-operator/$image-build:$tag" "$root" >/dev/null
+  fi
   buildah bud --quiet --isolation chroot --layers --pull-never "${mounts[@]}" "${build_args[@]}" \
     --file "$root/images/$image/Dockerfile" --tag "localhost/rlhf-operator/$image:$tag" "$root" >&2
   size=$(podman image inspect --format '{{.Size}}' "localhost/rlhf-operator/$image:$tag")
