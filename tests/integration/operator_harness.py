@@ -4,6 +4,9 @@ kwok plays (succeed with a given termination message, fail, hang)."""
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,24 @@ def operator_process(kubeconfig: str, namespaces: str, log_path: Path, **setting
         **{f"RLHF_OPERATOR_{k.upper()}": v for k, v in settings.items()},
     }
     return OperatorLauncher(kubeconfig, log_path, env)
+
+
+@contextmanager
+def operator_of_its_own(
+    kube: Kube, prefix: str, log_path: Path, **settings: str
+) -> Iterator[tuple[str, OperatorLauncher]]:
+    """An operator of a test's own on a fresh namespace `<prefix>-...` the session operator does not
+    watch; both go when the test ends."""
+    namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", namespace)
+    process = operator_process(kube.kubeconfig, namespace, log_path, **settings)
+    process.start()
+    try:
+        process.wait_ready()
+        yield namespace, process
+    finally:
+        process.stop()
+        kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def rlhfjob(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tests.integration.operator_harness import (
     apply,
     children,
     create_pvc,
-    operator_process,
+    operator_of_its_own,
     rlhfjob,
     stage_record,
     status,
@@ -49,16 +48,9 @@ def gpu_memory_of_node_groups(cluster: Kube) -> dict[str, float]:
 def fit_checking_operator(crd_installed: Kube, tmp_path: Path) -> Iterator[tuple[str, dict[str, float]]]:
     """An operator of this test's own with the GPU table, on a namespace of its own."""
     table = gpu_memory_of_node_groups(crd_installed)
-    namespace = f"t-fit-{uuid.uuid4().hex[:8]}"
-    crd_installed.kubectl("create", "namespace", namespace)
-    process = operator_process(
-        crd_installed.kubeconfig, namespace, tmp_path / "operator.log", gpu_memory_gib=json.dumps(table)
-    )
-    process.start()
-    process.wait_ready()
-    yield namespace, table
-    process.stop()
-    crd_installed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    log = tmp_path / "operator.log"
+    with operator_of_its_own(crd_installed, "t-fit", log, gpu_memory_gib=json.dumps(table)) as (namespace, _):
+        yield namespace, table
 
 
 def test_an_8b_full_fine_tune_on_one_24_gib_gpu_is_refused_before_any_job(

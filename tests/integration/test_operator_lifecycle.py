@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tests.integration.operator_harness import (
     children,
     create_pvc,
     hold,
-    operator_process,
+    operator_of_its_own,
     release,
     rlhfjob,
     set_stage_annotations,
@@ -155,14 +154,8 @@ def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_afte
 @pytest.fixture
 def own_operator(crd_installed: Kube, tmp_path: Path) -> Iterator[tuple[str, OperatorLauncher]]:
     """An operator of this test's own, on a namespace the session operator does not watch."""
-    namespace = f"t-kill-{uuid.uuid4().hex[:8]}"
-    crd_installed.kubectl("create", "namespace", namespace)
-    process = operator_process(crd_installed.kubeconfig, namespace, tmp_path / "operator.log")
-    process.start()
-    process.wait_ready()
-    yield namespace, process
-    process.stop()
-    crd_installed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with operator_of_its_own(crd_installed, "t-kill", tmp_path / "operator.log") as namespace_and_process:
+        yield namespace_and_process
 
 
 def test_operator_killed_at_several_points_makes_no_duplicates_and_the_job_finishes(
