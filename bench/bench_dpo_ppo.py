@@ -24,6 +24,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' helpers, when run as a script
 
+from bench.results import finish_results, start_results  # noqa: E402
+
 from tests.train.conftest import run_cli, run_stage, stage_config, tiny_manifest  # noqa: E402
 from tests.train.test_algorithms import DPO_SETTINGS, _progress  # noqa: E402
 
@@ -80,7 +82,7 @@ def main() -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     base = pipeline(workdir)
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "runs": []}
+    results = start_results(runs=[])
     for round_ in range(args.rounds):
         for algorithm in ("ppo", "dpo"):
             seconds = policy_steps(base, algorithm, workdir / f"run-{algorithm}")
@@ -89,12 +91,7 @@ def main() -> int:
             print(f"round {round_ + 1} {algorithm}: median {median:.3f} s/step over {len(seconds) - 1} steps")
     by = {a: [r["median_s_per_step"] for r in results["runs"] if r["algorithm"] == a] for a in ("ppo", "dpo")}
     results["dpo_over_ppo"] = statistics.median(by["dpo"]) / statistics.median(by["ppo"])
-    results["loadavg_end"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return finish_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' helpers, when run as a script
+
+from bench.results import finish_results, start_results  # noqa: E402
 
 from rlhf_operator.api.stage_io import ProgressRecord  # noqa: E402
 from tests.support.launchers import wait_http_ready  # noqa: E402
@@ -202,7 +203,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     parts = args.only or ["pipeline", "generation", "server"]
     # Other work on the machine skews timings: record the load next to them.
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    results = start_results()
     if "pipeline" in parts:
         results["pipeline"] = bench_pipeline(workdir)
     model = str(workdir / "models" / "tiny-gpt2")
@@ -215,12 +216,7 @@ def main() -> int:
             str(workdir / "rlhf-jobs/default/bench/local/reward-model")
         )
         results["reward_server_3m_rm"] = bench_server(model)
-    results["loadavg_end"] = os.getloadavg()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return finish_results(results, args.out)
 
 
 if __name__ == "__main__":
