@@ -4,6 +4,7 @@ kwok plays (succeed with a given termination message, fail, hang)."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,6 +120,44 @@ def wait_phase(cluster: Kube, namespace: str, name: str, phase: str, timeout: fl
         return None
 
     return cluster.wait_for(reached, timeout=timeout, what=f"{name} to reach {phase}")
+
+
+def wait_stage_pod_running(
+    cluster: Kube, namespace: str, name: str, component: str, *, stall_timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Waits until RLHFJob `name` runs a Running pod of `component` (a stage's component label),
+    following the pipeline as it gets there.
+
+    The deadline counts from the last sign of progress (a stage changing state, the pod appearing),
+    not from the start, so a loaded machine that keeps advancing is waited for, and a pipeline that
+    stops advancing fails at once with the stage it is stuck at and its message.
+    """
+    deadline = time.monotonic() + stall_timeout
+    last: tuple[Any, ...] = ()
+    while True:
+        current = status(cluster, namespace, name)
+        if current.get("phase") == "Failed":
+            raise AssertionError(f"{name} failed before a {component} pod ran: {current.get('message')}")
+        pods = [
+            p for p in children(cluster, namespace, "pods")
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") == component
+            and not p["metadata"].get("deletionTimestamp")
+        ]  # fmt: skip
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        if running:
+            return running
+        seen = (
+            tuple((s["name"], s.get("state")) for s in current.get("stages", [])),
+            tuple((p["metadata"]["name"], p["status"].get("phase")) for p in pods),
+        )
+        if seen != last:
+            last, deadline = seen, time.monotonic() + stall_timeout
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{name} made no progress towards a running {component} pod for {stall_timeout:.0f}s: "
+                f"stage states {seen[0]}, {component} pods {seen[1]}, message {current.get('message')!r}"
+            )
+        time.sleep(0.25)
 
 
 def stage_record(current: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tests.integration.operator_harness import (
     stage_record,
     status,
     wait_phase,
+    wait_stage_pod_running,
 )
 from tests.support.launchers import OperatorLauncher
 
@@ -53,9 +54,8 @@ def test_suspend_in_the_middle_of_a_stage_then_resume_and_finish(cluster: Kube, 
     job = rlhfjob("pausable", op_namespace)
     hold(job, "policy")
     apply(cluster, job)
-    cluster.wait_for(
-        lambda: running_pods(cluster, op_namespace, "policy"), timeout=60, what="a running policy pod"
-    )
+    # The three stages before the policy run first; wait on the pipeline's progress, not a clock.
+    wait_stage_pod_running(cluster, op_namespace, "pausable", "policy")
 
     patch_spec(cluster, op_namespace, "pausable", {"suspend": True})
     suspended = wait_phase(cluster, op_namespace, "pausable", "Suspended", timeout=30)
@@ -117,6 +117,7 @@ def test_remote_reward_server_is_ready_before_the_policy_starts_and_removed_afte
                                                          "rewardModel": {"serving": {"replicas": 2}}}})  # fmt: skip
     hold(job, "policy")
     apply(cluster, job)
+    wait_stage_pod_running(cluster, op_namespace, "remote", "policy")
 
     def server_and_policy() -> tuple[dict[str, Any], dict[str, Any]] | None:
         # The policy first: a server read afterwards cannot be older than the policy's creation.
