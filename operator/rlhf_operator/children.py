@@ -19,6 +19,7 @@ from rlhf_operator.api.stage_config import (
     StageConfig,
 )
 from rlhf_operator.api.stage_config import dump_stage_config as dump_config
+from rlhf_operator.api.stage_io import EX_CONFIG
 from rlhf_operator.api.v1alpha1 import (
     API_VERSION,
     KIND,
@@ -39,7 +40,6 @@ from rlhf_operator.naming import (
     token_secret_name,
 )
 from rlhf_operator.stages import CLEANUP, MASTER_PORT, STAGES, StageKey, pod_settings
-from rlhf_operator.workloads.exit_codes import EX_CONFIG
 
 Manifest = dict[str, Any]
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from rlhf_operator import metrics
+from rlhf_operator.api.stage_io import progress_records
 from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
 from rlhf_operator.coalescer import Coalescer
 from rlhf_operator.config import OperatorConfig
@@ -32,7 +33,6 @@ from rlhf_operator.pipeline import (
 )
 from rlhf_operator.plan import Event, Manifest, Observed, RequestRefusedError
 from rlhf_operator.store import Key, Store
-from rlhf_operator.workloads.progress import progress_records
 
 log = logging.getLogger(__name__)
 FINISHED_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}

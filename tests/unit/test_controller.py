@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from rlhf_operator.api.stage_io import format_progress
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
-from rlhf_operator.workloads.progress import format_progress
 from tests.support.builders import TOKEN, finished_job, pod, rlhfjob
 from tests.support.fake_kube import FakeKube
 
