@@ -1,0 +1,122 @@
+"""Tenants on one cluster: the review's attack, replayed on the real API server.
+
+The operator watches two namespaces. In team-b, a Job whose pod carries team-a's RLHFJob uid label
+(and, for a second Job, a forged ownerReference to it) succeeds with a termination message naming
+a poisoned artifact. The operator must ignore both (and count them), leave the victim's running
+stage alone, and finish the victim with its own result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Kube
+from tests.integration import operator_harness as harness
+from tests.support.launchers import OperatorLauncher
+from tests.support.ports import free_port
+
+POISON = {"artifacts": {"responses": "s3://attacker-bucket/poisoned"}, "message": "Generated."}
+
+
+@pytest.fixture
+def two_tenants(crd_installed: Kube, tmp_path: Path) -> Iterator[tuple[str, str, OperatorLauncher, int]]:
+    suffix = uuid.uuid4().hex[:8]
+    team_a, team_b = f"t-iso-a-{suffix}", f"t-iso-b-{suffix}"
+    for namespace in (team_a, team_b):
+        crd_installed.kubectl("create", "namespace", namespace)
+    port = free_port()
+    process = harness.operator_process(
+        crd_installed.kubeconfig, f"{team_a},{team_b}", tmp_path / "operator.log", metrics_port=str(port)
+    )
+    process.start()
+    try:
+        process.wait_ready()
+        yield team_a, team_b, process, port
+    finally:
+        process.stop()
+        for namespace in (team_a, team_b):
+            crd_installed.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _attacker_job(name: str, namespace: str, victim_uid: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    labels = {
+        "app.kubernetes.io/managed-by": "rlhf-operator",
+        "app.kubernetes.io/component": "precompute",
+        "rlhf-operator.dev/job-uid": victim_uid,
+        "rlhf-operator.dev/stage": "precompute",
+    }
+    annotations = {f"{harness.SIM}/message": json.dumps(POISON), f"{harness.SIM}/run-duration": "200ms"}
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"eks.amazonaws.com/nodegroup": "cpu"},
+                    "containers": [{"name": "stage", "image": "attacker/poison"}],
+                },
+            },
+        },
+    }
+
+
+def _ignored_pods(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    found = re.search(
+        r'rlhf_operator_ignored_children_total\{kind="Pod",reason="OtherNamespace"\} (\S+)', text
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def _attack_pod_succeeded(cluster: Kube, namespace: str) -> bool:
+    """The label-only attacker's pod succeeded. (The garbage collector may delete the Job with the
+    forged ownerReference first: an owner cannot be in another namespace.)"""
+    pods = cluster.get_json("pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=victim-precompute")
+    return any(p["status"].get("phase") == "Succeeded" for p in pods["items"])
+
+
+def test_a_job_in_another_namespace_cannot_complete_a_victims_stage(
+    cluster: Kube, two_tenants: tuple[str, str, OperatorLauncher, int]
+) -> None:
+    team_a, team_b, operator, port = two_tenants
+    harness.create_pvc(cluster, team_a)
+    victim = harness.rlhfjob("victim", team_a)
+    harness.hold(victim, "precompute")
+    harness.apply(cluster, victim)
+    cluster.wait_for(
+        lambda: harness.children(cluster, team_a, "jobs"), timeout=60, what="the victim's precompute Job"
+    )
+    uid = cluster.get_json("rlhfjob", "victim", "-n", team_a)["metadata"]["uid"]
+    forged_owner = {"apiVersion": "rlhf-operator.dev/v1alpha1", "kind": "RLHFJob", "name": "victim",
+                    "uid": uid, "controller": True}  # fmt: skip
+    for name, owner in (("victim-precompute", None), ("victim-precompute-owned", forged_owner)):
+        harness.apply(cluster, _attacker_job(name, team_b, uid, owner))
+    cluster.wait_for(lambda: _attack_pod_succeeded(cluster, team_b), timeout=90, what="the attack pod")
+    # The operator saw the attack pods and ignored them: an explicit outcome instead of a sleep.
+    cluster.wait_for(lambda: _ignored_pods(port) >= 1, timeout=30, what="the ignored-children metric")
+
+    held = harness.stage_record(harness.status(cluster, team_a, "victim"), "precompute")
+    assert held["state"] == "Running", held
+    assert "attacker" not in json.dumps(harness.status(cluster, team_a, "victim"))
+    assert all(s["state"] == "Pending" for s in harness.status(cluster, team_a, "victim")["stages"][1:])
+
+    harness.release(cluster, team_a, "precompute", pods=2)
+    final = harness.wait_phase(cluster, team_a, "victim", "Succeeded", timeout=120)
+    assert final["artifacts"]["responses"] == harness.STAGE_RESULTS["precompute"]["artifacts"]["responses"]
+    assert "attacker" not in json.dumps(final)
+    assert operator.alive()
