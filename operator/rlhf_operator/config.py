@@ -62,6 +62,15 @@ class OperatorConfig(BaseModel):
         8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    secret_opt_in: bool = Field(
+        True,
+        description="Hand a Secret named in a spec to the job's pods only when it carries the label "
+        "rlhf-operator.dev/usable-by-rlhfjobs=true or its name is in `allowed_secrets`.",
+    )
+    allowed_secrets: tuple[str, ...] = Field(
+        (),
+        description="Secret names any RLHFJob may name without the label (ALLOWED_SECRETS, comma separated).",
+    )
     gpu_memory_gib: dict[str, float] = Field(
         default_factory=dict,
         description="GPU memory (GiB) of each node group's GPUs, JSON: jobs whose estimate exceeds it are refused.",
@@ -90,9 +99,9 @@ class OperatorConfig(BaseModel):
     def _parse_json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "allowed_secrets", mode="before")
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(ns.strip() for ns in value.split(",") if ns.strip())
         return value

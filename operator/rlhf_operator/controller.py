@@ -28,6 +28,7 @@ from rlhf_operator.pipeline import (
     finished_plan,
     progress_pod,
     reconcile,
+    refused_secrets,
     retention,
     stored_status,
 )
@@ -104,7 +105,9 @@ class Controller:
         now = self._clock()
         plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         if plan.check_dependencies:
-            observed = observed.with_missing(self.kube.missing(key[0], dependencies(job, self.config)))
+            missing = self.kube.missing(key[0], dependencies(job, self.config))
+            refused = refused_secrets(job, self.config, lambda name: self.kube.secret_labels(key[0], name))
+            observed = observed.with_missing(missing, refused)
             plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         try:
             updated = self.executor.execute(key, uid, plan)

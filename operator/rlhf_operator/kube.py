@@ -206,6 +206,18 @@ class Kube:
                 self._seen_at[key] = time.monotonic()
         return tuple(absent)
 
+    def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The labels of a Secret the spec names (its opt-in for RLHFJobs); None when it is absent.
+        Read fresh every time: removing the label must take effect at the next stage."""
+        API_REQUESTS.labels("get", "secrets").inc()
+        try:
+            secret = self.client.get(Secret, name, namespace=namespace)
+        except ApiError as err:
+            if _is(err, 404):
+                return None
+            raise
+        return dict(secret.metadata.labels or {}) if secret.metadata else {}
+
     def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None:
         API_REQUESTS.labels("get", "pods/log").inc()
         try:

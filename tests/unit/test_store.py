@@ -33,7 +33,7 @@ def _pod(name: str) -> Manifest:
 
 
 def _ignored(kind: str, reason: str) -> float:
-    return IGNORED_CHILDREN.labels(kind, reason)._value.get()
+    return float(IGNORED_CHILDREN.labels(kind, reason)._value.get())
 
 
 def test_store_keeps_slim_children_and_skips_updates_that_change_nothing() -> None:
