@@ -120,3 +120,43 @@ def test_a_job_in_another_namespace_cannot_complete_a_victims_stage(
     assert final["artifacts"]["responses"] == harness.STAGE_RESULTS["precompute"]["artifacts"]["responses"]
     assert "attacker" not in json.dumps(final)
     assert operator.alive()
+
+
+def _waiting(cluster: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    conditions = harness.status(cluster, namespace, name).get("conditions") or []
+    waiting = next((c for c in conditions if c["type"] == "Waiting" and c["status"] == "True"), None)
+    return waiting if waiting and waiting["reason"] == "SecretNotAllowed" else None
+
+
+def test_a_secret_without_the_opt_in_label_never_reaches_a_pod_until_it_is_labelled(
+    cluster: Kube, op_namespace: str
+) -> None:
+    harness.create_pvc(cluster, op_namespace)
+    cluster.kubectl(
+        "create", "secret", "generic", "db-password", "-n", op_namespace, "--from-literal=PASSWORD=x"
+    )
+    job = harness.rlhfjob(
+        "borrower", op_namespace, spec={"storage": {"credentials": {"secretRef": {"name": "db-password"}}}}
+    )
+    harness.apply(cluster, job)
+    waiting = cluster.wait_for(
+        lambda: _waiting(cluster, op_namespace, "borrower"), timeout=60, what="SecretNotAllowed"
+    )
+    assert (
+        "Secret db-password (spec.storage.credentials.secretRef.name) is not opted in" in waiting["message"]
+    )
+    assert harness.children(cluster, op_namespace, "jobs") == []
+    events = cluster.get_json("events.events.k8s.io", "-n", op_namespace)["items"]
+    assert [e["note"] for e in events if e["reason"] == "SecretNotAllowed"] == [waiting["message"]]
+
+    cluster.kubectl(
+        "label", "secret", "db-password", "-n", op_namespace, "rlhf-operator.dev/usable-by-rlhfjobs=true"
+    )
+    harness.wait_phase(cluster, op_namespace, "borrower", "Succeeded", timeout=120)
+    [precompute] = [
+        j
+        for j in harness.children(cluster, op_namespace, "jobs")
+        if j["metadata"]["name"] == "borrower-precompute"
+    ]
+    [container] = precompute["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "db-password"}}]

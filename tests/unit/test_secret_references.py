@@ -6,17 +6,15 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from rlhf_operator.api.secret_references import (
-    SECRET_OPT_IN_LABEL,
-    SECRET_REFERENCES,
-    admission_json,
-    secret_names,
-)
+from rlhf_operator.api.admission_fields import ADMISSION_FIELDS_FILE, admission_json, pod_settings_paths
+from rlhf_operator.api.secret_references import SECRET_OPT_IN_LABEL, SECRET_REFERENCES, secret_names
 from rlhf_operator.api.v1alpha1 import RLHFJob
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
 from rlhf_operator.pipeline import dependencies, refused_secrets
+from rlhf_operator.stages import STAGES, pod_settings
 from tests.chart_support import CHART
 from tests.support.builders import TOKEN, rlhfjob
 from tests.support.fake_kube import FakeKube
@@ -106,8 +104,28 @@ def test_a_refused_secret_keeps_the_job_waiting_with_a_condition_and_one_warning
     assert ("create", "Job", "tiny-precompute") in kube.requests
 
 
-def test_the_charts_copy_of_the_list_is_current() -> None:
-    """`make crd` writes the list for the chart's admission policy; it must match the code."""
-    written = (CHART / "files" / "admission" / "secret-references.json").read_text()
+def test_the_charts_copy_of_the_admission_fields_is_current() -> None:
+    """`make crd` writes the fields for the chart's admission policy; they must match the code."""
+    written = (CHART / ADMISSION_FIELDS_FILE).read_text()
     assert written == admission_json(), "run `make crd`"
-    assert [e["path"] for e in json.loads(written)] == [r.path for r in SECRET_REFERENCES]
+    assert [e["path"] for e in json.loads(written)["secretReferences"]] == [r.path for r in SECRET_REFERENCES]
+
+
+def _at(model: BaseModel, path: str) -> object:
+    """The value at a camelCase path of the wire format (e.g. stages.rewardModel.pod)."""
+    value: object = model
+    for part in path.split("."):
+        assert isinstance(value, BaseModel)
+        fields = type(value).model_fields
+        value = getattr(value, next(name for name, f in fields.items() if (f.alias or name) == part))
+    return value
+
+
+def test_the_admission_policy_checks_the_pod_settings_of_every_stage() -> None:
+    """Every stage's pods (the reward server and cleanup borrow another stage's settings) take their
+    settings from a field the policy checks."""
+    spec = rlhfjob().spec
+    checked = {id(_at(spec, path)) for path in pod_settings_paths()}
+    assert len(checked) == 5
+    for stage in STAGES:
+        assert id(pod_settings(spec, stage)) in checked, stage

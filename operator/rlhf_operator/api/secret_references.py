@@ -11,13 +11,12 @@ by adding one `SecretReference` here:
   SecretNotAllowed, one Warning event;
 - the chart's ValidatingAdmissionPolicy refuses, at `kubectl apply`, a name outside the allowed
   list when `jobPolicy.secrets.onlyAllowedNames` is on (`cel`; `make crd` writes the list into the
-  chart, `charts/rlhf-operator/files/admission/secret-references.json`). An admission policy cannot
+  chart, `api/admission_fields.py`). An admission policy cannot
   read other objects, so the label is the operator's check, the list the API server's.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,9 +89,3 @@ SECRET_REFERENCES: tuple[SecretReference, ...] = (
 def secret_names(spec: RLHFJobSpec) -> list[tuple[str, str]]:
     """(path, name) of every Secret the job's pods will use, in the list's order."""
     return [(ref.path, name) for ref in SECRET_REFERENCES for name in ref.names(spec)]
-
-
-def admission_json() -> str:
-    """The list for the chart's admission policy: each path and its CEL."""
-    entries = [{"path": ref.path, "cel": ref.cel} for ref in SECRET_REFERENCES]
-    return json.dumps(entries, indent=2) + "\n"
