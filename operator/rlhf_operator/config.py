@@ -62,6 +62,14 @@ class OperatorConfig(BaseModel):
         8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    leader_election_namespace: str | None = Field(
+        None,
+        description="Namespace of the leader-election Lease: replicas elect one leader that reconciles. "
+        "Unset: no election, this process reconciles at once (one replica only).",
+    )
+    leader_election_lease: str = Field(
+        "rlhf-operator-leader", min_length=1, max_length=253, description="Name of the leader-election Lease."
+    )
     secret_opt_in: bool = Field(
         True,
         description="Hand a Secret named in a spec to the job's pods only when it carries the label "

@@ -65,13 +65,15 @@ class Controller:
         self._stop = threading.Event()
         self._sweep_failed: set[Key] = set()
         self._sweep_ticked: float | None = None
+        #: Whether this replica may act (leader election, `leader.py`); a standby only keeps its store.
+        self.is_leader: Callable[[], bool] = lambda: True
 
     def reconcile(self, key: Key) -> None:
         self._coalescer.run(key)
 
     def _reconcile_once(self, key: Key) -> None:
         body = self.store.job(key)
-        if body is None:
+        if body is None or not self.is_leader():  # asked right before acting: a lost lease stops here
             return
         try:
             if body["metadata"].get("deletionTimestamp"):
@@ -189,6 +191,8 @@ class Controller:
         """Reconciles every unfinished job, or with `everything` False only those whose policy
         runs (their progress is due); counts the jobs by phase for the metrics. One job's bad
         object never stops the others: its error is logged once, with its name, and the sweep goes on."""
+        if not self.is_leader():
+            return
         phases: dict[str, int] = {}
         for key in self.store.job_keys():
             try:

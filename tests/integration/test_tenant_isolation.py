@@ -1,4 +1,5 @@
-"""Tenants on one cluster: the review's attack, replayed on the real API server.
+"""Tenants on one cluster: the review's attack replayed on the real API server, Secrets that must opt
+in, and bounded log reads.
 
 The operator watches two namespaces. In team-b, a Job whose pod carries team-a's RLHFJob uid label
 (and, for a second Job, a forged ownerReference to it) succeeds with a termination message naming
@@ -17,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube import Client
+from lightkube.config.kubeconfig import KubeConfig
 
+from rlhf_operator.kube import LOG_LIMIT_BYTES
+from rlhf_operator.kube import Kube as OperatorKube
 from tests.conftest import Kube
 from tests.integration import operator_harness as harness
 from tests.support.launchers import OperatorLauncher
@@ -160,3 +165,22 @@ def test_a_secret_without_the_opt_in_label_never_reaches_a_pod_until_it_is_label
     ]
     [container] = precompute["spec"]["template"]["spec"]["containers"]
     assert container["envFrom"] == [{"secretRef": {"name": "db-password"}}]
+
+
+def test_a_pods_log_is_read_at_most_64kib_at_a_time(cluster: Kube, namespace: str, tmp_path: Path) -> None:
+    """The operator reads the policy's progress from the log tail; a pod printing huge lines cannot
+    make it read more than LOG_LIMIT_BYTES (the API server's limitBytes, served here by kwok)."""
+    log_file = tmp_path / "stage.log"
+    log_file.write_text(
+        "".join(f"2026-01-01T00:00:00.000000000Z stdout F line {i} {'x' * 4000}\n" for i in range(200))
+    )
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chatty", "namespace": namespace},
+           "spec": {"nodeSelector": {"eks.amazonaws.com/nodegroup": "cpu"}, "containers": [{"name": "stage", "image": "x"}]}}  # fmt: skip
+    logs = {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs", "metadata": {"name": "chatty", "namespace": namespace},
+            "spec": {"logs": [{"containers": ["stage"], "logsFile": str(log_file), "follow": False}]}}  # fmt: skip
+    for body in (pod, logs):
+        harness.apply(cluster, body)
+    kube = OperatorKube(Client(KubeConfig.from_file(cluster.kubeconfig)))
+    tail = cluster.wait_for(lambda: kube.log_tail(namespace, "chatty"), timeout=60, what="the pod's log")
+    assert len(tail.encode()) == LOG_LIMIT_BYTES
+    assert tail.startswith("line 150 "), "the 50 lines' tail, cut at the limit"

@@ -4,12 +4,14 @@ leader election's Lease RBAC and the operator's NetworkPolicy values. The integr
 
 from __future__ import annotations
 
+from typing import Any
+
 from rlhf_operator.api.admission_fields import pod_settings_paths
 from rlhf_operator.api.secret_references import SECRET_REFERENCES
-from tests.chart_support import find, one, operator_env, render
+from tests.chart_support import fail_message, find, one, operator_env, render
 
 
-def _validations(values: dict[str, object]) -> list[dict[str, str]]:
+def _validations(values: dict[str, Any]) -> list[dict[str, str]]:
     policy = one(render(values), "ValidatingAdmissionPolicy")
     return list(policy["spec"]["validations"])
 
@@ -49,3 +51,73 @@ def test_the_policy_can_be_turned_off_and_the_operator_gets_the_secret_settings(
     assert not find(docs, "ValidatingAdmissionPolicy") and not find(docs, "ValidatingAdmissionPolicyBinding")
     env = operator_env(docs)
     assert (env["RLHF_OPERATOR_SECRET_OPT_IN"], env["RLHF_OPERATOR_ALLOWED_SECRETS"]) == ("false", "a,b")
+
+
+# ---------------------------------------------------------------------------------------------- HA
+
+
+def test_two_replicas_elect_a_leader_with_a_lease_they_may_only_get_and_update() -> None:
+    docs = render({"replicaCount": 2})
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = operator_env(docs)
+    assert (env["RLHF_OPERATOR_LEADER_ELECTION_NAMESPACE"], env["RLHF_OPERATOR_LEADER_ELECTION_LEASE"]) == (
+        "ops",
+        "r-rlhf-operator-leader",
+    )
+    role = one(docs, "Role", "r-rlhf-operator-leader-election")
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["r-rlhf-operator-leader"], "verbs": ["get", "update"]},
+    ]  # fmt: skip
+    binding = one(docs, "RoleBinding", "r-rlhf-operator-leader-election")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "r-rlhf-operator", "namespace": "ops"}]
+
+
+def test_without_leader_election_only_one_replica_runs_and_it_is_recreated() -> None:
+    docs = render({"replicaCount": 1, "leaderElection": {"enabled": False}})
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert operator_env(docs)["RLHF_OPERATOR_LEADER_ELECTION_NAMESPACE"] == ""
+    assert not find(docs, "Role", "r-rlhf-operator-leader-election")
+    assert "replicaCount > 1 needs leaderElection.enabled" in fail_message(
+        {"replicaCount": 2, "leaderElection": {"enabled": False}}
+    )
+
+
+# ---------------------------------------------------------------------------------------------- RBAC
+
+
+def test_watched_namespaces_get_roles_even_in_cluster_scope() -> None:
+    """A ClusterRoleBinding would cover every namespace, watched or not."""
+    docs = render({"rbac": {"scope": "cluster"}, "watchNamespaces": ["team-a", "team-b"]})
+    assert sorted(
+        r["metadata"]["namespace"] for r in find(docs, "Role") if r["metadata"]["name"] == "r-rlhf-operator"
+    ) == ["team-a", "team-b"]
+    assert not find(docs, "ClusterRoleBinding", "r-rlhf-operator")
+    assert not find(docs, "ClusterRole", "r-rlhf-operator")
+
+
+def test_rlhfjob_users_get_access_through_the_default_edit_and_view_roles() -> None:
+    docs = render()
+    edit = one(docs, "ClusterRole", "r-rlhf-operator-rlhfjobs-edit")
+    assert {k: v for k, v in edit["metadata"]["labels"].items() if k.startswith("rbac.")} == {
+        "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+        "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+    }
+    view = one(docs, "ClusterRole", "r-rlhf-operator-rlhfjobs-view")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert view["rules"] == [
+        {
+            "apiGroups": ["rlhf-operator.dev"],
+            "resources": ["rlhfjobs", "rlhfjobs/status"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert not find(
+        render({"rbac": {"aggregateToDefaultRoles": False}}), "ClusterRole", "r-rlhf-operator-rlhfjobs-view"
+    )
