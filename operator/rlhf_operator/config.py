@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlhf_operator import __version__
+from rlhf_operator.api.v1alpha1.common import QUANTITY_PATTERN
 
 ENV_PREFIX = "RLHF_OPERATOR_"
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/rlhf-operator"
@@ -47,6 +49,19 @@ class OperatorConfig(BaseModel):
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     stage_service_account: str | None = Field(
         None, description="Service account of stage pods that name none (e.g. one with IRSA for S3)."
+    )
+    stage_ephemeral_storage: str = Field(
+        "20Gi",
+        pattern=QUANTITY_PATTERN,
+        description="Node disk per stage pod whose spec sets no `resources.ephemeralStorage`: request and /tmp limit.",
+    )
+    network_policy: bool = Field(
+        True,
+        description="Give each RLHFJob a NetworkPolicy: its pods talk only to each other, DNS and `network_egress`.",
+    )
+    network_egress: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"ports": [{"port": 443, "protocol": "TCP"}]}],
+        description="More egress of stage pods, as NetworkPolicy egress rules (JSON); default: HTTPS anywhere.",
     )
     progress_interval_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a running policy's progress is read from its log."
@@ -102,7 +117,9 @@ class OperatorConfig(BaseModel):
             raise ValueError(f"GPU-hour prices must not be negative: {', '.join(negative)}")
         return value
 
-    @field_validator("gpu_memory_gib", "node_group_instance_types", "gpu_hour_prices", mode="before")
+    @field_validator(
+        "gpu_memory_gib", "node_group_instance_types", "gpu_hour_prices", "network_egress", mode="before"
+    )
     @classmethod
     def _parse_json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value

@@ -34,6 +34,8 @@ from lightkube.resources.core_v1 import (
     ServiceAccount,
 )
 from lightkube.resources.events_v1 import Event as EventResource
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 from prometheus_client import Counter
 
@@ -58,6 +60,8 @@ RESOURCES = {
     "Deployment": "deployments",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "ServiceAccount": "serviceaccounts",
+    "NetworkPolicy": "networkpolicies",
+    "PodDisruptionBudget": "poddisruptionbudgets",
 }
 KINDS: dict[str, type[NamespacedResource]] = {
     "Job": Job,
@@ -66,6 +70,8 @@ KINDS: dict[str, type[NamespacedResource]] = {
     "PersistentVolumeClaim": PersistentVolumeClaim,
     "Secret": Secret,
     "ServiceAccount": ServiceAccount,
+    "NetworkPolicy": NetworkPolicy,
+    "PodDisruptionBudget": PodDisruptionBudget,
 }
 RLHFJobResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 #: The most of a pod's log one progress read fetches (the API server's limitBytes).

@@ -25,6 +25,8 @@ class Observed:
     services: frozenset[str] = frozenset()
     config_maps: frozenset[str] = frozenset()
     secrets: frozenset[str] = frozenset()
+    network_policies: frozenset[str] = frozenset()
+    disruption_budgets: frozenset[str] = frozenset()
     pods: tuple[Manifest, ...] = ()
     # None: not checked yet; the caller checks and reconciles again when the plan asks for it.
     missing: tuple[str, ...] | None = None

@@ -203,6 +203,8 @@ class Store:
                 services=frozenset(kinds.get("Service", {})),
                 config_maps=frozenset(kinds.get("ConfigMap", {})),
                 secrets=frozenset(kinds.get("Secret", {})),
+                network_policies=frozenset(kinds.get("NetworkPolicy", {})),
+                disruption_budgets=frozenset(kinds.get("PodDisruptionBudget", {})),
                 pods=tuple(pods),
             )
 

@@ -184,3 +184,57 @@ def test_a_pods_log_is_read_at_most_64kib_at_a_time(cluster: Kube, namespace: st
     tail = cluster.wait_for(lambda: kube.log_tail(namespace, "chatty"), timeout=60, what="the pod's log")
     assert len(tail.encode()) == LOG_LIMIT_BYTES
     assert tail.startswith("line 150 "), "the 50 lines' tail, cut at the limit"
+
+
+def _deployment_ready(cluster: Kube, namespace: str) -> dict[str, Any] | None:
+    deployments = harness.children(cluster, namespace, "deployments")
+    return deployments[0] if deployments and deployments[0]["status"].get("readyReplicas") == 1 else None
+
+
+def test_a_jobs_pods_are_fenced_bounded_and_its_reward_server_cannot_be_evicted(
+    cluster: Kube, op_namespace: str
+) -> None:
+    """The NetworkPolicy, the PodDisruptionBudget and the pods' disk bounds as the API server stores them.
+    No policy engine runs here (kwok plays the pods), so the NetworkPolicy is validated and stored by
+    the API server, not enforced; the PodDisruptionBudget is enforced (the eviction API refuses)."""
+    harness.create_pvc(cluster, op_namespace)
+    job = harness.rlhfjob("fenced", op_namespace, spec={"stages": {"policy": {"rewardPlacement": "remote"}}})
+    harness.hold(job, "policy")
+    harness.apply(cluster, job)
+    cluster.wait_for(lambda: _deployment_ready(cluster, op_namespace), timeout=90, what="the reward server")
+    uid = cluster.get_json("rlhfjob", "fenced", "-n", op_namespace)["metadata"]["uid"]
+
+    policy = cluster.get_json("networkpolicy", "fenced-network", "-n", op_namespace)
+    own = {"podSelector": {"matchLabels": {"rlhf-operator.dev/job-uid": uid}}}
+    assert policy["spec"]["podSelector"] == own["podSelector"]
+    assert policy["spec"]["ingress"] == [{"from": [own]}]
+    assert policy["spec"]["egress"][0] == {"to": [own]}
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == uid
+    pods = harness.children(cluster, op_namespace, "pods")
+    assert pods and all(p["metadata"]["labels"]["rlhf-operator.dev/job-uid"] == uid for p in pods)
+    for pod in pods:  # every pod the policy selects asks for its disk and cannot use more
+        [container] = pod["spec"]["containers"]
+        assert container["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+        tmp = next(v for v in pod["spec"]["volumes"] if v["name"] == "tmp")
+        assert tmp["emptyDir"]["sizeLimit"] == "20Gi"
+
+    budget = cluster.wait_for(
+        lambda: (b := cluster.get_json("pdb", "fenced-reward-server", "-n", op_namespace)).get("status", {}).get("currentHealthy") == 1 and b,
+        timeout=30, what="the disruption budget to count the reward server",
+    )  # fmt: skip
+    assert budget["spec"]["minAvailable"] == 1 and budget["status"]["expectedPods"] == 1
+    [server] = [p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "reward-server"]
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": server["metadata"]["name"], "namespace": op_namespace}}  # fmt: skip
+    refused = cluster.kubectl(
+        "create", "--raw", f"/api/v1/namespaces/{op_namespace}/pods/{server['metadata']['name']}/eviction",
+        "-f", "-", input=json.dumps(eviction), check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "disruption budget" in refused.stderr, refused.stderr
+
+    harness.release(cluster, op_namespace, "policy")
+    harness.wait_phase(cluster, op_namespace, "fenced", "Succeeded")
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "pdb", "fenced-reward-server", "-n", op_namespace, check=False).returncode != 0,
+        timeout=30, what="the disruption budget removed with the reward server",
+    )  # fmt: skip

@@ -4,6 +4,7 @@ leader election's Lease RBAC and the operator's NetworkPolicy values. The integr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rlhf_operator.api.admission_fields import pod_settings_paths
@@ -121,3 +122,18 @@ def test_rlhfjob_users_get_access_through_the_default_edit_and_view_roles() -> N
     assert not find(
         render({"rbac": {"aggregateToDefaultRoles": False}}), "ClusterRole", "r-rlhf-operator-rlhfjobs-view"
     )
+
+
+# ---------------------------------------------------------------------------------------------- network, disk
+
+
+def test_network_policy_and_disk_values_reach_the_operator() -> None:
+    env = operator_env(render())
+    assert env["RLHF_OPERATOR_NETWORK_POLICY"] == "true"
+    assert json.loads(env["RLHF_OPERATOR_NETWORK_EGRESS"]) == [{"ports": [{"port": 443, "protocol": "TCP"}]}]
+    assert env["RLHF_OPERATOR_STAGE_EPHEMERAL_STORAGE"] == "20Gi"
+    values = {"networkPolicy": {"enabled": False, "egress": []}, "stages": {"ephemeralStorage": "50Gi"}}
+    env = operator_env(render(values))
+    assert (env["RLHF_OPERATOR_NETWORK_POLICY"], env["RLHF_OPERATOR_NETWORK_EGRESS"]) == ("false", "[]")
+    assert env["RLHF_OPERATOR_STAGE_EPHEMERAL_STORAGE"] == "50Gi"
+    assert "ephemeralStorage" in fail_message({"stages": {"ephemeralStorage": "lots"}})

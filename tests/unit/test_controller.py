@@ -44,6 +44,7 @@ def test_a_new_job_checks_dependencies_once_creates_its_first_stage_and_writes_s
     ctl = start(kube, body())
     assert kube.requests == [
         ("get", "dependencies", "ml"),
+        ("create", "NetworkPolicy", "tiny-network"),  # before any pod can exist
         ("create", "ConfigMap", "tiny-precompute-config"),
         ("create", "Job", "tiny-precompute"),
         ("patch_status", "RLHFJob", "tiny"),

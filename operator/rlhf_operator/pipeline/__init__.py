@@ -16,6 +16,7 @@ from rlhf_operator.config import OperatorConfig
 from rlhf_operator.pipeline.context import PlanningPass, TokenSource, dump, stored_status
 from rlhf_operator.pipeline.dependencies import dependencies, refused_secrets
 from rlhf_operator.pipeline.events import phase_events, stage_events, waiting_events
+from rlhf_operator.pipeline.network import ensure_network_policy
 from rlhf_operator.pipeline.progress import progress_pod
 from rlhf_operator.pipeline.progression import stage_records
 from rlhf_operator.pipeline.retention import retention
@@ -50,6 +51,7 @@ def reconcile(
     ctx = PlanningPass(job, old, observed, config, now, new_token)
     records = stage_records(ctx)
     reward_server_lifecycle(ctx, records)
+    ensure_network_policy(ctx)
     new = build_status(ctx, records)
     ctx.plan.status = dump(new)
     ctx.plan.status_changed = ctx.plan.status != dump(ctx.old)
