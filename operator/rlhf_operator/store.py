@@ -140,6 +140,10 @@ class Store:
                 objects.pop(name, None)
                 if children is not None:
                     children.finished_at.pop(name, None)
+                if kind == "Job":  # its pods go with it (the garbage collector deletes them)
+                    self._job_owner.pop(meta.get("uid", ""), None)
+                if kind == "Pod" and not objects:
+                    self._pods.pop(owner.uid, None)
                 return uid
             if objects.get(name) == slim:
                 return None  # e.g. a pod's heartbeat-like status update: nothing to reconcile
