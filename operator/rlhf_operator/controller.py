@@ -208,6 +208,12 @@ class Controller:
                 self._sweep_failed.add(key)
         metrics.set_jobs_by_phase(phases)
 
+    def reconcile_all(self) -> None:
+        """Every RLHFJob in the store once, finished ones included: what a new leader does first,
+        as a restarted operator does on its watches' first events (a standby ignored those)."""
+        for key in self.store.job_keys():
+            self.reconcile(key)
+
     def resync_forever(self) -> None:
         """Ticks at the progress interval; every job is reconciled at the resync interval. Any
         error of a tick is logged and the loop goes on; `alive` tells the liveness probe."""

@@ -39,7 +39,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         # A new leader reconciles everything at once, in a thread of its own: the election thread
         # must keep renewing while that runs.
         def lead() -> None:
-            threading.Thread(target=controller.resync, name="takeover", daemon=True).start()
+            threading.Thread(target=controller.reconcile_all, name="takeover", daemon=True).start()
 
         election = threading.Thread(
             target=elector.run, args=(memo.stop_election, lead, _leadership_lost), name="leader-election"

@@ -7,7 +7,11 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.controller import Controller
 from rlhf_operator.leader import LeaderElector, LeaseConflictError, LeaseRecord
+from tests.support.builders import TOKEN, rlhfjob
+from tests.support.fake_kube import FakeKube
 
 
 class MemoryLease:
@@ -124,3 +128,18 @@ def test_run_reports_a_lost_lease_when_renewals_fail_past_the_deadline() -> None
     assert lost.wait(5)
     thread.join(5)
     assert not thread.is_alive() and not elector.leading()
+
+
+def test_a_standby_acts_on_nothing_and_a_new_leader_reconciles_every_job() -> None:
+    kube, leading = FakeKube(), threading.Event()
+    controller = Controller(OperatorConfig(), kube, token_source=TOKEN)
+    controller.is_leader = leading.is_set
+    body = rlhfjob().model_dump(mode="json", by_alias=True, exclude_none=True)
+    kube.add_rlhfjob(body)
+    controller.store.put_job(body)
+    controller.reconcile(("ml", "tiny"))
+    controller.resync()
+    assert kube.requests == [], "a standby keeps its store and sends nothing"
+    leading.set()
+    controller.reconcile_all()
+    assert ("create", "Job", "tiny-precompute") in kube.requests
