@@ -48,8 +48,10 @@ lint: venv ## ruff and mypy
 	$(VENV)/bin/mypy
 	$(MAKE) chart-lint images-lint
 
-crd: venv ## regenerate crds/ from the API models
+crd: venv ## regenerate crds/ from the API models (and the chart's copies: the CRD, the spec's Secret fields)
 	$(PY) -m rlhf_operator crd --write
+	$(PY) -c 'from rlhf_operator.api.admission_fields import admission_json as j; print(j(), end="")' \
+		> $(CHART)/files/admission/rlhfjob-fields.json
 	$(MAKE) chart-sync
 
 test: venv tools ## unit, integration (real local cluster), training and end to end (images and node: below)

@@ -167,7 +167,7 @@ def bench_pipeline(workdir: Path) -> dict[str, Any]:
         )
         rss[stage] = int(proc.stderr.rsplit("MAXRSS ", 1)[1].split()[0]) / 1024
         if stage == "policy":
-            from rlhf_operator.workloads.progress import parse_progress
+            from rlhf_operator.api.stage_io import parse_progress
 
             curve = [r for r in (parse_progress(line) for line in proc.stdout.splitlines()) if r]
     seconds = [r.seconds or 0.0 for r in curve[1:]]  # step 1 includes warm-up

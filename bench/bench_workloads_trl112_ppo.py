@@ -100,7 +100,7 @@ def train_ours(workdir: Path, root: Path) -> float:
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "RLHF_TERMINATION_MESSAGE_PATH": str(root / "term")},
     )
-    from rlhf_operator.workloads.progress import parse_progress
+    from rlhf_operator.api.stage_io import parse_progress
 
     steps = [r for r in (parse_progress(line) for line in proc.stdout.splitlines()) if r]
     assert len(steps) == SETTINGS["batches"], proc.stdout[-2000:]

@@ -48,7 +48,8 @@ def chart_values(tag: str, group: str) -> dict[str, Any]:
         "watchNamespaces": [NAMESPACE],
         "rbac": {"scope": "namespaced"},
         "nodeGroups": {"cpu": group, "reward": group, "policy": group},
-        "stages": {"progressIntervalSeconds": 1},
+        # The tiny job's /tmp holds caches only; 2Gi keeps the request well inside the real node's disk.
+        "stages": {"progressIntervalSeconds": 1, "ephemeralStorage": "2Gi"},
         "nodeSelector": {"eks.amazonaws.com/nodegroup": group},
         "tolerations": [gpu_toleration],
     }

@@ -45,6 +45,10 @@ NODE_STAGES = (
 POD_READY_STAGE = "pod/fast/pod-ready.yaml"
 POD_DELETE_STAGE = "pod/fast/pod-delete.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+# Admission beyond the defaults, as strict clusters (OpenShift, hardened EKS) run it: setting
+# `blockOwnerDeletion` on a child needs `update` on the owner's finalizers (the chart's RBAC grants
+# the operator rlhfjobs/finalizers; the tests would see a missing grant as refused creates).
+APISERVER_ARGS = {"enable-admission-plugins": "OwnerReferencesPermissionEnforcement"}
 
 
 class ClusterError(RuntimeError):
@@ -332,6 +336,9 @@ class LocalCluster:
             sans, patches = self._real_node_options()
             options["options"]["kubeApiserverCertSANs"] = sans
             options["componentsPatches"] = patches
+        else:
+            extra = [{"key": k, "value": v} for k, v in APISERVER_ARGS.items()]
+            options["componentsPatches"] = [{"name": "kube-apiserver", "extraArgs": extra}]
         stages_dir = self.tools / "kwok-stages"
         documents = [yaml.safe_dump(options, sort_keys=False)]
         stages = (
@@ -353,6 +360,7 @@ class LocalCluster:
         selector = self.home / "egress-selector.yaml"
         selector.write_text(yaml.safe_dump(egress_selector(self.node.proxy_socket)))
         apiserver = {
+            **APISERVER_ARGS,
             # The `kubernetes` Service's endpoint: nsforward listens there, inside the namespace.
             "advertise-address": NODE_IP,
             "service-cluster-ip-range": SERVICE_CIDR,

@@ -15,10 +15,12 @@ from rlhf_operator.api.stage_config import (
     CONFIG_ENV,
     CONFIG_KEY,
     CONFIG_PATH,
+    REWARD_TLS_DIR_ENV,
     JobRef,
     StageConfig,
 )
 from rlhf_operator.api.stage_config import dump_stage_config as dump_config
+from rlhf_operator.api.stage_io import EX_CONFIG
 from rlhf_operator.api.v1alpha1 import (
     API_VERSION,
     KIND,
@@ -32,6 +34,8 @@ from rlhf_operator.api.v1alpha1 import (
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
+    LABEL_INSTANCE,
+    LABEL_JOB_UID,
     child_name,
     cleanup_job_name,
     config_map_name,
@@ -39,7 +43,6 @@ from rlhf_operator.naming import (
     token_secret_name,
 )
 from rlhf_operator.stages import CLEANUP, MASTER_PORT, STAGES, StageKey, pod_settings
-from rlhf_operator.workloads.exit_codes import EX_CONFIG
 
 Manifest = dict[str, Any]
 
@@ -47,6 +50,8 @@ CONTAINER = "stage"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TOKEN_MOUNT = "/var/run/secrets/rlhf-operator/reward"
 TOKEN_KEY = "token"
+#: The reward server's certificate (`serving.tls`): tls.crt and tls.key for it, ca.crt for its clients.
+TLS_MOUNT = "/var/run/secrets/rlhf-operator/reward-tls"
 #: AWS's EFA device plugin resource (multi-node NCCL over EFA).
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
 
@@ -117,8 +122,13 @@ def reward_token_secret(job: JobIdentity, token: str) -> Manifest:
     }
 
 
+def scratch_size(settings: PodSettings, config: OperatorConfig) -> str:
+    """Node disk of one pod (/tmp): its ephemeral-storage request and the size limit of /tmp."""
+    return settings.resources.ephemeral_storage or config.stage_ephemeral_storage
+
+
 def _resources(settings: PodSettings, config: OperatorConfig) -> Manifest:
-    requests: dict[str, str] = {}
+    requests: dict[str, str] = {"ephemeral-storage": scratch_size(settings, config)}
     limits: dict[str, str] = {}
     if settings.resources.cpu:
         requests["cpu"] = settings.resources.cpu
@@ -155,11 +165,17 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
+#: /dev/shm of a GPU pod whose spec sets no memory (memory-backed: it counts as the pod's memory).
+DEFAULT_SHM_SIZE = "8Gi"
+
+
 def _volumes(
-    job: JobIdentity, spec: RLHFJobSpec, stage: StageKey, with_config: bool
+    job: JobIdentity, spec: RLHFJobSpec, stage: StageKey, config: OperatorConfig, with_config: bool
 ) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, mounts): /tmp, the stage's config, the storage volume, /dev/shm, the reward token."""
-    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    """(volumes, mounts): /tmp, the stage's config, the storage volume, /dev/shm, the reward token
+    and certificate. Every emptyDir has a size limit: a pod cannot fill its node's disk or memory."""
+    settings = pod_settings(spec, stage)
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {"sizeLimit": scratch_size(settings, config)}}]
     mounts: list[Manifest] = [{"name": "tmp", "mountPath": "/tmp"}]
     if with_config:
         volumes.append({"name": "config", "configMap": {"name": config_map_name(job.name, stage)}})
@@ -171,15 +187,32 @@ def _volumes(
         if volume.sub_path:
             mount["subPath"] = volume.sub_path
         mounts.append(mount)
-    if STAGES[stage].gpu_training and pod_settings(spec, stage).resources.gpus:
+    if STAGES[stage].gpu_training and settings.resources.gpus:
         # NCCL and torch's data loaders share memory through /dev/shm; a container's default 64 MiB
         # is too small. Memory-backed: it counts against the pod's memory limit.
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        shm = {"medium": "Memory", "sizeLimit": settings.resources.memory or DEFAULT_SHM_SIZE}
+        volumes.append({"name": "dshm", "emptyDir": shm})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         volumes.append({"name": "reward-token", "secret": {"secretName": token_secret_name(job.name)}})
         mounts.append({"name": "reward-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
+        tls = spec.stages.reward_model.serving.tls
+        if tls is not None:
+            volumes.append({"name": "reward-tls", "secret": _reward_tls_secret(tls.secret_name, stage)})
+            mounts.append({"name": "reward-tls", "mountPath": TLS_MOUNT, "readOnly": True})
     return volumes, mounts
+
+
+def _reward_tls_secret(secret_name: str, stage: StageKey) -> Manifest:
+    """The reward server's certificate: all of it for the server, only what verifies it (the CA, or
+    the certificate itself when self-signed) for its clients."""
+    if stage is StageName.REWARD_SERVER:
+        return {"secretName": secret_name}
+    return {
+        "secretName": secret_name,
+        "items": [{"key": k, "path": k} for k in ("ca.crt", "tls.crt")],
+        "optional": True,
+    }
 
 
 #: The served AI judge's API key, from `aiJudge.endpoint.apiKeySecret` (read by endpoint_judge).
@@ -220,9 +253,11 @@ def pod_spec(
         *(extra_env or []),
         *({"name": e.name, "value": e.value} for e in settings.env),
     ]
-    volumes, mounts = _volumes(job, spec, stage, with_config)
+    volumes, mounts = _volumes(job, spec, stage, config, with_config)
     if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         env.append({"name": "RLHF_REWARD_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/{TOKEN_KEY}"})
+        if spec.stages.reward_model.serving.tls is not None:
+            env.append({"name": REWARD_TLS_DIR_ENV, "value": TLS_MOUNT})
     container: Manifest = {
         "name": CONTAINER,
         "image": settings.image or config.image(role),
@@ -339,7 +374,8 @@ def headless_service(job: JobIdentity, stage: StageName) -> Manifest:
 
 def reward_server_endpoint(job: JobIdentity, spec: RLHFJobSpec) -> str:
     name = child_name(job.name, StageName.REWARD_SERVER)
-    return f"http://{name}.{job.namespace}.svc:{spec.stages.reward_model.serving.port}"
+    scheme = "https" if spec.stages.reward_model.serving.tls is not None else "http"
+    return f"{scheme}://{name}.{job.namespace}.svc:{spec.stages.reward_model.serving.port}"
 
 
 def reward_server_deployment(
@@ -348,6 +384,7 @@ def reward_server_deployment(
     stage = StageName.REWARD_SERVER
     name = child_name(job.name, stage)
     port = spec.stages.reward_model.serving.port
+    scheme = "HTTPS" if spec.stages.reward_model.serving.tls is not None else "HTTP"
     pod = pod_spec(
         job,
         spec,
@@ -356,9 +393,15 @@ def reward_server_deployment(
         command=STAGES[stage].workload_command("--port", str(port)),
         restart_policy="Always",
         ports=[{"name": "http", "containerPort": port}],
-        readiness_probe={"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+        readiness_probe={
+            "httpGet": {"path": "/readyz", "port": "http", "scheme": scheme},
+            "periodSeconds": 5,
+        },
     )
     metadata = job.metadata(name, stage)
+    template_labels = dict(metadata["labels"])
+    if spec.queue_name:  # Kueue admits the server's pods from the same queue as the job's Jobs
+        metadata["labels"][KUEUE_QUEUE_LABEL] = template_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     settings = pod_settings(spec, stage)
     return {
         "apiVersion": "apps/v1",
@@ -373,10 +416,23 @@ def reward_server_deployment(
                 }
             },
             "template": {
-                "metadata": {"labels": dict(metadata["labels"]), "annotations": dict(settings.annotations)},
+                "metadata": {"labels": template_labels, "annotations": dict(settings.annotations)},
                 "spec": pod,
             },
         },
+    }
+
+
+def reward_server_disruption_budget(job: JobIdentity) -> Manifest:
+    """Keeps a drain or a consolidation from evicting the last reward server while the policy calls it."""
+    stage = StageName.REWARD_SERVER
+    metadata = job.metadata(child_name(job.name, stage), stage)
+    selector = {LABEL_INSTANCE: metadata["labels"][LABEL_INSTANCE], LABEL_JOB_UID: job.uid}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata,
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
     }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlhf_operator import __version__
+from rlhf_operator.api.v1alpha1.common import QUANTITY_PATTERN
 
 ENV_PREFIX = "RLHF_OPERATOR_"
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/rlhf-operator"
@@ -48,6 +50,19 @@ class OperatorConfig(BaseModel):
     stage_service_account: str | None = Field(
         None, description="Service account of stage pods that name none (e.g. one with IRSA for S3)."
     )
+    stage_ephemeral_storage: str = Field(
+        "20Gi",
+        pattern=QUANTITY_PATTERN,
+        description="Node disk per stage pod whose spec sets no `resources.ephemeralStorage`: request and /tmp limit.",
+    )
+    network_policy: bool = Field(
+        True,
+        description="Give each RLHFJob a NetworkPolicy: its pods talk only to each other, DNS and `network_egress`.",
+    )
+    network_egress: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"ports": [{"port": 443, "protocol": "TCP"}]}],
+        description="More egress of stage pods, as NetworkPolicy egress rules (JSON); default: HTTPS anywhere.",
+    )
     progress_interval_seconds: float = Field(
         5.0, gt=0, le=300, description="How often a running policy's progress is read from its log."
     )
@@ -62,6 +77,23 @@ class OperatorConfig(BaseModel):
         8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    leader_election_namespace: str | None = Field(
+        None,
+        description="Namespace of the leader-election Lease: replicas elect one leader that reconciles. "
+        "Unset: no election, this process reconciles at once (one replica only).",
+    )
+    leader_election_lease: str = Field(
+        "rlhf-operator-leader", min_length=1, max_length=253, description="Name of the leader-election Lease."
+    )
+    secret_opt_in: bool = Field(
+        True,
+        description="Hand a Secret named in a spec to the job's pods only when it carries the label "
+        "rlhf-operator.dev/usable-by-rlhfjobs=true or its name is in `allowed_secrets`.",
+    )
+    allowed_secrets: tuple[str, ...] = Field(
+        (),
+        description="Secret names any RLHFJob may name without the label (ALLOWED_SECRETS, comma separated).",
+    )
     gpu_memory_gib: dict[str, float] = Field(
         default_factory=dict,
         description="GPU memory (GiB) of each node group's GPUs, JSON: jobs whose estimate exceeds it are refused.",
@@ -85,14 +117,16 @@ class OperatorConfig(BaseModel):
             raise ValueError(f"GPU-hour prices must not be negative: {', '.join(negative)}")
         return value
 
-    @field_validator("gpu_memory_gib", "node_group_instance_types", "gpu_hour_prices", mode="before")
+    @field_validator(
+        "gpu_memory_gib", "node_group_instance_types", "gpu_hour_prices", "network_egress", mode="before"
+    )
     @classmethod
     def _parse_json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "allowed_secrets", mode="before")
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(ns.strip() for ns in value.split(",") if ns.strip())
         return value

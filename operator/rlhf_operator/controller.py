@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from rlhf_operator import metrics
+from rlhf_operator.api.stage_io import progress_records
 from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
 from rlhf_operator.coalescer import Coalescer
 from rlhf_operator.config import OperatorConfig
@@ -27,12 +28,12 @@ from rlhf_operator.pipeline import (
     finished_plan,
     progress_pod,
     reconcile,
+    refused_secrets,
     retention,
     stored_status,
 )
 from rlhf_operator.plan import Event, Manifest, Observed, RequestRefusedError
 from rlhf_operator.store import Key, Store
-from rlhf_operator.workloads.progress import progress_records
 
 log = logging.getLogger(__name__)
 FINISHED_PHASES = {Phase.SUCCEEDED.value, Phase.FAILED.value}
@@ -64,13 +65,15 @@ class Controller:
         self._stop = threading.Event()
         self._sweep_failed: set[Key] = set()
         self._sweep_ticked: float | None = None
+        #: Whether this replica may act (leader election, `leader.py`); a standby only keeps its store.
+        self.is_leader: Callable[[], bool] = lambda: True
 
     def reconcile(self, key: Key) -> None:
         self._coalescer.run(key)
 
     def _reconcile_once(self, key: Key) -> None:
         body = self.store.job(key)
-        if body is None:
+        if body is None or not self.is_leader():  # asked right before acting: a lost lease stops here
             return
         try:
             if body["metadata"].get("deletionTimestamp"):
@@ -104,7 +107,9 @@ class Controller:
         now = self._clock()
         plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         if plan.check_dependencies:
-            observed = observed.with_missing(self.kube.missing(key[0], dependencies(job, self.config)))
+            missing = self.kube.missing(key[0], dependencies(job, self.config))
+            refused = refused_secrets(job, self.config, lambda name: self.kube.secret_labels(key[0], name))
+            observed = observed.with_missing(missing, refused)
             plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         try:
             updated = self.executor.execute(key, uid, plan)
@@ -186,6 +191,8 @@ class Controller:
         """Reconciles every unfinished job, or with `everything` False only those whose policy
         runs (their progress is due); counts the jobs by phase for the metrics. One job's bad
         object never stops the others: its error is logged once, with its name, and the sweep goes on."""
+        if not self.is_leader():
+            return
         phases: dict[str, int] = {}
         for key in self.store.job_keys():
             try:
@@ -200,6 +207,12 @@ class Controller:
                     log.exception("the sweep could not handle %s/%s; it goes on with the others", *key)
                 self._sweep_failed.add(key)
         metrics.set_jobs_by_phase(phases)
+
+    def reconcile_all(self) -> None:
+        """Every RLHFJob in the store once, finished ones included: what a new leader does first,
+        as a restarted operator does on its watches' first events (a standby ignored those)."""
+        for key in self.store.job_keys():
+            self.reconcile(key)
 
     def resync_forever(self) -> None:
         """Ticks at the progress interval; every job is reconciled at the resync interval. Any

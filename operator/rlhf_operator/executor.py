@@ -29,6 +29,9 @@ class KubeApi(Protocol):
     def missing(self, namespace: str, needed: list[tuple[str, str]]) -> tuple[str, ...]:
         """A sentence for each (kind, name) that does not exist."""
 
+    def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's labels; None when it does not exist."""
+
     def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None: ...
 
 

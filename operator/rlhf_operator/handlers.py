@@ -61,3 +61,13 @@ def on_service(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("v1", "configmaps", labels=MANAGED)  # type: ignore[arg-type]
 def on_config_map(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _on_child("ConfigMap", event, memo)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)  # type: ignore[arg-type]
+def on_network_policy(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    _on_child("NetworkPolicy", event, memo)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)  # type: ignore[arg-type]
+def on_disruption_budget(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    _on_child("PodDisruptionBudget", event, memo)

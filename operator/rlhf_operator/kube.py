@@ -20,15 +20,27 @@ from lightkube import ApiError, Client, codecs
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.models.meta_v1 import Status
+from lightkube.models.coordination_v1 import LeaseSpec
+from lightkube.models.meta_v1 import ObjectMeta, Status
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    PersistentVolumeClaim,
+    PodLog,
+    Secret,
+    Service,
+    ServiceAccount,
+)
 from lightkube.resources.events_v1 import Event as EventResource
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import CascadeType, PatchType
 from prometheus_client import Counter
 
 from rlhf_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from rlhf_operator.leader import LeaseConflictError, LeaseRecord
 from rlhf_operator.plan import Event, RequestRefusedError
 
 log = logging.getLogger(__name__)
@@ -48,6 +60,8 @@ RESOURCES = {
     "Deployment": "deployments",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "ServiceAccount": "serviceaccounts",
+    "NetworkPolicy": "networkpolicies",
+    "PodDisruptionBudget": "poddisruptionbudgets",
 }
 KINDS: dict[str, type[NamespacedResource]] = {
     "Job": Job,
@@ -56,8 +70,12 @@ KINDS: dict[str, type[NamespacedResource]] = {
     "PersistentVolumeClaim": PersistentVolumeClaim,
     "Secret": Secret,
     "ServiceAccount": ServiceAccount,
+    "NetworkPolicy": NetworkPolicy,
+    "PodDisruptionBudget": PodDisruptionBudget,
 }
 RLHFJobResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+#: The most of a pod's log one progress read fetches (the API server's limitBytes).
+LOG_LIMIT_BYTES = 64 * 1024
 # The objects a spec names (the claim, secrets) are shared by many RLHFJobs and rarely go away: one
 # seen to exist is not looked up again for this long. Absence is never remembered.
 EXISTS_TTL_SECONDS = 10.0
@@ -71,7 +89,7 @@ def build_type_info() -> None:
     reproduce it every time). Called once, before any handler thread exists.
     """
     body = {"metadata": {"name": "type-info"}}
-    for cls in (*KINDS.values(), ConfigMap, EventResource, Status):
+    for cls in (*KINDS.values(), ConfigMap, EventResource, Status, Lease):
         # The info is built before the value is checked, so a refused value is fine.
         with contextlib.suppress(msgspec.ValidationError):
             msgspec.convert(body, cls)
@@ -206,10 +224,83 @@ class Kube:
                 self._seen_at[key] = time.monotonic()
         return tuple(absent)
 
-    def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None:
-        API_REQUESTS.labels("get", "pods/log").inc()
+    def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The labels of a Secret the spec names (its opt-in for RLHFJobs); None when it is absent.
+        Read fresh every time: removing the label must take effect at the next stage."""
+        API_REQUESTS.labels("get", "secrets").inc()
         try:
-            return "".join(self.client.log(pod, namespace=namespace, tail_lines=lines))
+            secret = self.client.get(Secret, name, namespace=namespace)
+        except ApiError as err:
+            if _is(err, 404):
+                return None
+            raise
+        return dict(secret.metadata.labels or {}) if secret.metadata else {}
+
+    def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None:
+        """The last `lines` of the pod's log, at most LOG_LIMIT_BYTES of them: a stage pod printing
+        huge lines cannot make the operator read (and hold) more."""
+        API_REQUESTS.labels("get", "pods/log").inc()
+        # lightkube's `log()` has no limitBytes: the same request with it added.
+        params = {"tailLines": lines, "limitBytes": LOG_LIMIT_BYTES}
+        api = self.client._client  # lightkube's own request builder and error handling
+        try:
+            request = api.prepare_request("get", PodLog, name=pod, namespace=namespace, params=params)
+            response = api.send(api.build_adapter_request(request))
+            api.raise_for_status(response)  # type: ignore[no-untyped-call]
+            return str(response.text)
         except ApiError as err:
             log.debug("no log for %s/%s: %s", namespace, pod, err)
             return None
+
+
+class KubeLeaseStore:
+    """The leader-election Lease (`leader.LeaseStore`) through lightkube."""
+
+    def __init__(self, client: Client, namespace: str, name: str) -> None:
+        self.client, self.namespace, self.name = client, namespace, name
+
+    def get(self) -> LeaseRecord | None:
+        try:
+            lease = self.client.get(Lease, self.name, namespace=self.namespace)
+        except ApiError as err:
+            if _is(err, 404):
+                return None
+            raise
+        spec = lease.spec or LeaseSpec()
+        return LeaseRecord(
+            holder=spec.holderIdentity or "",
+            lease_seconds=spec.leaseDurationSeconds or 0,
+            acquire_time=spec.acquireTime,
+            renew_time=spec.renewTime,
+            transitions=spec.leaseTransitions or 0,
+            resource_version=lease.metadata.resourceVersion if lease.metadata else None,
+        )
+
+    def _lease(self, record: LeaseRecord) -> Lease:
+        return Lease(
+            metadata=ObjectMeta(
+                name=self.name, namespace=self.namespace, resourceVersion=record.resource_version
+            ),
+            spec=LeaseSpec(
+                holderIdentity=record.holder or None,
+                leaseDurationSeconds=record.lease_seconds,
+                acquireTime=record.acquire_time,
+                renewTime=record.renew_time,
+                leaseTransitions=record.transitions,
+            ),
+        )
+
+    def create(self, record: LeaseRecord) -> LeaseRecord:
+        return self._write(self.client.create, record)
+
+    def replace(self, record: LeaseRecord) -> LeaseRecord:
+        return self._write(self.client.replace, record)
+
+    def _write(self, send: Any, record: LeaseRecord) -> LeaseRecord:
+        try:
+            written = send(self._lease(record))
+        except ApiError as err:
+            if _is(err, 409):
+                raise LeaseConflictError(str(err)) from err
+            raise
+        return LeaseRecord(**{**record.__dict__, "resource_version": written.metadata.resourceVersion})

@@ -25,12 +25,10 @@ import yaml
 from pydantic import ValidationError
 
 from rlhf_operator.api.stage_config import dump_stage_config
+from rlhf_operator.api.stage_io import EX_CONFIG, RESULT_PREFIX, parse_progress
 from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES, RLHFJobSpec, StageName
 from rlhf_operator.children import JobIdentity, stage_config
 from rlhf_operator.stages import STAGES, skipped
-from rlhf_operator.workloads.exit_codes import EX_CONFIG
-from rlhf_operator.workloads.progress import parse_progress
-from rlhf_operator.workloads.result import RESULT_PREFIX
 
 SERVE_REWARD = str(STAGES[StageName.REWARD_SERVER].command)
 

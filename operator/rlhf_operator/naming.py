@@ -32,7 +32,15 @@ def stage_slug(stage: StageKey) -> str:
 
 def child_name(job_name: str, stage: StageKey, suffix: str = "") -> str:
     """`<job>-<stage>[-suffix]`, shortened with a stable hash when the job's name is long."""
-    tail = stage_slug(stage) + (f"-{suffix}" if suffix else "")
+    return _job_child(job_name, stage_slug(stage) + (f"-{suffix}" if suffix else ""))
+
+
+def network_policy_name(job_name: str) -> str:
+    """The job's one NetworkPolicy (it covers the pods of every stage)."""
+    return _job_child(job_name, "network")
+
+
+def _job_child(job_name: str, tail: str) -> str:
     name = f"{job_name}-{tail}"
     if len(name) <= MAX_CHILD_NAME:
         return name

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import threading
+import uuid
 from typing import Any
 
 import kopf
@@ -14,7 +16,10 @@ from prometheus_client import start_http_server
 from rlhf_operator import handlers
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
-from rlhf_operator.kube import Kube
+from rlhf_operator.kube import Kube, KubeLeaseStore
+from rlhf_operator.leader import LeaderElector
+
+log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -26,6 +31,28 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     controller = handlers.controller_of(memo)
     threading.Thread(target=controller.resync_forever, name="resync", daemon=True).start()
+    elector = getattr(memo, "elector", None)
+    if isinstance(elector, LeaderElector):
+        # Every replica watches (a new leader starts with a full store); only the leader acts.
+        controller.is_leader = elector.leading
+
+        # A new leader reconciles everything at once, in a thread of its own: the election thread
+        # must keep renewing while that runs.
+        def lead() -> None:
+            threading.Thread(target=controller.reconcile_all, name="takeover", daemon=True).start()
+
+        election = threading.Thread(
+            target=elector.run, args=(memo.stop_election, lead, _leadership_lost), name="leader-election"
+        )
+        election.daemon = True
+        election.start()
+
+
+def _leadership_lost() -> None:
+    """The Lease was not renewed in time: stop acting now, as client-go does, and restart as a standby."""
+    log.critical("lost the leader-election Lease; exiting so that only one replica ever acts")
+    logging.shutdown()
+    os._exit(1)
 
 
 @kopf.on.probe(id="sweep")
@@ -39,6 +66,10 @@ def sweep_alive(memo: kopf.Memo, **_: Any) -> str:
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
     handlers.controller_of(memo).stop()
+    elector = getattr(memo, "elector", None)
+    if isinstance(elector, LeaderElector):
+        memo.stop_election.set()
+        elector.release()  # a standby takes over within a second instead of waiting out the Lease
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,14 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kopf.objects").setLevel(quiet)
     # The HTTP client logs every request at INFO; the metrics count them instead.
     logging.getLogger("httpx2").setLevel(quiet)
-    controller = Controller(config, Kube())
+    kube = Kube()
+    controller = Controller(config, kube)
+    memo = kopf.Memo(controller=controller)
+    if config.leader_election_namespace:
+        store = KubeLeaseStore(kube.client, config.leader_election_namespace, config.leader_election_lease)
+        # The pod's name (HOSTNAME) and a random part: a restarted container is a new candidate.
+        identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        memo.elector, memo.stop_election = LeaderElector(store, identity), threading.Event()
     if config.metrics_port:
         start_http_server(config.metrics_port)
+    # standalone: Kopf's peering is off (it pauses equal-priority peers; leader.py says why).
     kopf.run(
         standalone=True,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(controller=controller),
+        memo=memo,
     )
     return 0

@@ -25,9 +25,13 @@ class Observed:
     services: frozenset[str] = frozenset()
     config_maps: frozenset[str] = frozenset()
     secrets: frozenset[str] = frozenset()
+    network_policies: frozenset[str] = frozenset()
+    disruption_budgets: frozenset[str] = frozenset()
     pods: tuple[Manifest, ...] = ()
     # None: not checked yet; the caller checks and reconciles again when the plan asks for it.
     missing: tuple[str, ...] | None = None
+    #: Secrets the spec names that the operator may not hand to its pods (`secret_policy`), as sentences.
+    refused: tuple[str, ...] = ()
     progress: ProgressRecord | None = None
     #: Every progress record in the log tail read, oldest first (the guardrails replay them).
     progress_history: tuple[ProgressRecord, ...] = ()
@@ -37,8 +41,13 @@ class Observed:
             p for p in self.pods if p.get("metadata", {}).get("labels", {}).get(LABEL_STAGE) == str(stage)
         ]
 
-    def with_missing(self, missing: tuple[str, ...]) -> Observed:
-        return replace(self, missing=missing)
+    def with_missing(self, missing: tuple[str, ...], refused: tuple[str, ...] = ()) -> Observed:
+        return replace(self, missing=missing, refused=refused)
+
+    @property
+    def blockers(self) -> tuple[str, ...]:
+        """Why the next stage may not start: what is missing, then what is refused."""
+        return (*(self.missing or ()), *self.refused)
 
     def with_progress(
         self, progress: ProgressRecord | None, history: tuple[ProgressRecord, ...] = ()

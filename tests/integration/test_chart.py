@@ -143,7 +143,7 @@ def test_install_creates_everything_and_the_operator_pod_lands_on_a_node(install
     assert {c["type"]: c["status"] for c in crd["status"]["conditions"]}["Established"] == "True"
 
     pods = cluster.get_json("pods", "-n", ns, "-l", "app.kubernetes.io/component=operator")["items"]
-    assert len(pods) == 1
+    assert len(pods) == 2  # two replicas, one leads (leader election)
     node = cluster.get_json("node", pods[0]["spec"]["nodeName"])
     assert node["metadata"]["labels"]["eks.amazonaws.com/nodegroup"] == "cpu"  # untainted: no GPU node
     assert pods[0]["spec"]["serviceAccountName"] == name
@@ -159,7 +159,7 @@ def test_operator_pod_is_admitted_by_the_restricted_pod_security_standard(instal
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     # The operator pod exists in it (the Deployment would report a FailedCreate otherwise) ...
     deployment = cluster.get_json("deployment", installed.fullname, "-n", ns)
-    assert deployment["status"].get("readyReplicas") == 1
+    assert deployment["status"].get("readyReplicas") == 2
     # ... while the same namespace refuses a pod that is not restricted: admission is really on.
     result = cluster.kubectl(
         "run", "not-restricted", "-n", ns, "--image=busybox", "--dry-run=server", check=False
@@ -177,19 +177,24 @@ def test_helm_test_hook_runs_as_a_restricted_pod(installed: Installed) -> None:
 
 
 CAN = [
-    ("get", "rlhfjobs.rlhf-operator.dev"), ("list", "rlhfjobs.rlhf-operator.dev"),
-    ("watch", "rlhfjobs.rlhf-operator.dev"), ("patch", "rlhfjobs.rlhf-operator.dev"),
-    ("patch", "rlhfjobs.rlhf-operator.dev", "--subresource=status"),
-    ("update", "rlhfjobs.rlhf-operator.dev", "--subresource=status"),
+    ("list", "rlhfjobs.rlhf-operator.dev"), ("watch", "rlhfjobs.rlhf-operator.dev"),
+    ("patch", "rlhfjobs.rlhf-operator.dev"), ("patch", "rlhfjobs.rlhf-operator.dev", "--subresource=status"),
+    ("update", "rlhfjobs.rlhf-operator.dev", "--subresource=finalizers"),
     ("create", "jobs.batch"), ("patch", "jobs.batch"), ("delete", "jobs.batch"), ("watch", "jobs.batch"),
     ("list", "pods"), ("watch", "pods"), ("get", "pods", "--subresource=log"),
-    ("create", "configmaps"), ("delete", "configmaps"), ("create", "services"), ("watch", "services"),
+    ("create", "configmaps"), ("create", "services"), ("watch", "services"), ("delete", "services"),
     ("create", "deployments.apps"), ("patch", "deployments.apps"), ("delete", "deployments.apps"),
-    ("get", "secrets"), ("create", "secrets"), ("delete", "secrets"),
+    ("create", "poddisruptionbudgets.policy"), ("delete", "poddisruptionbudgets.policy"),
+    ("create", "networkpolicies.networking.k8s.io"), ("watch", "networkpolicies.networking.k8s.io"),
+    ("get", "secrets"), ("create", "secrets"),
     ("get", "persistentvolumeclaims"), ("get", "serviceaccounts"),
-    ("create", "events"), ("patch", "events"), ("create", "events.events.k8s.io"),
+    ("create", "events"), ("create", "events.events.k8s.io"),
 ]  # fmt: skip
 CANNOT = [
+    # Verbs the operator does not use are not granted.
+    ("get", "rlhfjobs.rlhf-operator.dev"), ("update", "rlhfjobs.rlhf-operator.dev", "--subresource=status"),
+    ("delete", "configmaps"), ("delete", "secrets"), ("patch", "events"), ("get", "pods"),
+    ("delete", "networkpolicies.networking.k8s.io"), ("update", "leases.coordination.k8s.io"),
     ("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("patch", "secrets"),
     ("create", "rlhfjobs.rlhf-operator.dev"), ("delete", "rlhfjobs.rlhf-operator.dev"),
     ("update", "rlhfjobs.rlhf-operator.dev"),
@@ -226,6 +231,53 @@ def test_operator_account_cannot_do_more(installed: Installed) -> None:
     allowed = [a for a in CANNOT if installed.can_i(*a, "-n", "default")]
     allowed += [a for a in CANNOT_CLUSTER_WIDE if installed.can_i(*a)]
     assert not allowed, f"the operator may: {allowed}"
+
+
+def test_operator_account_may_hold_only_its_own_lease_in_its_namespace(installed: Installed) -> None:
+    ns, lease = installed.namespace, f"leases.coordination.k8s.io/{installed.fullname}-leader"
+    assert installed.can_i("get", lease, "-n", ns) and installed.can_i("update", lease, "-n", ns)
+    assert installed.can_i("create", "leases.coordination.k8s.io", "-n", ns)
+    assert not installed.can_i("update", "leases.coordination.k8s.io/kube-scheduler", "-n", ns)
+    assert not installed.can_i("create", "leases.coordination.k8s.io", "-n", "kube-system")
+
+
+def test_rlhfjob_users_get_rlhfjobs_through_the_default_edit_and_view_roles(installed: Installed) -> None:
+    """Kubernetes' aggregation controller adds the chart's rules to `edit` and `view`: a user bound to
+    `edit` in a namespace may create RLHFJobs there, one bound to `view` only read them."""
+    cluster, ns = installed.cluster, installed.namespace
+    for role in ("edit", "view"):
+        cluster.kubectl(
+            "create", "rolebinding", f"user-{role}", f"--clusterrole={role}", f"--user=user-{role}", "-n", ns
+        )
+
+    def can(user: str, *args: str) -> bool:
+        result = cluster.kubectl("auth", "can-i", *args, "-n", ns, f"--as={user}", check=False)
+        return result.stdout.strip() == "yes"
+
+    cluster.wait_for(lambda: can("user-edit", "create", "rlhfjobs.rlhf-operator.dev"), timeout=30,
+                     what="the edit role to aggregate RLHFJobs")  # fmt: skip
+    assert can("user-edit", "delete", "rlhfjobs.rlhf-operator.dev")
+    assert can("user-view", "list", "rlhfjobs.rlhf-operator.dev")
+    assert not can("user-view", "create", "rlhfjobs.rlhf-operator.dev")
+    assert not can("user-edit", "patch", "rlhfjobs.rlhf-operator.dev", "--subresource=status")
+
+
+def test_cluster_scope_with_watched_namespaces_grants_nothing_elsewhere(
+    releases: Releases, namespace: str
+) -> None:
+    """`rbac.scope: cluster` used to bind every namespace even when the operator watched a few."""
+    cluster = releases.cluster
+    watched = fresh_namespace(cluster, "t-chart-watched")
+    try:
+        release = f"c{uuid.uuid4().hex[:6]}"
+        notes = releases.install(
+            release, namespace, {"watchNamespaces": [watched], "tests": {"enabled": False}}
+        )
+        target = Installed(cluster, namespace, release, notes)
+        assert not [a for a in CAN if not target.can_i(*a, "-n", watched)]
+        assert not [a for a in CAN if target.can_i(*a, "-n", "default")]
+    finally:
+        cluster.kubectl("delete", "namespace", watched, "--wait=false", check=False)
 
 
 def test_helm_test_account_may_only_get_the_crd(installed: Installed) -> None:
@@ -338,19 +390,17 @@ def test_upgrade_rolls_out_new_settings_and_uninstall_keeps_the_crd(
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     assert after["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
 
-    def new_pod() -> dict[str, Any] | None:
+    def new_pods() -> list[dict[str, Any]] | None:
         pods = cluster.get_json("pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator")[
             "items"
         ]
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        if len(live) == 1 and live[0]["spec"].get("nodeName"):
-            env = {e["name"]: e.get("value") for e in live[0]["spec"]["containers"][0]["env"]}
-            if env["RLHF_OPERATOR_NODE_GROUP_POLICY"] == "p5-48xlarge":
-                pod: dict[str, Any] = live[0]
-                return pod
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp") and p["spec"].get("nodeName")]
+        envs = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in live]
+        if len(live) == 2 and all(env["RLHF_OPERATOR_NODE_GROUP_POLICY"] == "p5-48xlarge" for env in envs):
+            return live
         return None
 
-    cluster.wait_for(new_pod, timeout=60, what="the operator pod with the new node group")
+    cluster.wait_for(new_pods, timeout=60, what="the operator pods with the new node group")
 
     releases.uninstall(release, namespace)
     assert cluster.kubectl("get", "deployment", name, "-n", namespace, check=False).returncode != 0
@@ -402,7 +452,7 @@ def test_rendered_values_reach_the_installed_deployment(installed: Installed) ->
         kubeconfig=installed.cluster.kubeconfig,
     ).stdout  # fmt: skip
     assert f"name: {installed.fullname}" in manifest
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"  # the replicas elect a leader
     values = json.loads(
         helm(
             "get",

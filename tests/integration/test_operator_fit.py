@@ -110,8 +110,13 @@ def test_the_eks_example_passes_the_fit_check_and_gets_its_first_job(
     assert refusal is not None and refusal.stage.value == "policy", refusal
 
     example["metadata"]["namespace"] = namespace
-    # docs/eks.md's stage ServiceAccount (IRSA); without it the job waits before its first Job.
+    # docs/eks.md's stage ServiceAccount (IRSA) and the reward server's certificate Secret, opted in
+    # for RLHFJobs; without them the job waits before its first Job.
     cluster.kubectl("create", "serviceaccount", "rlhf-stages", "-n", namespace)
+    cluster.kubectl("create", "secret", "generic", "reward-server-tls", "-n", namespace)
+    cluster.kubectl(
+        "label", "secret", "reward-server-tls", "-n", namespace, "rlhf-operator.dev/usable-by-rlhfjobs=true"
+    )
     apply(cluster, example)
     # The fit check runs before the first Job: the precompute Job's existence is the check passed.
     try:

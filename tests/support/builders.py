@@ -66,3 +66,16 @@ def pod(
         },
         "status": {"phase": phase, "containerStatuses": [{"state": state}], "conditions": conditions or []},
     }
+
+
+def owned(
+    child: Manifest, owner_uid: str, *, kind: str = "RLHFJob", namespace: str = "ml", uid: str = ""
+) -> Manifest:
+    """`child` as the API server stores it: in `namespace`, controlled by `owner_uid` (an RLHFJob, or
+    a Job for a pod), with its own `uid` when given."""
+    meta = child.setdefault("metadata", {})
+    meta["namespace"] = namespace
+    meta["ownerReferences"] = [{"kind": kind, "uid": owner_uid, "controller": True, "name": "owner"}]
+    if uid:
+        meta["uid"] = uid
+    return child

@@ -7,6 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf_operator.api.secret_references import SECRET_OPT_IN_LABEL
 from rlhf_operator.plan import Event, RequestRefusedError
 
 Manifest = dict[str, Any]
@@ -21,6 +22,8 @@ class FakeKube:
     events: list[Event] = field(default_factory=list)
     absent: tuple[str, ...] = ()
     logs: dict[str, str] = field(default_factory=dict)
+    #: Secret name -> its labels; a Secret not listed has opted in to RLHFJobs.
+    secret_label_sets: dict[str, dict[str, str]] = field(default_factory=dict)
     #: kind -> (code, reason): creating an object of that kind is refused as the API server would.
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -76,6 +79,10 @@ class FakeKube:
     def missing(self, namespace: str, needed: list[tuple[str, str]]) -> tuple[str, ...]:
         self.requests.append(("get", "dependencies", namespace))
         return self.absent
+
+    def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.requests.append(("get", "Secret", name))
+        return self.secret_label_sets.get(name, {SECRET_OPT_IN_LABEL: "true"})
 
     def log_tail(self, namespace: str, pod: str, lines: int = 50) -> str | None:
         self.requests.append(("log", "Pod", pod))

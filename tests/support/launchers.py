@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,15 +19,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_http_ready(
-    url: str, process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 90.0
+    url: str,
+    process: subprocess.Popen[bytes] | subprocess.Popen[str],
+    timeout: float = 90.0,
+    context: ssl.SSLContext | None = None,
 ) -> None:
-    """Until `url` answers 200; fails at once when the process exits first."""
+    """Until `url` answers 200 (an https `url` verified with `context`); fails at once when the
+    process exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode} before {url} was ready")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
                 if response.status == 200:
                     return
         except OSError:

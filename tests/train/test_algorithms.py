@@ -29,7 +29,7 @@ DPO_SETTINGS: dict[str, Any] = {
 
 
 def _progress(stdout: str) -> list[ProgressRecord]:
-    from rlhf_operator.workloads.progress import parse_progress
+    from rlhf_operator.api.stage_io import parse_progress
 
     return [r for r in (parse_progress(line) for line in stdout.splitlines()) if r is not None]
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from rlhf_operator.api.stage_io import ProgressRecord
+from rlhf_operator.api.stage_io import ProgressRecord, parse_progress
 from rlhf_operator.workloads import layout
-from rlhf_operator.workloads.progress import parse_progress
 from tests.train.conftest import run_cli, stage_config
 
 pytestmark = pytest.mark.train

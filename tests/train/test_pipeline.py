@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+
+from rlhf_operator.workloads.lineage import tree_digest
 
 pytestmark = pytest.mark.train
 
@@ -32,6 +35,9 @@ def test_pipeline_artifacts_are_complete(pipeline: dict[str, Any]) -> None:
     assert pipeline["report"]["winRate"] >= 0.9
     assert (root / "promoted" / "policy" / "_SUCCESS").exists()
     assert (root / "promoted" / "policy" / "model.safetensors").exists()
+    # The promoted copy is bound to its content: the digest in status (and its marker) is the copy's.
+    marker = json.loads((root / "promoted" / "policy" / "_SUCCESS").read_text())
+    assert marker["digest"] == "sha256:" + tree_digest(str(root / "promoted" / "policy"))
     assert "Promoted: win rate" in pipeline["stdout"]
     assert "RLHF_PROGRESS" not in pipeline["stdout"]  # the runner condenses progress lines
     assert "[policy] step 20/20" in pipeline["stdout"]

@@ -39,7 +39,7 @@ def test_identical_inputs_reuse_the_responses_and_a_new_temperature_does_not(
     # The tiny run wrote its lineage and put its result in the storage's reuse index.
     made = _lineage(first)
     assert made["stage"] == "precompute" and {"baseModel", "prompts"} <= set(made["inputs"])
-    index = pipeline["workdir"] / "rlhf-jobs" / ".reuse" / "precompute" / f"{made['digest']}.json"
+    index = pipeline["workdir"] / "rlhf-jobs" / "default" / ".reuse" / "precompute" / f"{made['digest']}.json"
     assert json.loads(index.read_text())["artifactRoot"] == str(first)
 
     second = tmp_path / "second"

@@ -30,19 +30,22 @@ ENV_PREFIX = "RLHF_OPERATOR_"
 
 # Every verb the operator may use, per (apiGroup, resource); anything else is a least-privilege bug.
 NAMESPACED_RULES = {
-    ("rlhf-operator.dev", "rlhfjobs"): {"get", "list", "watch", "patch"},
-    ("rlhf-operator.dev", "rlhfjobs/status"): {"get", "patch", "update"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("rlhf-operator.dev", "rlhfjobs"): {"list", "watch", "patch"},
+    ("rlhf-operator.dev", "rlhfjobs/status"): {"patch"},
+    ("rlhf-operator.dev", "rlhfjobs/finalizers"): {"update"},
+    ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"list", "watch"},
     ("", "pods/log"): {"get"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "delete"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "secrets"): {"get", "create", "delete"},
+    ("", "configmaps"): {"list", "watch", "create"},
+    ("", "services"): {"list", "watch", "create", "delete"},
+    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create"},
+    ("", "secrets"): {"get", "create"},
     ("", "persistentvolumeclaims"): {"get"},
     ("", "serviceaccounts"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
+    ("events.k8s.io", "events"): {"create"},
 }
 DISCOVERY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
@@ -98,12 +101,11 @@ def test_rendered_crd_is_the_source_crd_plus_the_keep_policy() -> None:
 # ---------------------------------------------------------------------------------------------- operator
 
 
-def test_deployment_runs_one_restricted_operator() -> None:
+def test_deployment_runs_restricted_operator_replicas() -> None:
     docs = render()
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2  # one leads (leader election), test_chart_security.py
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "r-rlhf-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -132,7 +134,11 @@ def test_operator_env_sets_every_config_field_and_parses_to_the_defaults() -> No
     assert set(env) == {ENV_PREFIX + name.upper() for name in OperatorConfig.model_fields}
     config = OperatorConfig.from_env(env)
     assert config == OperatorConfig(
-        image_worker="ghcr.io/rlhf-operator/worker:0.1.0", image_trainer="ghcr.io/rlhf-operator/trainer:0.1.0"
+        image_worker="ghcr.io/rlhf-operator/worker:0.1.0",
+        image_trainer="ghcr.io/rlhf-operator/trainer:0.1.0",
+        # The chart's replicas elect a leader with a Lease in the release namespace.
+        leader_election_namespace="ops",
+        leader_election_lease="r-rlhf-operator-leader",
     )
 
 
@@ -241,7 +247,8 @@ def test_cluster_scope_grants_exactly_what_the_operator_uses() -> None:
     docs = render()
     assert flatten(one(docs, "ClusterRole", "r-rlhf-operator")["rules"]) == NAMESPACED_RULES
     assert flatten(one(docs, "ClusterRole", "r-rlhf-operator-discovery")["rules"]) == DISCOVERY_RULES
-    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+    # The only Role is leader election's, in the release namespace (test_chart_security.py).
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["r-rlhf-operator-leader-election"]
     for name in ("r-rlhf-operator", "r-rlhf-operator-discovery"):
         binding = one(docs, "ClusterRoleBinding", name)
         assert binding["roleRef"]["name"] == name
@@ -260,11 +267,11 @@ def test_no_rule_uses_wildcards() -> None:
 
 def test_namespaced_scope_renders_a_role_per_watched_namespace() -> None:
     docs = render({"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"]})
-    roles = find(docs, "Role")
+    roles = find(docs, "Role", "r-rlhf-operator")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert flatten(role["rules"]) == NAMESPACED_RULES
-    bindings = find(docs, "RoleBinding")
+    bindings = find(docs, "RoleBinding", "r-rlhf-operator")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"] == {
@@ -279,6 +286,8 @@ def test_namespaced_scope_renders_a_role_per_watched_namespace() -> None:
     assert {r["metadata"]["name"] for r in cluster_roles} == {
         "r-rlhf-operator-discovery",
         "r-rlhf-operator-test",
+        "r-rlhf-operator-rlhfjobs-edit",
+        "r-rlhf-operator-rlhfjobs-view",
     }
     assert flatten(one(docs, "ClusterRole", "r-rlhf-operator-discovery")["rules"]) == DISCOVERY_RULES
     assert operator_env(docs)[ENV_PREFIX + "NAMESPACES"] == "team-a,team-b"
@@ -322,7 +331,7 @@ def test_test_hook_is_least_privilege_and_restricted() -> None:
 
 BAD_VALUES = [
     ({"replicaCount": -1}, "/replicaCount", "minimum"),
-    ({"replicaCount": 2}, "/replicaCount", "maximum"),
+    ({"replicaCount": 6}, "/replicaCount", "maximum"),
     ({"metrics": {"port": -1}}, "/metrics/port", "minimum"),
     ({"metrics": {"port": 70000}}, "/metrics/port", "maximum"),
     ({"nodeGroups": {"gpuPool": "x"}}, "/nodeGroups", "additional properties 'gpuPool' not allowed"),

@@ -69,7 +69,7 @@ def test_reward_model_on_several_gpus_launches_like_the_policy() -> None:
     assert container["resources"]["limits"]["vpc.amazonaws.com/efa"] == "1"
     assert container["resources"]["requests"]["vpc.amazonaws.com/efa"] == "1"
     # NCCL's shared memory: a memory-backed /dev/shm instead of the container's 64 MiB.
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in pod["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
 
@@ -85,11 +85,12 @@ def test_single_process_stages_keep_a_plain_command_and_no_shm() -> None:
 
 def test_config_map_holds_a_stage_config_the_pod_can_validate() -> None:
     plan = reconcile(rlhfjob(), {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
-    data = plan.create[0]["data"]["stage.json"]
+    [config_map] = [m for m in plan.create if m["kind"] == "ConfigMap"]
+    data = config_map["data"]["stage.json"]
     config = parse_stage_config(data)
     assert config.stage is StageName.PRECOMPUTE
     assert config.artifact_root == "/data/rlhf-jobs/ml/tiny/u-1"
-    assert plan.create[0]["immutable"] is True
+    assert config_map["immutable"] is True
 
 
 def test_a_served_judge_gets_its_api_key_from_the_secret_and_the_secret_is_a_dependency() -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from rlhf_operator.api.stage_io import format_progress
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
-from rlhf_operator.workloads.progress import format_progress
-from tests.support.builders import TOKEN, finished_job, pod, rlhfjob
+from tests.support.builders import TOKEN, finished_job, owned, pod, rlhfjob
 from tests.support.fake_kube import FakeKube
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
@@ -44,6 +44,7 @@ def test_a_new_job_checks_dependencies_once_creates_its_first_stage_and_writes_s
     ctl = start(kube, body())
     assert kube.requests == [
         ("get", "dependencies", "ml"),
+        ("create", "NetworkPolicy", "tiny-network"),  # before any pod can exist
         ("create", "ConfigMap", "tiny-precompute-config"),
         ("create", "Job", "tiny-precompute"),
         ("patch_status", "RLHFJob", "tiny"),
@@ -87,12 +88,11 @@ def _running_policy() -> Manifest:
 def _observe_running_policy(ctl: Controller) -> None:
     """The policy's Job and its running pod `tiny-policy-0`, as the watches would have stored them."""
     labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "policy"}
-    ctl.store.put_child(
-        "Job", {"metadata": {"name": "tiny-policy", "labels": labels}, "spec": {}, "status": {"active": 1}}
-    )
+    job = {"metadata": {"name": "tiny-policy", "labels": labels}, "spec": {}, "status": {"active": 1}}
+    ctl.store.put_child("Job", owned(job, "u-1", uid="job-1"))
     running = pod("policy", "Running", name="tiny-policy-0")
     running["metadata"]["labels"] = labels
-    ctl.store.put_child("Pod", running)
+    ctl.store.put_child("Pod", owned(running, "job-1", kind="Job"))
 
 
 @pytest.mark.parametrize(("interval", "reads"), [(300.0, 1), (1e-6, 2)])
@@ -134,8 +134,11 @@ def test_a_finished_job_only_removes_a_reward_server_left_behind() -> None:
     ctl.store.put_job(job)
     labels = {"rlhf-operator.dev/job-uid": "u-1", "rlhf-operator.dev/stage": "rewardServer"}
     for kind in ("Deployment", "Service"):
-        ctl.store.put_child(kind, {"metadata": {"name": "tiny-reward-server", "labels": labels}, "spec": {}})
-    ctl.store.put_child("Job", {"metadata": {"name": "tiny-evaluation", "labels": labels}, **finished_job()})
+        ctl.store.put_child(
+            kind, owned({"metadata": {"name": "tiny-reward-server", "labels": labels}, "spec": {}}, "u-1")
+        )
+    evaluation = {"metadata": {"name": "tiny-evaluation", "labels": labels}, **finished_job()}
+    ctl.store.put_child("Job", owned(evaluation, "u-1"))
     ctl.reconcile(KEY)
     assert kube.requests == [
         ("delete", "Deployment", "tiny-reward-server"),

@@ -22,7 +22,11 @@ def test_first_reconcile_asks_for_a_dependency_check_then_creates_precompute() -
     assert plan.check_dependencies and plan.create == []
     plan = reconcile(job, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
     kinds = [(m["kind"], m["metadata"]["name"]) for m in plan.create]
-    assert kinds == [("ConfigMap", "tiny-precompute-config"), ("Job", "tiny-precompute")]
+    assert kinds == [
+        ("NetworkPolicy", "tiny-network"),  # before the first pod
+        ("ConfigMap", "tiny-precompute-config"),
+        ("Job", "tiny-precompute"),
+    ]
     assert plan.status["phase"] == "Running" and plan.status["currentStage"] == "precompute"
     assert [e.reason for e in plan.events] == ["StageStarted"]
 
@@ -55,6 +59,7 @@ def test_finished_stage_feeds_metrics_and_starts_the_next() -> None:
             "tiny-reward-model": finished_job(),
         },
         pods=(pod(StageName.REWARD_MODEL, "Succeeded", result),),
+        network_policies=frozenset({"tiny-network"}),
         missing=(),
     )
     plan = reconcile(job, status, observed, CONFIG, NOW, new_token=TOKEN)
@@ -82,7 +87,12 @@ def test_terminal_stage_states_are_kept_when_children_disappear() -> None:
     job = rlhfjob()
     done = {"stages": [{"name": "precompute", "state": "Succeeded", "children": []}]}
     plan = reconcile(job, done, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
-    assert [m["metadata"]["name"] for m in plan.create] == ["tiny-ranking-config", "tiny-ranking"]
+    # Every child is gone, the NetworkPolicy too: it comes back before the next stage's pods.
+    assert [m["metadata"]["name"] for m in plan.create] == [
+        "tiny-network",
+        "tiny-ranking-config",
+        "tiny-ranking",
+    ]
 
 
 def test_suspend_patches_the_running_job_and_resume_respects_kueue() -> None:

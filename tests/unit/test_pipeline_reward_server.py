@@ -20,11 +20,13 @@ def test_remote_policy_waits_for_a_ready_reward_server() -> None:
     done = {"stages": [{"name": s, "state": "Succeeded"} for s in ("precompute", "ranking", "rewardModel")]}
     plan = reconcile(job, done, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
     kinds = sorted(m["kind"] for m in plan.create)
-    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service"]
     deployment = {"spec": {"replicas": 1}, "status": {"readyReplicas": 1}}
     observed = Observed(deployments={"tiny-reward-server": deployment}, services=frozenset({"tiny-reward-server"}),
                         config_maps=frozenset({"tiny-reward-server-config"}),
-                        secrets=frozenset({"tiny-reward-server-token"}), missing=())  # fmt: skip
+                        secrets=frozenset({"tiny-reward-server-token"}), missing=(),
+                        disruption_budgets=frozenset({"tiny-reward-server"}),
+                        network_policies=frozenset({"tiny-network"}))  # fmt: skip
     plan = reconcile(job, done, observed, CONFIG, NOW, new_token=TOKEN)
     assert [m["kind"] for m in plan.create] == ["ConfigMap", "Job"]
 

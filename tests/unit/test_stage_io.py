@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,3 +95,14 @@ def test_reward_model_uses_the_base_models_tokenizer_when_it_starts_from_the_bas
     assert tokenizer_source(spec, "/data/base") == "/data/tok"
     own = rlhfjob(baseModel={"tokenizer": "/data/tok"}, stages={"rewardModel": {"model": "/data/rm"}}).spec
     assert tokenizer_source(own, "/data/rm") == "/data/rm"
+
+
+def test_the_operator_imports_nothing_from_the_stage_programs() -> None:
+    """The operator image needs only the API's pod contract (progress lines, exit codes, results),
+    never `rlhf_operator.workloads`: importing everything the operator runs loads none of it."""
+    code = (
+        "import sys, rlhf_operator.operator_main, rlhf_operator.cleanup;"
+        "print(sorted(m for m in sys.modules if m.startswith('rlhf_operator.workloads')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

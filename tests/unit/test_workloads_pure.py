@@ -8,12 +8,12 @@ import io
 import pytest
 import torch
 
-from rlhf_operator.api.stage_io import ProgressRecord
+from rlhf_operator.api.stage_io import PROGRESS_PREFIX, ProgressRecord, last_progress, parse_progress
 from rlhf_operator.workloads import ppo_core
 from rlhf_operator.workloads.data import shard, split_held_out
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.evaluation import win_rate
-from rlhf_operator.workloads.progress import PROGRESS_PREFIX, emit_progress, last_progress, parse_progress
+from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.ranking import pairs_from_scores, validate_human_row
 
 pytestmark = pytest.mark.unit
@@ -169,7 +169,7 @@ def test_termination_message_is_small(
 
 
 def test_exit_codes() -> None:
-    from rlhf_operator.workloads.exit_codes import EX_CONFIG, EX_OK, EX_RETRYABLE
+    from rlhf_operator.api.stage_io import EX_CONFIG, EX_OK, EX_RETRYABLE
 
     assert (EX_OK, EX_RETRYABLE, EX_CONFIG) == (0, 1, 78)
 

@@ -54,7 +54,8 @@ Call with (list $image $). */}}
 {{- end }}
 {{- end }}
 
-{{/* The namespaces the operator watches, comma separated ("" = all). Fails on an impossible combination. */}}
+{{/* The namespaces the operator watches, comma separated ("" = all). Fails on an impossible combination.
+When it is not empty, the operator's RBAC is a Role in each of them, whatever rbac.scope says. */}}
 {{- define "rlhf-operator.watchNamespaces" -}}
 {{- if and (eq .Values.rbac.scope "namespaced") (not .Values.watchNamespaces) }}
 {{- fail "rbac.scope=namespaced needs watchNamespaces: list the namespaces the operator may work in" }}
@@ -62,50 +63,69 @@ Call with (list $image $). */}}
 {{- join "," (uniq .Values.watchNamespaces) }}
 {{- end }}
 
-{{/* Rules of the operator's own work in the namespaces it watches: only the verbs it uses. */}}
+{{/* Rules of the operator's own work in the namespaces it watches: only the verbs it uses (a unit
+test lists them; the real operator runs a job as this account in test_chart_rbac_operator.py). */}}
 {{- define "rlhf-operator.namespacedRules" -}}
-# The RLHFJobs themselves: Kopf watches them and patches annotations (handler progress) and status.
+# The RLHFJobs themselves: Kopf lists and watches them; the operator patches the artifact-cleanup
+# finalizer (metadata) and the status.
 - apiGroups: ["rlhf-operator.dev"]
   resources: ["rlhfjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["rlhf-operator.dev"]
   resources: ["rlhfjobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+# Children carry an ownerReference with blockOwnerDeletion: clusters that enforce
+# OwnerReferencesPermissionEnforcement require update on the owner's finalizers for that.
+- apiGroups: ["rlhf-operator.dev"]
+  resources: ["rlhfjobs/finalizers"]
+  verbs: ["update"]
 # Batch stages are Jobs; the operator suspends, resumes and deletes them.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Stage pods are read, never written: their states and the policy's progress log.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Stage pods are read, never written: their states and the policy's progress log (a bounded tail).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# Per-stage configuration, and the Service in front of a served reward model.
+# Per-stage configuration (immutable; the garbage collector removes it with the RLHFJob).
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# The served reward model.
+  resources: ["configmaps"]
+  verbs: ["list", "watch", "create"]
+# The Service in front of a served reward model (removed when the policy is done) and the
+# rendezvous Service of a multi-node stage.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "delete"]
+# The served reward model, and its PodDisruptionBudget.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# A per-job reward-server token Secret, and a check that Secrets named in the spec exist. No list or
-# watch: the operator never reads Secrets it was not told about.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "watch", "create", "delete"]
+# One NetworkPolicy per RLHFJob: its pods talk only to each other (docs/security.md).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create"]
+# A per-job reward-server token Secret, and a check that Secrets named in the spec exist and opt in.
+# No list or watch: the operator never reads Secrets it was not told about.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "create"]
 # Checks that the storage volume and the stage service account named in the spec exist.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims", "serviceaccounts"]
   verbs: ["get"]
-# Events on RLHFJobs (kubectl describe).
+# Events on RLHFJobs (kubectl describe): the operator's, and Kopf's own warnings.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Rules Kopf itself needs cluster-wide, whatever the scope: discovering the CRD and the namespaces. */}}
@@ -116,4 +136,16 @@ Call with (list $image $). */}}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/* The Lease the operator replicas hold for leader election. */}}
+{{- define "rlhf-operator.leaseName" -}}
+{{- printf "%s-leader" (include "rlhf-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fails when more than one replica would act at once. */}}
+{{- define "rlhf-operator.checkReplicas" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled: without it every replica would act" }}
+{{- end }}
 {{- end }}

@@ -49,8 +49,12 @@ class Lineage(ApiModel):
 
 
 class ReuseEntry(ApiModel):
-    """One finished result in the storage's reuse index, `<jobs>/.reuse/<stage>/<digest>.json`."""
+    """One finished result in a namespace's reuse index, `<jobs>/<namespace>/.reuse/<stage>/<digest>.json`."""
 
     digest: str = Field(min_length=64, max_length=64, description="The lineage digest of the result.")
     artifact_root: str = Field(min_length=1, max_length=2048, description="The job root that holds it.")
     job: JobRef = Field(description="The job that made it.")
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="SHA-256 of each file a reuse copies, by its path under the job root: checked when read.",
+    )

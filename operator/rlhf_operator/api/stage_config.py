@@ -17,6 +17,8 @@ from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName
 CONFIG_KEY = "stage.json"
 CONFIG_DIR = "/etc/rlhf-operator"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+#: Where the pods of a job with `serving.tls` find the reward server's certificate (set by the operator).
+REWARD_TLS_DIR_ENV = "RLHF_REWARD_TLS_DIR"
 CONFIG_ENV = "RLHF_STAGE_CONFIG"
 
 

@@ -1,21 +1,37 @@
-"""What crosses the pod boundary back to the operator: a stage's result, its failure, its progress.
+"""What crosses the pod boundary back to the operator: a stage's result, its failure, its progress
+and its exit code.
 
 Stage programs write these models (the result or failure to the termination message, progress as
 log lines) and the operator reads them with the same models. Metrics and artifacts ARE the status
 models' fields, so a misspelt metric fails where it is written instead of being pruned by the API
-server from `status.metrics`.
+server from `status.metrics`. Everything the operator reads of a pod is defined here, so the
+operator never imports the stage programs (`rlhf_operator.workloads`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Final
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf_operator.api.base import ApiModel
 from rlhf_operator.api.v1alpha1 import CONDITION_REASON_PATTERN, Artifacts, Metrics
+
+#: Exit codes of the stage programs; the operator maps them onto the Job's podFailurePolicy.
+#: The stage finished and its artifacts are complete.
+EX_OK: Final = 0
+#: Any unexpected error (node loss, OOM, flaky storage): Kubernetes may retry the pod.
+EX_RETRYABLE: Final = 1
+#: sysexits.h EX_CONFIG: the configuration or the input data is wrong; retrying cannot help,
+#: so the operator fails the stage at once (podFailurePolicy action FailJob).
+EX_CONFIG: Final = 78
+
+#: Before each progress record on a log line (the policy's stdout, read from the pod log tail).
+PROGRESS_PREFIX: Final = "RLHF_PROGRESS "
+#: Before the result echoed to stdout (the termination message holds the same text).
+RESULT_PREFIX: Final = "RLHF_RESULT "
 
 
 class StageResult(ApiModel):
@@ -112,3 +128,39 @@ def merge_results(results: list[StageResult]) -> StageResult:
         artifacts.update(result.artifacts.model_dump(exclude_none=True))
         message = result.message or message
     return StageResult(metrics=Metrics(**metrics), artifacts=Artifacts(**artifacts), message=message)
+
+
+def format_progress(step: int, total_steps: int, mean_reward: float, kl: float, **extra: float) -> str:
+    """One progress line (without newline); `extra` are more ProgressRecord fields (camelCase)."""
+    record = ProgressRecord.model_validate(
+        {"step": step, "totalSteps": total_steps, "meanReward": mean_reward, "kl": kl, **extra}
+    )
+    return PROGRESS_PREFIX + dump(record)
+
+
+def parse_progress(line: str) -> ProgressRecord | None:
+    """The progress record in a log line, or None when the line is not a (valid) progress line.
+
+    Tolerates a timestamp or other text before the prefix (kubectl logs --timestamps).
+    """
+    index = line.find(PROGRESS_PREFIX)
+    if index < 0:
+        return None
+    try:
+        return ProgressRecord.model_validate_json(line[index + len(PROGRESS_PREFIX) :].strip())
+    except ValidationError:
+        return None
+
+
+def progress_records(log_tail: str) -> tuple[ProgressRecord, ...]:
+    """Every progress record in a chunk of log text, oldest first."""
+    return tuple(r for r in map(parse_progress, log_tail.splitlines()) if r is not None)
+
+
+def last_progress(log_tail: str) -> ProgressRecord | None:
+    """The newest progress record in a chunk of log text."""
+    for line in reversed(log_tail.splitlines()):
+        record = parse_progress(line)
+        if record is not None:
+            return record
+    return None

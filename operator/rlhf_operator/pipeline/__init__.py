@@ -14,8 +14,9 @@ from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
 from rlhf_operator.children import JobIdentity, Manifest
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.pipeline.context import PlanningPass, TokenSource, dump, stored_status
-from rlhf_operator.pipeline.dependencies import dependencies
-from rlhf_operator.pipeline.events import phase_events, stage_events
+from rlhf_operator.pipeline.dependencies import dependencies, refused_secrets
+from rlhf_operator.pipeline.events import phase_events, stage_events, waiting_events
+from rlhf_operator.pipeline.network import ensure_network_policy
 from rlhf_operator.pipeline.progress import progress_pod
 from rlhf_operator.pipeline.progression import stage_records
 from rlhf_operator.pipeline.retention import retention
@@ -25,7 +26,15 @@ from rlhf_operator.plan import Observed, Plan
 
 FINISHED_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 
-__all__ = ["dependencies", "finished_plan", "progress_pod", "reconcile", "retention", "stored_status"]
+__all__ = [
+    "dependencies",
+    "finished_plan",
+    "progress_pod",
+    "reconcile",
+    "refused_secrets",
+    "retention",
+    "stored_status",
+]
 
 
 def reconcile(
@@ -42,10 +51,12 @@ def reconcile(
     ctx = PlanningPass(job, old, observed, config, now, new_token)
     records = stage_records(ctx)
     reward_server_lifecycle(ctx, records)
+    ensure_network_policy(ctx)
     new = build_status(ctx, records)
     ctx.plan.status = dump(new)
     ctx.plan.status_changed = ctx.plan.status != dump(ctx.old)
     ctx.plan.events.extend(stage_events(ctx.previous, records))
+    ctx.plan.events.extend(waiting_events(ctx.old, new))
     ctx.plan.events.extend(phase_events(ctx.old, new))
     return ctx.plan
 

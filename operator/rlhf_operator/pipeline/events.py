@@ -1,8 +1,16 @@
-"""Kubernetes Events for what changed in one pass: stage transitions and the job's outcome."""
+"""Kubernetes Events for what changed in one pass: stage transitions, a wait someone must end, and
+the job's outcome."""
 
 from __future__ import annotations
 
-from rlhf_operator.api.v1alpha1 import Phase, RLHFJobStatus, StageState, StageStatus
+from rlhf_operator.api.v1alpha1 import (
+    ConditionStatus,
+    ConditionType,
+    Phase,
+    RLHFJobStatus,
+    StageState,
+    StageStatus,
+)
 from rlhf_operator.plan import Event
 
 
@@ -20,6 +28,21 @@ def stage_events(previous: dict[str, StageStatus], records: list[StageStatus]) -
         elif record.state is StageState.FAILED:
             events.append(Event("Warning", "StageFailed", f"Stage {name} failed: {record.message or ''}"))
     return events
+
+
+#: Waiting reasons that need someone to act (not just time): one Warning event when they start.
+ACTION_NEEDED = frozenset({"SecretNotAllowed"})
+
+
+def waiting_events(old: RLHFJobStatus, new: RLHFJobStatus) -> list[Event]:
+    """One Warning event when the job starts waiting for a reason a person must fix."""
+    before = next((c for c in old.conditions if c.type == ConditionType.WAITING.value), None)
+    after = next((c for c in new.conditions if c.type == ConditionType.WAITING.value), None)
+    if after is None or after.status is not ConditionStatus.TRUE or after.reason not in ACTION_NEEDED:
+        return []
+    if before is not None and before.status is ConditionStatus.TRUE and before.reason == after.reason:
+        return []
+    return [Event("Warning", after.reason, after.message)]
 
 
 def phase_events(old: RLHFJobStatus, new: RLHFJobStatus) -> list[Event]:

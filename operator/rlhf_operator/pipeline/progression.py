@@ -186,8 +186,11 @@ def _start(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         ctx.plan.check_dependencies = True
         record.message = "Starting."
         return
-    if ctx.observed.missing:
-        record.state, record.message = StageState.PENDING, "Waiting: " + "; ".join(ctx.observed.missing) + "."
+    if ctx.observed.blockers:
+        record.state, record.message = (
+            StageState.PENDING,
+            "Waiting: " + "; ".join(ctx.observed.blockers) + ".",
+        )
         return
     endpoint = None
     if stage is StageName.POLICY and ctx.spec.stages.policy.reward_placement == "remote":

@@ -7,6 +7,7 @@ from rlhf_operator.api.v1alpha1 import StageName, StageState, StageStatus
 from rlhf_operator.children import (
     JobIdentity,
     reward_server_deployment,
+    reward_server_disruption_budget,
     reward_server_endpoint,
     reward_server_service,
     reward_token_secret,
@@ -31,6 +32,8 @@ def reward_server_endpoint_if_ready(ctx: PlanningPass) -> str | None:
         ctx.plan.create.append(
             reward_server_deployment(ctx.identity, ctx.spec, ctx.config, replicas=replicas)
         )
+    if name not in ctx.observed.disruption_budgets:
+        ctx.plan.create.append(reward_server_disruption_budget(ctx.identity))
     ensure_service(ctx, reward_server_service(ctx.identity, ctx.spec))
     ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     if deployment is None or ready < replicas:
@@ -46,6 +49,8 @@ def teardown(identity: JobIdentity, observed: Observed) -> list[tuple[str, str]]
         gone.append(("Deployment", name))
     if name in observed.services:
         gone.append(("Service", name))
+    if name in observed.disruption_budgets:
+        gone.append(("PodDisruptionBudget", name))
     return gone
 
 

@@ -22,6 +22,7 @@ from rlhf_operator.usage import total_usage
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 AWAITING_LABELS = "Stage ranking waits for human labels"
+SECRET_NOT_ALLOWED = "SecretNotAllowed"
 
 
 def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Phase, str]:
@@ -37,8 +38,8 @@ def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Ph
             Phase.SUSPENDED,
             f"Suspended during stage {current.value}; set spec.suspend to false to resume.",
         )
-    if ctx.observed.missing:
-        return Phase.PENDING, f"Waiting before stage {current.value}: {'; '.join(ctx.observed.missing)}."
+    if ctx.observed.blockers:
+        return Phase.PENDING, f"Waiting before stage {current.value}: {'; '.join(ctx.observed.blockers)}."
     blocked = unschedulable(ctx.observed, current)
     if blocked is not None:
         return Phase.PENDING, f"Stage {current.value} waits for a node: {blocked.rstrip('.')}."
@@ -92,6 +93,8 @@ def build_status(ctx: PlanningPass, records: list[StageStatus]) -> RLHFJobStatus
 
 
 def _waiting_reason(ctx: PlanningPass, phase: Phase, message: str, current: StageName) -> str | None:
+    if ctx.observed.refused:
+        return SECRET_NOT_ALLOWED
     if ctx.observed.missing:
         return "DependencyMissing"
     if phase is Phase.PENDING and unschedulable(ctx.observed, current) is not None:

@@ -13,12 +13,11 @@ import os
 import sys
 import traceback
 
-from rlhf_operator.api.stage_io import StageResult
+from rlhf_operator.api.stage_io import EX_CONFIG, EX_OK, EX_RETRYABLE, StageResult
 from rlhf_operator.api.v1alpha1 import StageName
 from rlhf_operator.stages import BY_COMMAND
 from rlhf_operator.workloads.config import StageContext, load_config
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.exit_codes import EX_CONFIG, EX_OK, EX_RETRYABLE
 from rlhf_operator.workloads.result import failure, write_termination_message
 from rlhf_operator.workloads.runtime import quiet_libraries
 

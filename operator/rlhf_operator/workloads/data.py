@@ -59,6 +59,11 @@ def read_located_rows(
     raise StageConfigError(f"dataset format must be one of {FORMATS}, not {fmt!r}.", "InvalidFormat")
 
 
+def parse_jsonl(data: bytes, what: str) -> list[dict[str, Any]]:
+    """The rows of JSON-lines bytes already read (and checked, e.g. against a hash)."""
+    return [row for _, row in _jsonl_rows(data, Defects(what), raise_now=True)]
+
+
 def _jsonl_rows(data: bytes, defects: Defects, raise_now: bool) -> list[LocatedRow]:
     rows: list[LocatedRow] = []
     for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):

@@ -18,7 +18,7 @@ from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, EvaluationGate, Metrics, StageName
 from rlhf_operator.gate import verdict
 from rlhf_operator.stages import skipped
-from rlhf_operator.workloads import layout, storage
+from rlhf_operator.workloads import layout, lineage, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.judges import Scorer, rule_from_spec
@@ -198,8 +198,13 @@ def promote(result: StageResult, gate: EvaluationGate, policy_uri: str, root: st
     if not decision.promoted:
         storage.remove(target)  # a promotion by an earlier attempt of this stage does not stand
         return result.model_copy(update={"message": f"{result.message} {decision.message}"})
-    storage.publish_dir(storage.localize_dir(policy_uri), target, {"promotedFrom": policy_uri})
-    artifacts = result.artifacts.model_copy(update={"promoted_policy": target})
+    local = storage.localize_dir(policy_uri)
+    # The digest of what is published, from its content: status and the copy's marker say it.
+    digest = "sha256:" + lineage.tree_digest(local)
+    storage.publish_dir(local, target, {"promotedFrom": policy_uri, "digest": digest})
+    artifacts = result.artifacts.model_copy(
+        update={"promoted_policy": target, "promoted_policy_digest": digest}
+    )
     return result.model_copy(
         update={"artifacts": artifacts, "message": f"{result.message} {decision.message}"}
     )

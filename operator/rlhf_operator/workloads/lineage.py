@@ -1,9 +1,11 @@
 """Lineage manifests of the artifacts, and the reuse index of finished precompute results.
 
 Model files are hashed by content (SHA-256 of every file of a local directory; the object ETags
-of an s3:// prefix, which S3 computes from the content), a hub id by its name and revision. The
-index lives beside the jobs on the same storage (`<mountPath or prefix>/rlhf-jobs/.reuse/`), so
-only jobs that share the storage find each other's results.
+of an s3:// prefix, which S3 computes from the content), a hub id by its name and revision. Each
+namespace has its own index beside its jobs (`<mountPath or prefix>/rlhf-jobs/<namespace>/.reuse/`):
+a job only ever reuses a result of its own namespace, from a job root inside that namespace's
+directory, and only files whose SHA-256 is the one the index recorded when they were made (a file
+changed since, by anyone, is generated again).
 """
 
 from __future__ import annotations
@@ -151,27 +153,64 @@ def storage_base(spec: StorageSpec) -> str:
     return spec.s3.prefix
 
 
+def namespace_dir(ctx: StageContext) -> str:
+    """`<mountPath or prefix>/rlhf-jobs/<namespace>`: every job root of the namespace is under it."""
+    namespace = JobRef.model_validate(ctx.job).namespace
+    return artifacts.join(storage_base(ctx.typed_spec.storage), artifacts.JOBS_DIR, namespace)
+
+
 def index_uri(ctx: StageContext, stage: StageName, digest: str) -> str:
-    base = storage_base(ctx.typed_spec.storage)
-    return artifacts.join(base, artifacts.JOBS_DIR, REUSE_INDEX_DIR, stage.value, f"{digest}.json")
+    return artifacts.join(namespace_dir(ctx), REUSE_INDEX_DIR, stage.value, f"{digest}.json")
 
 
-def register(ctx: StageContext, lineage: Lineage) -> None:
-    """Adds the finished result to the storage's reuse index (the newest copy wins)."""
-    entry = ReuseEntry(digest=lineage.digest, artifact_root=ctx.artifact_root, job=lineage.job)
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def register(ctx: StageContext, lineage: Lineage, files: list[str]) -> None:
+    """Adds the finished result to its namespace's reuse index (the newest copy wins), with the
+    SHA-256 of each of `files` (under the job root) that a later job may copy."""
+    root = ctx.artifact_root.rstrip("/") + "/"
+    hashes = {uri[len(root) :]: _sha256(storage.read_bytes(uri)) for uri in files}
+    entry = ReuseEntry(digest=lineage.digest, artifact_root=ctx.artifact_root, job=lineage.job, files=hashes)
     storage.write_json_atomic(
         index_uri(ctx, lineage.stage, lineage.digest), entry.model_dump(mode="json", by_alias=True)
     )
 
 
+def _inside(root: str, folder: str) -> bool:
+    """`root` is below `folder`, with no `..` to climb out of it."""
+    parts = root.rstrip("/").split("/")
+    return ".." not in parts and root.rstrip("/").startswith(folder.rstrip("/") + "/")
+
+
 def find_reusable(ctx: StageContext, lineage: Lineage) -> ReuseEntry | None:
-    """An earlier job's finished result with the same lineage digest that is still on the storage."""
+    """An earlier job's finished result with the same lineage digest, in this job's namespace, that
+    is still on the storage. Its files are checked when read (`verified_bytes`)."""
     uri = index_uri(ctx, lineage.stage, lineage.digest)
     if not storage.exists(uri):
         return None
     entry = ReuseEntry.model_validate(storage.read_json(uri))
     if entry.artifact_root.rstrip("/") == ctx.artifact_root.rstrip("/"):
         return None
+    namespace = JobRef.model_validate(ctx.job).namespace
+    if (
+        entry.job.namespace != namespace
+        or not _inside(entry.artifact_root, namespace_dir(ctx))
+        or not entry.files
+    ):
+        print(
+            f"reuse: ignoring {uri}: it must name a result of namespace {namespace}, with its hashes",
+            flush=True,
+        )
+        return None
     found = read_lineage(entry.artifact_root, lineage.stage)
     # The index may outlive the result (artifactRetention: Delete): its own lineage must still agree.
     return entry if found is not None and found.get("digest") == lineage.digest else None
+
+
+def verified_bytes(entry: ReuseEntry, uri: str) -> bytes | None:
+    """The bytes of the reused file `uri` when they hash as the index recorded, else None."""
+    relative = uri[len(entry.artifact_root.rstrip("/")) + 1 :]
+    data = storage.read_bytes(uri) if storage.exists(uri) else b""
+    return data if relative in entry.files and entry.files[relative] == _sha256(data) else None

@@ -150,7 +150,7 @@ def write_manifest_if_complete(
         write_labeling_tasks(ctx.artifact_root, files)
     if made_by is not None:
         lineage.write_lineage(ctx, made_by)
-        lineage.register(ctx, made_by)
+        lineage.register(ctx, made_by, files)
     return True
 
 
@@ -170,9 +170,18 @@ def precompute_lineage(ctx: StageContext, prompts_hash: str) -> Lineage:
     return lineage.stage_lineage(ctx, StageName.PRECOMPUTE, inputs)
 
 
-def _reuse_shard(earlier: ReuseEntry, index: int, count: int) -> list[dict[str, Any]]:
-    """Copies an earlier job's shard (a copy: deleting that job later leaves this one whole)."""
-    rows = data.read_rows(layout.shard_file(earlier.artifact_root, index, count), "jsonl", "earlier shard")
+def _reuse_shard(earlier: ReuseEntry, index: int, count: int) -> list[dict[str, Any]] | None:
+    """Copies an earlier job's shard (a copy: deleting that job later leaves this one whole) when it
+    still hashes as the reuse index recorded; None (generate instead) when it does not."""
+    uri = layout.shard_file(earlier.artifact_root, index, count)
+    content = lineage.verified_bytes(earlier, uri)
+    if content is None:
+        print(
+            f"precompute shard {index}: not reusing {uri}: it does not hash as the reuse index says",
+            flush=True,
+        )
+        return None
+    rows = data.parse_jsonl(content, f"earlier shard {uri}")
     print(f"precompute shard {index}: reusing {len(rows)} prompts from {earlier.artifact_root}", flush=True)
     return rows
 
@@ -184,8 +193,9 @@ def _shard_rows(
     earlier = None
     if ctx.typed_spec.stages.precompute.reuse is not ReusePolicy.NEVER:
         earlier = lineage.find_reusable(ctx, made_by)
-    if earlier is not None:
-        return _reuse_shard(earlier, index, count), earlier
+    reused = _reuse_shard(earlier, index, count) if earlier is not None else None
+    if reused is not None:
+        return reused, earlier
     return _generate_shard(ctx, mine, offset, settings, index), None
 
 

@@ -7,13 +7,12 @@ import os
 import sys
 from typing import Final
 
-from rlhf_operator.api.stage_io import StageFailure, StageResult, dump
+from rlhf_operator.api.stage_io import RESULT_PREFIX, StageFailure, StageResult, dump
 from rlhf_operator.api.v1alpha1 import Artifacts
 
 DEFAULT_TERMINATION_PATH: Final = "/dev/termination-log"
 #: Kubernetes truncates termination messages at 4096 bytes; stay below it.
 MAX_MESSAGE_BYTES: Final = 4000
-RESULT_PREFIX: Final = "RLHF_RESULT "
 
 
 def termination_path() -> str:

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from rlhf_operator.workloads import reward_tls
 from rlhf_operator.workloads.errors import StageConfigError
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
@@ -45,6 +46,8 @@ class RemoteRewardClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        # https (serving.tls): verified against the certificate the operator mounted.
+        self.tls = reward_tls.client_context() if self.url.startswith("https://") else None
 
     def _post(self, body: dict[str, list[str]]) -> list[float]:
         data = json.dumps(body).encode()
@@ -55,7 +58,7 @@ class RemoteRewardClient:
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.tls) as response:
                     rewards = json.loads(response.read())["rewards"]
                     return [float(r) for r in rewards]
             except urllib.error.HTTPError as exc:

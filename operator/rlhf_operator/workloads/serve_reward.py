@@ -14,11 +14,13 @@ import argparse
 import asyncio
 import hmac
 import signal
+import ssl
 import sys
 from typing import Any
 
 from aiohttp import web
 
+from rlhf_operator.workloads import reward_tls
 from rlhf_operator.workloads.batcher import DynamicBatcher, ScoreFn
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
@@ -101,15 +103,21 @@ def make_app(
 
 
 async def serve(
-    app: web.Application, host: str, port: int, load: Any = None, shutdown_timeout: float = 30.0
+    app: web.Application,
+    host: str,
+    port: int,
+    load: Any = None,
+    shutdown_timeout: float = 30.0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; then stop being ready, finish in-flight requests and exit."""
     # No access log: one formatted line per scoring request costs more than a tiny forward pass.
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
-    print(f"reward server listening on {host}:{port}", flush=True)
+    print(f"reward server listening on {host}:{port}{' (TLS)' if ssl_context else ''}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -148,6 +156,6 @@ def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
     app = make_app(
         None, token, batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms
     )
-    asyncio.run(serve(app, args.host, port, load))
+    asyncio.run(serve(app, args.host, port, load, ssl_context=reward_tls.server_context()))
     sys.stdout.flush()
     return None  # a server has no result; its termination message stays empty

@@ -82,6 +82,7 @@ from rlhf_operator.api.v1alpha1.stages import (
     RewardModelStage,
     RuleSpec,
     Serving,
+    ServingTls,
     Stages,
 )
 from rlhf_operator.api.v1alpha1.status import Artifacts, Condition, Metrics, RLHFJobStatus, StageStatus
@@ -170,6 +171,7 @@ __all__ = [
     "SecretKeyRef",
     "SecretRef",
     "Serving",
+    "ServingTls",
     "ShortText",
     "StageName",
     "StageState",

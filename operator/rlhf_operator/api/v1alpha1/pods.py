@@ -48,6 +48,12 @@ class Resources(ApiModel):
         None, description="Memory request and limit, a Kubernetes quantity such as `16Gi`."
     )
     gpus: int = Field(0, ge=0, le=64, description="`nvidia.com/gpu` per pod; 0 runs the stage on CPU.")
+    ephemeral_storage: Quantity | None = Field(
+        None,
+        description="Node disk per pod for /tmp (also HOME: downloaded models, caches): its ephemeral-storage "
+        "request and the size limit of /tmp, beyond which the pod is evicted. Defaults to the operator's "
+        "(chart value `stages.ephemeralStorage`).",
+    )
 
 
 GPU_STAGE_MESSAGE = "`gpus` must be at least 1: a GPU stage must request at least one GPU"

@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints
 
 from rlhf_operator.api.base import ApiModel, CelRule
 from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
-from rlhf_operator.api.v1alpha1.common import Location, ShortText
+from rlhf_operator.api.v1alpha1.common import Location, ObjectName, ShortText
 from rlhf_operator.api.v1alpha1.enums import (
     Algorithm,
     JudgeMode,
@@ -166,9 +166,22 @@ class RankingStage(ApiModel):
     )
 
 
+class ServingTls(ApiModel):
+    secret_name: ObjectName = Field(
+        description="A `kubernetes.io/tls` Secret of the namespace (`tls.crt`, `tls.key`, and `ca.crt` when a "
+        "private CA signed it, as cert-manager writes it): the reward server serves HTTPS with it and the "
+        "policy verifies the server against it. The certificate must name `<job>-reward-server.<namespace>.svc`."
+    )
+
+
 class Serving(ApiModel):
     replicas: int = Field(1, ge=1, le=16, description="Reward-server replicas (remote reward placement).")
     port: int = Field(8080, ge=1, le=65_535, description="HTTP port of the reward server.")
+    tls: ServingTls | None = Field(
+        None,
+        description="Serve HTTPS with this certificate; without it the bearer token travels in clear "
+        "(inside the job's NetworkPolicy).",
+    )
 
 
 class RewardModelStage(TrainingFields):

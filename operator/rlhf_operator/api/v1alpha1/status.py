@@ -76,6 +76,13 @@ class Artifacts(ApiModel):
     promoted_policy: Location | None = Field(
         None, description="Copy of the policy that met the evaluation gate (under promoted/)."
     )
+    promoted_policy_digest: str | None = Field(
+        None,
+        max_length=71,
+        pattern="^sha256:[a-f0-9]{64}$",
+        description="Content digest of the promoted policy: SHA-256 over each file's path and SHA-256 "
+        "(workloads/lineage.py tree_digest); deploy only a copy that hashes the same.",
+    )
 
 
 class RLHFJobStatus(ApiModel):
