@@ -11,6 +11,7 @@ ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
 COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
+KUEUE_VERSION=${KUEUE_VERSION:-0.17.0}
 
 TOOLS=${RLHF_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlhf-operator/tools}
 BIN=$TOOLS/bin
@@ -154,13 +155,31 @@ install_helm() {
   GOBIN=$BIN run_build helm go install -ldflags "$ldf" "helm.sh/helm/v$v/cmd/helm@v$HELM_VERSION"
 }
 
-# `node` and `coredns` are for the real node (make node-tools); the default set is the simulated cluster's.
-want=${*:-etcd kwok helm kubernetes}
+# Kueue (the job queue GPU clusters use) for the local cluster's admission tests: the controller
+# binary, and from the same module its CRDs and webhook configurations (hack/kueue.py reads them).
+install_kueue() {
+  local dir=$TOOLS/kueue
+  if [ -x "$BIN/kueue" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$KUEUE_VERSION" ]; then
+    log "kueue $KUEUE_VERSION: cached"; return
+  fi
+  need_go; log "kueue $KUEUE_VERSION: building (~4 minutes cold on 2 cores)"; : >"$LOGS/kueue.log"
+  local ldf="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=v$KUEUE_VERSION"
+  GOBIN=$BIN run_build kueue go install -ldflags "$ldf" "sigs.k8s.io/kueue/cmd/kueue@v$KUEUE_VERSION"
+  local src; src=$(go env GOMODCACHE)/sigs.k8s.io/kueue@v$KUEUE_VERSION
+  rm -rf "$dir"; mkdir -p "$dir/crds"
+  cp "$src"/config/components/crd/bases/*.yaml "$dir/crds/"
+  cp "$src/config/components/webhook/manifests.yaml" "$dir/webhooks.yaml"
+  chmod -R u+w "$dir"; echo "$KUEUE_VERSION" >"$dir/VERSION"
+}
+
+# `node` and `coredns` are for the real node (make node-tools); the default set is the simulated cluster's
+# (Kueue included: the admission tests run it).
+want=${*:-etcd kwok helm kubernetes kueue}
 for tool in $want; do
   start=$SECONDS
   "install_$tool"
   log "$tool ready in $((SECONDS - start))s"
 done
 # Writes the versions the cluster launcher reads, so one place pins them.
-printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\ncoredns=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$COREDNS_VERSION" >"$TOOLS/versions"
+printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\ncoredns=%s\nkueue=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$COREDNS_VERSION" "$KUEUE_VERSION" >"$TOOLS/versions"
 log "tools in $BIN"
