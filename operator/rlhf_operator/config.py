@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -62,6 +63,9 @@ class OperatorConfig(BaseModel):
         8080, ge=0, le=65535, description="Port of the Prometheus metrics; 0 turns them off."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object a line for a log pipeline (Kopf's formatter)."
+    )
     gpu_memory_gib: dict[str, float] = Field(
         default_factory=dict,
         description="GPU memory (GiB) of each node group's GPUs, JSON: jobs whose estimate exceeds it are refused.",

@@ -9,11 +9,12 @@ import threading
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from rlhf_operator import handlers
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
+from rlhf_operator.job_metrics import JobSeriesCollector
 from rlhf_operator.kube import Kube
 
 
@@ -48,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     config = OperatorConfig.from_env(os.environ)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.log_format == "json":
+        # One JSON object a line; records about an RLHFJob carry it under "object" (Kopf's formatter).
+        kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="object")
+        logging.getLogger().setLevel(config.log_level)
+    else:
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs every handled watch event at INFO; with many jobs that is most of the operator's work.
     quiet = max(logging.WARNING, logging.getLevelName(config.log_level))
     logging.getLogger("kopf.objects").setLevel(quiet)
@@ -56,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(quiet)
     controller = Controller(config, Kube())
     if config.metrics_port:
+        store = controller.store
+        REGISTRY.register(JobSeriesCollector(lambda: filter(None, map(store.job, store.job_keys()))))
         start_http_server(config.metrics_port)
     kopf.run(
         standalone=True,
