@@ -28,7 +28,8 @@ def bar(fraction: float | None) -> str:
     """`[#####-----] 50%`; None (a running stage without steps) shows as running."""
     if fraction is None:
         return f"[{'running':^{BAR}}]     "
-    filled = round(max(0.0, min(1.0, fraction)) * BAR)
+    fraction = max(0.0, min(1.0, fraction))
+    filled = round(fraction * BAR)
     return f"[{'#' * filled}{'-' * (BAR - filled)}] {fraction:4.0%}"
 
 
