@@ -359,6 +359,10 @@ def reward_server_deployment(
         readiness_probe={"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
     )
     metadata = job.metadata(name, stage)
+    if spec.queue_name:
+        # On the pods too (the template copies these labels): Kueue admits each reward-server pod
+        # through the queue (its pod/Deployment integration), so their GPUs count against its quota.
+        metadata["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     settings = pod_settings(spec, stage)
     return {
         "apiVersion": "apps/v1",
