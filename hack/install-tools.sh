@@ -12,6 +12,7 @@ KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
 COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
 KUEUE_VERSION=${KUEUE_VERSION:-0.17.0}
+EKSCTL_VERSION=${EKSCTL_VERSION:-0.215.0}
 
 TOOLS=${RLHF_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlhf-operator/tools}
 BIN=$TOOLS/bin
@@ -181,9 +182,24 @@ install_kueue() {
   chmod -R u+w "$dir"; echo "$KUEUE_VERSION" >"$dir/VERSION"
 }
 
+# eksctl's JSON schema of its ClusterConfig, from its Go module (nothing is built): the test of
+# docs/eks.md validates the guide's eksctl config against it.
+install_eksctl_schema() {
+  local dir=$TOOLS/eksctl
+  if [ -s "$dir/schema.json" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$EKSCTL_VERSION" ]; then
+    log "eksctl schema $EKSCTL_VERSION: cached"; return
+  fi
+  need_go; log "eksctl schema $EKSCTL_VERSION: downloading its module"; : >"$LOGS/eksctl.log"
+  local src
+  src=$(go mod download -json "github.com/weaveworks/eksctl@v$EKSCTL_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$dir"; mkdir -p "$dir"
+  cp "$src/pkg/apis/eksctl.io/v1alpha5/assets/schema.json" "$dir/schema.json"
+  chmod u+w "$dir/schema.json"; echo "$EKSCTL_VERSION" >"$dir/VERSION"
+}
+
 # `node` and `coredns` are for the real node (make node-tools); the default set is the simulated cluster's
-# (Kueue included: the admission tests run it).
-want=${*:-etcd kwok helm kubernetes kueue}
+# (Kueue included: the admission tests run it; eksctl's schema: the EKS guide's test reads it).
+want=${*:-etcd kwok helm kubernetes kueue eksctl_schema}
 for tool in $want; do
   start=$SECONDS
   "install_$tool"
