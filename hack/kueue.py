@@ -120,7 +120,9 @@ def webhook_configurations(manifests: str, url: str, ca: bytes) -> list[dict[str
             hook["timeoutSeconds"] = 10
             hooks.append(hook)
         kind = document["kind"]
-        document["metadata"] = {"name": f"{PREFIX}-{'mutating' if kind.startswith('Mutating') else 'validating'}"}
+        document["metadata"] = {
+            "name": f"{PREFIX}-{'mutating' if kind.startswith('Mutating') else 'validating'}"
+        }
         document["webhooks"] = hooks
         out.append(document)
     return out
@@ -148,7 +150,10 @@ class LocalKueue:
         if not self.binary.exists():
             raise RuntimeError(f"Kueue is not installed in {self.binary.parent}: run `make tools`")
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(self.manifests / "crds"))
-        crds = [f"crd/{p.stem.split('_', 1)[1]}.{p.stem.split('_', 1)[0]}" for p in (self.manifests / "crds").glob("*.yaml")]
+        crds = [
+            f"crd/{p.stem.split('_', 1)[1]}.{p.stem.split('_', 1)[0]}"
+            for p in (self.manifests / "crds").glob("*.yaml")
+        ]
         self._established(crds)
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kueue-system"}}
         self.kubectl("apply", "-f", "-", input=json.dumps(namespace))
@@ -156,7 +161,9 @@ class LocalKueue:
         ca = serving_certificate(self.workdir / "certs")
         self._metrics_certificate()
         config = self.workdir / "kueue-config.yaml"
-        config.write_text(yaml.safe_dump(kueue_configuration(webhook_port, health_port, self.workdir / "certs")))
+        config.write_text(
+            yaml.safe_dump(kueue_configuration(webhook_port, health_port, self.workdir / "certs"))
+        )
         log = (self.workdir / "kueue.log").open("ab")
         self.process = subprocess.Popen(
             [str(self.binary), f"--config={config}", f"--kubeconfig={self.kubeconfig}",
@@ -164,8 +171,12 @@ class LocalKueue:
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
         )  # fmt: skip
         self._wait_ready(f"http://127.0.0.1:{health_port}/readyz", timeout_s)
-        hooks = webhook_configurations((self.manifests / "webhooks.yaml").read_text(), f"https://127.0.0.1:{webhook_port}", ca)
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": hooks}))
+        hooks = webhook_configurations(
+            (self.manifests / "webhooks.yaml").read_text(), f"https://127.0.0.1:{webhook_port}", ca
+        )
+        self.kubectl(
+            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": hooks})
+        )
 
     def _metrics_certificate(self) -> None:
         if (METRICS_CERTS / "tls.crt").exists():

@@ -196,7 +196,9 @@ class PodExecutor:
             self.running[meta["uid"]] = running
         self._register_logs(pod, container["name"], log_file)
         working_dir = container.get("workingDir")
-        self._register_exec(pod, container["name"], remap_strings(working_dir, mounts) if working_dir else pod_dir)
+        self._register_exec(
+            pod, container["name"], remap_strings(working_dir, mounts) if working_dir else pod_dir
+        )
         self._report_running(running, pod)
         log.info("started %s/%s: %s", namespace, name, " ".join(command))
 
@@ -259,7 +261,9 @@ class PodExecutor:
         self._register_kwok(pod, "Logs", spec)
 
     def _register_exec(self, pod: Manifest, container: str, work_dir: str | Path) -> None:
-        self._register_kwok(pod, "Exec", {"execs": [{"containers": [container], "local": {"workDir": str(work_dir)}}]})
+        self._register_kwok(
+            pod, "Exec", {"execs": [{"containers": [container], "local": {"workDir": str(work_dir)}}]}
+        )
 
     def _register_kwok(self, pod: Manifest, kind: str, spec: Manifest) -> None:
         """A kwok per-pod object (Logs, Exec) owned by the pod, so it goes with it."""
@@ -278,7 +282,11 @@ class PodExecutor:
         }
         try:
             self.custom.create_namespaced_custom_object(
-                "kwok.x-k8s.io", "v1alpha1", meta["namespace"], kind.lower() + ("" if kind == "Logs" else "s"), body
+                "kwok.x-k8s.io",
+                "v1alpha1",
+                meta["namespace"],
+                kind.lower() + ("" if kind == "Logs" else "s"),
+                body,
             )
         except ApiException as err:
             if err.status != 409:

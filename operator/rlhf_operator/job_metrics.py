@@ -83,11 +83,17 @@ def _add_states(families: dict[str, Any], job: list[str], status: Manifest) -> N
     for record in status.get("stages") or []:
         for state in StageState:
             current = record.get("state") == state.value
-            families["stage"].add_metric([*job, str(record.get("name")), state.value], 1.0 if current else 0.0)
+            families["stage"].add_metric(
+                [*job, str(record.get("name")), state.value], 1.0 if current else 0.0
+            )
     waiting = next((c for c in status.get("conditions") or [] if c.get("type") == "Waiting"), None)
     true = waiting is not None and waiting.get("status") == "True"
-    families["waiting"].add_metric([*job, str(waiting.get("reason", "")) if true and waiting else ""], float(true))
-    tripped = any((r.get("message") or "").startswith(f"{GUARDRAIL_TRIPPED}:") for r in status.get("stages") or [])
+    families["waiting"].add_metric(
+        [*job, str(waiting.get("reason", "")) if true and waiting else ""], float(true)
+    )
+    tripped = any(
+        (r.get("message") or "").startswith(f"{GUARDRAIL_TRIPPED}:") for r in status.get("stages") or []
+    )
     families["trips"].add_metric(job, float(tripped))
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from rlhf_operator.api.v1alpha1 import GpuUsage, StageStatus
+
 #: A running pod's time is counted in steps of this many seconds (rounded down).
 RUNNING_STEP_SECONDS = 60
-
-from rlhf_operator.api.v1alpha1 import GpuUsage, StageStatus
 
 Manifest = dict[str, object]
 

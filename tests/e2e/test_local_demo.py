@@ -44,7 +44,11 @@ def executed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         for _ in range(30):  # `kubectl wait` errs instead of waiting while the new CRD has no status
             waited = cluster.kubectl(
-                "wait", "--for=condition=Established", "crd/rlhfjobs.rlhf-operator.dev", "--timeout=60s", check=False
+                "wait",
+                "--for=condition=Established",
+                "crd/rlhfjobs.rlhf-operator.dev",
+                "--timeout=60s",
+                check=False,
             )
             if waited.returncode == 0:
                 break
@@ -140,7 +144,9 @@ def two_nodes(pipeline: Pipeline) -> Run:
 
 def stage_pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
     pods: list[dict[str, Any]] = json.loads(
-        cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=rlhf-operator", "-o", "json").stdout
+        cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=rlhf-operator", "-o", "json"
+        ).stdout
     )["items"]
     for pod in pods:
         node = json.loads(cluster.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout)
@@ -150,7 +156,9 @@ def stage_pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(1500)
-def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(tiny: Run, executed_cluster: LocalCluster) -> None:
+def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(
+    tiny: Run, executed_cluster: LocalCluster
+) -> None:
     cluster, namespace, final, progress = executed_cluster, tiny.namespace, tiny.final, tiny.progress
 
     assert final["phase"] == "Succeeded", final.get("message")
@@ -237,7 +245,12 @@ def kubectl_rlhf(cluster: LocalCluster, *args: str, check: bool = True) -> str:
     env = dict(cluster.env(), KUBECONFIG=str(cluster.kubeconfig))
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     result = subprocess.run(
-        [str(cluster.bin / "kubectl"), "rlhf", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        [str(cluster.bin / "kubectl"), "rlhf", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl rlhf {' '.join(args)}: {result.stderr}")
@@ -263,7 +276,9 @@ def test_kubectl_rlhf_status_logs_pull_compare_and_wait(
     ranks = {line.split("]")[0] + "]" for line in both.splitlines() if line.startswith("[rank ")}
     assert ranks == {"[rank 0]", "[rank 1]"}, both[-2000:]
     assert "RLHF_PROGRESS" not in "".join(line for line in both.splitlines() if line.startswith("[rank 1]"))
-    assert "has no pod of rank 3" in kubectl_rlhf(cluster, "logs", "tiny", "-n", tiny.namespace, "--stage", "policy", "--rank", "3", check=False)
+    assert "has no pod of rank 3" in kubectl_rlhf(
+        cluster, "logs", "tiny", "-n", tiny.namespace, "--stage", "policy", "--rank", "3", check=False
+    )
 
     out = tmp_path / "pulled"
     said = kubectl_rlhf(cluster, "pull", "tiny", "-n", tiny.namespace, "--stage", "evaluation", str(out))
@@ -275,20 +290,28 @@ def test_kubectl_rlhf_status_logs_pull_compare_and_wait(
     assert _pull_pods_gone(cluster, tiny.namespace)
 
     png = tmp_path / "compare.png"
-    table = kubectl_rlhf(cluster, "compare", f"{tiny.namespace}/tiny", f"{two_nodes.namespace}/tiny", "--out", str(png))
+    table = kubectl_rlhf(
+        cluster, "compare", f"{tiny.namespace}/tiny", f"{two_nodes.namespace}/tiny", "--out", str(png)
+    )
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith("rlhf-e2e")}
     assert set(rows) == {f"{tiny.namespace}/tiny", f"{two_nodes.namespace}/tiny"}, table
     assert all(row[1] == "Succeeded" and row[-1] != "-" and row[-2] != "-" for row in rows.values()), table
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
-    assert "condition met: Promoted" in kubectl_rlhf(cluster, "wait", "tiny", "-n", tiny.namespace, "--for", "Promoted", "--timeout", "30")
-    refused = kubectl_rlhf(cluster, "wait", "tiny", "-n", tiny.namespace, "--for", "Failed", "--timeout", "5", check=False)
+    assert "condition met: Promoted" in kubectl_rlhf(
+        cluster, "wait", "tiny", "-n", tiny.namespace, "--for", "Promoted", "--timeout", "30"
+    )
+    refused = kubectl_rlhf(
+        cluster, "wait", "tiny", "-n", tiny.namespace, "--for", "Failed", "--timeout", "5", check=False
+    )
     assert "tiny finished without Failed" in refused or "timed out" in refused, refused
 
 
 def _pull_pods_gone(cluster: LocalCluster, namespace: str) -> bool:
     def gone() -> bool:
-        return not cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=kubectl-rlhf", "-o", "name").stdout.strip()
+        return not cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=kubectl-rlhf", "-o", "name"
+        ).stdout.strip()
 
     deadline = time.monotonic() + 60
     while not gone():
@@ -308,20 +331,28 @@ def series(text: str, name: str, **labels: str) -> list[float]:
     ]
 
 
-def test_per_job_series_follow_the_run_and_go_with_the_job(tiny: Run, two_nodes: Run, pipeline: Pipeline) -> None:
+def test_per_job_series_follow_the_run_and_go_with_the_job(
+    tiny: Run, two_nodes: Run, pipeline: Pipeline
+) -> None:
     """Scraped from the running operator once a second while the tiny job ran: the policy's step and
     GPU-seconds grew while it trained, the final scrape has the evaluation's win rate, and deleting
     a job removes its series."""
     job = {"namespace": tiny.namespace, "rlhfjob": "tiny"}
     steps = [v for _, text in pipeline.scrapes for v in series(text, "rlhf_job_policy_step", **job)]
-    running = [v for _, text in pipeline.scrapes for v in series(text, "rlhf_job_stage_state", **job, stage="policy", state="Running")]
+    running = [
+        v
+        for _, text in pipeline.scrapes
+        for v in series(text, "rlhf_job_stage_state", **job, stage="policy", state="Running")
+    ]
     assert steps and steps == sorted(steps) and len(set(steps)) >= 2, steps
     assert 1.0 in running  # seen while it ran
     last = pipeline.scrape()
     assert series(last, "rlhf_job_win_rate", **job) == [tiny.final["metrics"]["winRate"]]
     assert series(last, "rlhf_job_phase", **job, phase="Succeeded") == [1.0]
     gpu = series(last, "rlhf_job_gpu_seconds_total", **job, stage="policy")
-    assert gpu == [float(next(s for s in tiny.final["stages"] if s["name"] == "policy")["usage"]["gpuSeconds"])]
+    assert gpu == [
+        float(next(s for s in tiny.final["stages"] if s["name"] == "policy")["usage"]["gpuSeconds"])
+    ]
     assert series(last, "rlhf_job_guardrail_trips_total", **job) == [0.0]
     if os.environ.get("RLHF_SAVE_SERIES"):  # the real series behind docs/images/dashboard.png
         Path(os.environ["RLHF_SAVE_SERIES"]).write_text(json.dumps(pipeline.scrapes))
@@ -338,3 +369,25 @@ def test_per_job_series_follow_the_run_and_go_with_the_job(tiny: Run, two_nodes:
     while not gone():
         assert time.monotonic() < deadline, "the deleted job's series are still served"
         time.sleep(1)
+
+
+def test_the_dashboard_renders_from_the_runs_series(tiny: Run, pipeline: Pipeline, tmp_path: Path) -> None:
+    """Every panel of the chart's dashboard, its PromQL evaluated by a real Prometheus over the
+    series scraped during the run (hack/dashboard.py), has data, but the alerts panel (nothing
+    failed); headless Chromium draws it."""
+    from dashboard import panel_queries, render
+
+    out = tmp_path / "dashboard.png"
+    results = render(pipeline.scrapes, out)
+    dashboard = json.loads(
+        (ROOT / "charts" / "rlhf-operator" / "files" / "dashboards" / "rlhf-jobs.json").read_text()
+    )
+    titles = [panel["title"] for panel, _ in panel_queries(dashboard)]
+    empty = {title for title, result in zip(titles, results, strict=True) if not result}
+    assert empty == {"Waiting, guardrail trips, failed"}, empty
+    reward = results[titles.index("Mean reward (policy)")]
+    points = [
+        float(v) for series in reward if series["metric"]["rlhfjob"] == "tiny" for _, v in series["values"]
+    ]
+    assert len(set(points)) >= 2  # the reward moved while the policy trained, as the status showed
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 30_000

@@ -58,7 +58,9 @@ def test_the_eksctl_config_validates_against_eksctls_schema() -> None:
     import jsonschema
 
     schema_file = tools_dir() / "eksctl" / "schema.json"
-    assert schema_file.exists(), f"{schema_file} is missing: run `make tools` (hack/install-tools.sh eksctl_schema)"
+    assert schema_file.exists(), (
+        f"{schema_file} is missing: run `make tools` (hack/install-tools.sh eksctl_schema)"
+    )
     validator = jsonschema.Draft7Validator(json.loads(schema_file.read_text()))
     config = eksctl_config()
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.path))
@@ -76,7 +78,11 @@ def test_the_eksctl_config_validates_against_eksctls_schema() -> None:
 
 def test_the_iam_policy_is_the_one_the_cluster_config_attaches() -> None:
     [policy] = [json.loads(text) for language, text in blocks() if language == "json"]
-    [stages] = [a for a in eksctl_config()["iam"]["podIdentityAssociations"] if a["serviceAccountName"] == "rlhf-stages"]
+    [stages] = [
+        a
+        for a in eksctl_config()["iam"]["podIdentityAssociations"]
+        if a["serviceAccountName"] == "rlhf-stages"
+    ]
     assert stages["permissionPolicy"] == policy
     actions = {a for s in policy["Statement"] for a in s["Action"]}
     assert actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
@@ -86,7 +92,15 @@ def test_the_values_file_renders_the_chart(tmp_path: Path) -> None:
     [text] = [t for language, t in blocks() if language == "yaml" and "values-eks.yaml" in t.splitlines()[0]]
     values = tmp_path / "values-eks.yaml"
     values.write_text(text)
-    rendered = helm("template", "rlhf-operator", str(CHART), "-f", str(values), "--api-versions", "monitoring.coreos.com/v1").stdout
+    rendered = helm(
+        "template",
+        "rlhf-operator",
+        str(CHART),
+        "-f",
+        str(values),
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+    ).stdout
     assert "111122223333.dkr.ecr.us-east-1.amazonaws.com/rlhf-operator/trainer:" in rendered
     assert "kind: PrometheusRule" in rendered and "kind: ServiceMonitor" in rendered
 
@@ -106,17 +120,25 @@ def kueue_crds(cluster: Kube) -> Kube:
 
 def test_every_manifest_passes_a_server_side_dry_run(crd_installed: Kube, kueue_crds: Kube) -> None:
     cluster = crd_installed
-    manifests = [d for d in documents() if not str(d.get("apiVersion", "")).startswith("eksctl.io/") and "kind" in d]
+    manifests = [
+        d for d in documents() if not str(d.get("apiVersion", "")).startswith("eksctl.io/") and "kind" in d
+    ]
     created = cluster.kubectl("create", "namespace", "ml", check=False).returncode == 0
     try:
         for manifest in manifests:
-            result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
-            assert result.returncode == 0, f"{manifest['kind']} {manifest['metadata']['name']}: {result.stderr}"
+            result = cluster.kubectl(
+                "apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False
+            )
+            assert result.returncode == 0, (
+                f"{manifest['kind']} {manifest['metadata']['name']}: {result.stderr}"
+            )
         # The dry run is real: a misspelt field is refused.
         job = next(m for m in manifests if m["kind"] == "RLHFJob")
         broken = json.loads(json.dumps(job))
         broken["spec"]["stages"]["policy"]["stepz"] = 1
-        refused = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(broken), check=False)
+        refused = cluster.kubectl(
+            "apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(broken), check=False
+        )
         assert refused.returncode != 0 and "stepz" in refused.stderr
     finally:
         if created:

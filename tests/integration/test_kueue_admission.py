@@ -28,7 +28,9 @@ QUEUE = "team-gpus"
 
 @pytest.fixture(scope="module")
 def kueue(cluster: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKueue]:
-    local = LocalKueue(cluster.kubeconfig, cluster.kubectl_binary, tools_dir(), tmp_path_factory.mktemp("kueue"))
+    local = LocalKueue(
+        cluster.kubeconfig, cluster.kubectl_binary, tools_dir(), tmp_path_factory.mktemp("kueue")
+    )
     local.start()
     try:
         yield local
@@ -50,7 +52,9 @@ def queues(cluster: Kube, namespace: str, gpus: int) -> str:
         {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": namespace},
          "spec": {"clusterQueue": name}},
     ]  # fmt: skip
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    )
     return name
 
 
@@ -59,12 +63,18 @@ def admitted_gpus(cluster: Kube, namespace: str) -> dict[str, int]:
     out = {}
     for workload in cluster.get_json("workloads.kueue.x-k8s.io", "-n", namespace)["items"]:
         status = workload.get("status") or {}
-        admitted = any(c["type"] == "Admitted" and c["status"] == "True" for c in status.get("conditions", []))
-        finished = any(c["type"] == "Finished" and c["status"] == "True" for c in status.get("conditions", []))
+        admitted = any(
+            c["type"] == "Admitted" and c["status"] == "True" for c in status.get("conditions", [])
+        )
+        finished = any(
+            c["type"] == "Finished" and c["status"] == "True" for c in status.get("conditions", [])
+        )
         if admitted and not finished:
             owner = workload["metadata"]["ownerReferences"][0]["name"]
             assignments = status["admission"]["podSetAssignments"]
-            out[owner] = sum(int((a.get("resourceUsage") or {}).get("nvidia.com/gpu", 0)) for a in assignments)
+            out[owner] = sum(
+                int((a.get("resourceUsage") or {}).get("nvidia.com/gpu", 0)) for a in assignments
+            )
     return out
 
 
@@ -91,17 +101,25 @@ def test_a_job_over_the_gpu_quota_waits_in_the_queue_and_runs_when_the_first_fin
                 gpus = admitted_gpus(cluster, namespace)
                 return gpus if sum(gpus.values()) == 2 else None
 
-            held = cluster.wait_for(first_holds_both_gpus, timeout=120, what="the first job's policy and reward server admitted")
-            assert any(owner.startswith("first-reward-server") for owner in held), held  # a pod of the Deployment
+            held = cluster.wait_for(
+                first_holds_both_gpus, timeout=120, what="the first job's policy and reward server admitted"
+            )
+            assert any(owner.startswith("first-reward-server") for owner in held), (
+                held
+            )  # a pod of the Deployment
             assert "first-policy" in held, held
 
             harness.apply(cluster, job_spec("second", namespace))
 
             def queued() -> dict[str, Any] | None:
                 current = harness.status(cluster, namespace, "second")
-                waiting = next((c for c in current.get("conditions", []) if c["type"] == "Waiting"), {})
+                waiting: dict[str, Any] = next(
+                    (c for c in current.get("conditions", []) if c["type"] == "Waiting"), {}
+                )
                 # Each stage's Job waits for admission (precompute's only for a moment): this one stays.
-                queued = waiting.get("reason") == "QueuedByKueue" and current.get("currentStage") == "rewardModel"
+                queued = (
+                    waiting.get("reason") == "QueuedByKueue" and current.get("currentStage") == "rewardModel"
+                )
                 return current if queued else None
 
             current = cluster.wait_for(queued, timeout=90, what="the second job to wait in the queue")

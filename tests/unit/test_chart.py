@@ -239,7 +239,9 @@ def test_changed_values_change_the_pod_template() -> None:
 
 def operator_rbac(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The operator's own objects of `kind`, not the `helm test` hook's."""
-    return [d for d in find(docs, kind) if d["metadata"]["labels"].get("app.kubernetes.io/component") != "test"]
+    return [
+        d for d in find(docs, kind) if d["metadata"]["labels"].get("app.kubernetes.io/component") != "test"
+    ]
 
 
 def test_cluster_scope_grants_exactly_what_the_operator_uses() -> None:

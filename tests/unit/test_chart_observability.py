@@ -43,7 +43,9 @@ def test_alerts_read_series_the_operator_serves() -> None:
     assert rules["RLHFJobStuckWaiting"]["for"] == "30m"
     waiting = render({"metrics": {"prometheusRule": {"enabled": True, "waitingMinutes": 90}}})
     assert one(waiting, "PrometheusRule")["spec"]["groups"][0]["rules"][2]["for"] == "90m"
-    assert "needs metrics.port > 0" in fail_message({"metrics": {"port": 0, "prometheusRule": {"enabled": True}}})
+    assert "needs metrics.port > 0" in fail_message(
+        {"metrics": {"port": 0, "prometheusRule": {"enabled": True}}}
+    )
 
 
 def test_dashboard_panels_read_series_the_operator_serves() -> None:
@@ -54,7 +56,9 @@ def test_dashboard_panels_read_series_the_operator_serves() -> None:
     assert len(exprs) >= 6
     for expr in exprs:
         assert series_in(expr) and series_in(expr) <= SERVED, expr
-    assert {"rlhf_job_mean_reward", "rlhf_job_kl", "rlhf_job_gpu_seconds_total"} <= set().union(*map(series_in, exprs))
+    assert {"rlhf_job_mean_reward", "rlhf_job_kl", "rlhf_job_gpu_seconds_total"} <= set().union(
+        *map(series_in, exprs)
+    )
     assert not [d for d in render() if d["kind"] in ("PrometheusRule", "ConfigMap")]
 
 
@@ -72,7 +76,10 @@ def test_json_logs_are_a_value() -> None:
     ],
 )
 def test_global_image_registry_replaces_every_images_registry(repository: str, expected: str) -> None:
-    values = {"global": {"imageRegistry": "mirror.example:5000/ecr"}, "images": {"operator": {"repository": repository}}}
+    values = {
+        "global": {"imageRegistry": "mirror.example:5000/ecr"},
+        "images": {"operator": {"repository": repository}},
+    }
     docs = render(values)
     assert operator_container(docs)["image"] == expected
     assert one(docs, "Pod")["spec"]["containers"][0]["image"] == expected  # the helm test hook

@@ -79,4 +79,6 @@ def test_series_per_job_are_bounded() -> None:
     """5 phases + 5 states per stage + waiting + trips + usage + cost + the Metrics fields, whatever the job."""
     per_job = len(scrape([RUNNING]))
     assert per_job <= 5 + 5 * 5 + 1 + 1 + 5 + 1 + 12
-    assert len(scrape([RUNNING, {**RUNNING, "metadata": {"namespace": "team-a", "name": "t2"}}])) == 2 * per_job
+    assert (
+        len(scrape([RUNNING, {**RUNNING, "metadata": {"namespace": "team-a", "name": "t2"}}])) == 2 * per_job
+    )

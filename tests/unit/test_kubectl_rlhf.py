@@ -54,9 +54,17 @@ def test_status_shows_stages_with_progress_metrics_gpu_hours_and_conditions() ->
     text = render_status(RUNNING, NOW)
     lines = text.splitlines()
     assert lines[0] == "RLHFJob team-a/tiny: Running (stage policy, 1h00m)"
-    row = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("precompute", "policy", "evaluation")}
+    row = {
+        line.split()[0]: line
+        for line in lines
+        if line.split() and line.split()[0] in ("precompute", "policy", "evaluation")
+    }
     assert "[####################] 100%" in row["precompute"] and "42s" in row["precompute"]
-    assert "[########------------]  40%" in row["policy"] and "10m00s" in row["policy"] and "0.167" in row["policy"]
+    assert (
+        "[########------------]  40%" in row["policy"]
+        and "10m00s" in row["policy"]
+        and "0.167" in row["policy"]
+    )
     assert "[--------------------]   0%" in row["evaluation"]
     assert "reward-model" in text  # stages by their slugs, as in child names
     assert "meanReward" in text and "0.512" in text
@@ -80,7 +88,11 @@ def pod(name: str, index: int | None, created: str) -> dict[str, Any]:
 
 
 def test_logs_read_the_newest_pod_of_each_rank() -> None:
-    pods = [pod("p-0-a", 0, "2026-11-24T11:00:00Z"), pod("p-0-b", 0, "2026-11-24T11:05:00Z"), pod("p-1-a", 1, "2026-11-24T11:00:00Z")]
+    pods = [
+        pod("p-0-a", 0, "2026-11-24T11:00:00Z"),
+        pod("p-0-b", 0, "2026-11-24T11:05:00Z"),
+        pod("p-1-a", 1, "2026-11-24T11:00:00Z"),
+    ]
     assert [(r, p["metadata"]["name"]) for r, p in choose(pods, "policy", None, False)] == [(0, "p-0-b")]
     assert [(r, p["metadata"]["name"]) for r, p in choose(pods, "policy", 1, False)] == [(1, "p-1-a")]
     assert [r for r, _ in choose(pods, "policy", None, True)] == [0, 1]
@@ -89,7 +101,9 @@ def test_logs_read_the_newest_pod_of_each_rank() -> None:
     with pytest.raises(PluginError, match="has no pods"):
         choose([], "policy", None, False)
     # The reward server's pods (a Deployment) have no index: ranks in name order.
-    assert [r for r, _ in choose([pod("s-b", None, ""), pod("s-a", None, "")], "reward-server", None, True)] == [0, 1]
+    assert [
+        r for r, _ in choose([pod("s-b", None, ""), pod("s-a", None, "")], "reward-server", None, True)
+    ] == [0, 1]
 
 
 def test_stages_are_named_by_slug_or_api_name() -> None:
@@ -113,7 +127,13 @@ def test_the_pull_pod_mounts_only_the_claim_read_only_like_a_stage_pod() -> None
             "securityContext": {"runAsNonRoot": True},
             "serviceAccountName": "stages",
             "volumes": [{"name": "config", "configMap": {"name": "x"}}],
-            "containers": [{"image": "worker:1", "securityContext": {"readOnlyRootFilesystem": True}, "env": [{"name": "S", "value": "x"}]}],
+            "containers": [
+                {
+                    "image": "worker:1",
+                    "securityContext": {"readOnlyRootFilesystem": True},
+                    "env": [{"name": "S", "value": "x"}],
+                }
+            ],
         }
     }
     manifest = job()
@@ -122,7 +142,9 @@ def test_the_pull_pod_mounts_only_the_claim_read_only_like_a_stage_pod() -> None
     spec = puller["spec"]
     assert spec["nodeSelector"] == template["spec"]["nodeSelector"]
     assert spec["securityContext"] == {"runAsNonRoot": True} and spec["automountServiceAccountToken"] is False
-    assert spec["volumes"] == [{"name": "storage", "persistentVolumeClaim": {"claimName": "rlhf-data", "readOnly": True}}]
+    assert spec["volumes"] == [
+        {"name": "storage", "persistentVolumeClaim": {"claimName": "rlhf-data", "readOnly": True}}
+    ]
     [container] = spec["containers"]
     assert container["image"] == "worker:1" and "env" not in container
     assert container["volumeMounts"] == [{"name": "storage", "mountPath": "/data", "readOnly": True}]
@@ -172,7 +194,17 @@ def test_compare_reads_the_scalars_of_tensorboard_event_files(tmp_path: Path) ->
 
 def test_the_plugin_passes_the_users_kubectl_flags_through() -> None:
     kube = Kubectl(namespace="team-a", context="eks", kubeconfig="/k", binary="kubectl")
-    assert kube.command("get", "pods") == ["kubectl", "--kubeconfig", "/k", "--context", "eks", "--namespace", "team-a", "get", "pods"]
+    assert kube.command("get", "pods") == [
+        "kubectl",
+        "--kubeconfig",
+        "/k",
+        "--context",
+        "eks",
+        "--namespace",
+        "team-a",
+        "get",
+        "pods",
+    ]
     args = parser().parse_args(["-n", "x", "logs", "tiny", "--stage", "policy", "--all"])
     assert (args.namespace, args.stage, args.all, args.rank) == ("x", "policy", True, None)
     with pytest.raises(SystemExit):

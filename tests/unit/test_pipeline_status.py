@@ -173,10 +173,16 @@ def test_a_stage_queued_in_kueue_says_which_queue_it_waits_for(
     jobs = {"tiny-reward-model": running_job(suspend=suspend_job, active=0)}
     status = stored("Succeeded", "Succeeded", "Running")
     job = rlhfjob(queueName="team-gpus", suspend=suspend_spec)
-    new = reconcile(job, status, Observed(jobs=jobs, missing=()), OperatorConfig(), NOW, new_token=TOKEN).status
+    new = reconcile(
+        job, status, Observed(jobs=jobs, missing=()), OperatorConfig(), NOW, new_token=TOKEN
+    ).status
     waiting = next(c for c in new["conditions"] if c["type"] == "Waiting")
     assert (new["phase"], waiting["reason"]) == (phase, reason)
     if reason == "QueuedByKueue":
-        assert new["message"].startswith("Stage rewardModel is queued: its Job waits for LocalQueue team-gpus")
+        assert new["message"].startswith(
+            "Stage rewardModel is queued: its Job waits for LocalQueue team-gpus"
+        )
         assert waiting["status"] == "True" and "LocalQueue team-gpus" in waiting["message"]
-        assert new["stages"][2]["message"].startswith("Queued in Kueue: its Job waits for LocalQueue team-gpus")
+        assert new["stages"][2]["message"].startswith(
+            "Queued in Kueue: its Job waits for LocalQueue team-gpus"
+        )

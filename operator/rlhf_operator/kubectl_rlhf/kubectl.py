@@ -36,12 +36,18 @@ class Kubectl:
     def run(self, *args: str, namespace: str | None = None, input: str | None = None) -> str:
         try:
             result = subprocess.run(
-                self.command(*args, namespace=namespace), input=input, capture_output=True, text=True, check=False
+                self.command(*args, namespace=namespace),
+                input=input,
+                capture_output=True,
+                text=True,
+                check=False,
             )
         except FileNotFoundError as err:
             raise PluginError(f"kubectl not found ({self.binary}); install it or put it on PATH") from err
         if result.returncode != 0:
-            raise PluginError(result.stderr.strip() or f"kubectl {' '.join(args)} failed ({result.returncode})")
+            raise PluginError(
+                result.stderr.strip() or f"kubectl {' '.join(args)} failed ({result.returncode})"
+            )
         return result.stdout
 
     def get(self, *args: str, namespace: str | None = None) -> Manifest:

@@ -37,7 +37,9 @@ def newest_per_rank(pods: list[Manifest]) -> dict[int, Manifest]:
     for position, pod in enumerate(ordered):
         rank = rank_of(pod, position)
         kept = by_rank.get(rank)
-        if kept is None or pod["metadata"].get("creationTimestamp", "") >= kept["metadata"].get("creationTimestamp", ""):
+        if kept is None or pod["metadata"].get("creationTimestamp", "") >= kept["metadata"].get(
+            "creationTimestamp", ""
+        ):
             by_rank[rank] = pod
     return dict(sorted(by_rank.items()))
 
@@ -54,7 +56,9 @@ def choose(pods: list[Manifest], stage: str, rank: int | None, every: bool) -> l
     return [(wanted, by_rank[wanted])]
 
 
-def show_logs(kube: Kubectl, ref: str, stage_text: str, rank: int | None, every: bool, tail: int | None) -> None:
+def show_logs(
+    kube: Kubectl, ref: str, stage_text: str, *, rank: int | None, every: bool, tail: int | None
+) -> None:
     job = kube.rlhfjob(ref)
     stage = stage_named(stage_text)
     namespace, uid = job["metadata"]["namespace"], job["metadata"]["uid"]

@@ -14,7 +14,9 @@ from rlhf_operator.kubectl_rlhf.kubectl import Kubectl, PluginError
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="kubectl rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(
+        prog="kubectl rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     root.add_argument("-n", "--namespace", help="namespace of the RLHFJob(s)")
     root.add_argument("--context", help="kubeconfig context")
     root.add_argument("--kubeconfig", help="kubeconfig file")
@@ -25,9 +27,13 @@ def parser() -> argparse.ArgumentParser:
 
     logs = commands.add_parser("logs", help="a stage's pod logs, by rank")
     logs.add_argument("job", metavar="JOB")
-    logs.add_argument("--stage", required=True, help="precompute, ranking, reward-model, reward-server, policy, evaluation")
+    logs.add_argument(
+        "--stage", required=True, help="precompute, ranking, reward-model, reward-server, policy, evaluation"
+    )
     which = logs.add_mutually_exclusive_group()
-    which.add_argument("--rank", type=int, help="the pod of this rank (the Job's completion index; default 0)")
+    which.add_argument(
+        "--rank", type=int, help="the pod of this rank (the Job's completion index; default 0)"
+    )
     which.add_argument("--all", action="store_true", help="every rank's newest pod, lines prefixed [rank N]")
     logs.add_argument("--tail", type=int, help="the last N lines of each pod")
 
@@ -38,12 +44,23 @@ def parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="jobs side by side: a table and a PNG of their curves")
     compare.add_argument("jobs", metavar="JOB", nargs="+")
-    compare.add_argument("--tag", action="append", help="TensorBoard scalar tag to plot (repeat; default train/reward and train/kl)")
-    compare.add_argument("--out", type=Path, default=Path("rlhf-compare.png"), help="the PNG (default rlhf-compare.png)")
+    compare.add_argument(
+        "--tag",
+        action="append",
+        help="TensorBoard scalar tag to plot (repeat; default train/reward and train/kl)",
+    )
+    compare.add_argument(
+        "--out", type=Path, default=Path("rlhf-compare.png"), help="the PNG (default rlhf-compare.png)"
+    )
 
     wait = commands.add_parser("wait", help="until a condition is True; fails when the job ends without it")
     wait.add_argument("job", metavar="JOB")
-    wait.add_argument("--for", dest="condition", default="Succeeded", help="condition type, e.g. Promoted (default Succeeded)")
+    wait.add_argument(
+        "--for",
+        dest="condition",
+        default="Succeeded",
+        help="condition type, e.g. Promoted (default Succeeded)",
+    )
     wait.add_argument("--timeout", type=float, default=3600, help="seconds (default 3600)")
     return root
 
@@ -56,7 +73,7 @@ def run(args: argparse.Namespace, kube: Kubectl) -> str | None:
     if args.command == "logs":
         from rlhf_operator.kubectl_rlhf.logs import show_logs
 
-        show_logs(kube, args.job, args.stage, args.rank, args.all, args.tail)
+        show_logs(kube, args.job, args.stage, rank=args.rank, every=args.all, tail=args.tail)
         return None
     if args.command == "pull":
         from rlhf_operator.kubectl_rlhf.logs import stage_named

@@ -61,7 +61,7 @@ def pull(kube: Kubectl, job: Manifest, paths: list[str], dest: Path) -> list[Pat
     dest.mkdir(parents=True, exist_ok=True)
     if model.spec.storage.volume is None:
         return _pull_s3(root, paths, dest)
-    return _pull_volume(kube, job, model, root, paths, dest)
+    return _pull_volume(kube, job, model, root=root, paths=paths, dest=dest)
 
 
 def _pull_s3(root: str, paths: list[str], dest: Path) -> list[Path]:
@@ -89,7 +89,14 @@ def puller_pod(job: Manifest, model: RLHFJob, template: Manifest, name: str) -> 
     mount: Manifest = {"name": "storage", "mountPath": volume.mount_path, "readOnly": True}
     if volume.sub_path:
         mount["subPath"] = volume.sub_path
-    keep = ("nodeSelector", "tolerations", "affinity", "securityContext", "imagePullSecrets", "serviceAccountName")
+    keep = (
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "securityContext",
+        "imagePullSecrets",
+        "serviceAccountName",
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -110,11 +117,23 @@ def puller_pod(job: Manifest, model: RLHFJob, template: Manifest, name: str) -> 
                     "command": ["sleep", "3600"],
                     "workingDir": volume.mount_path,
                     "volumeMounts": [mount],
-                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-                    **({"securityContext": container["securityContext"]} if "securityContext" in container else {}),
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "limits": {"memory": "512Mi"},
+                    },
+                    **(
+                        {"securityContext": container["securityContext"]}
+                        if "securityContext" in container
+                        else {}
+                    ),
                 }
             ],
-            "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": True}}],
+            "volumes": [
+                {
+                    "name": "storage",
+                    "persistentVolumeClaim": {"claimName": volume.claim_name, "readOnly": True},
+                }
+            ],
         },
     }
 
@@ -133,11 +152,15 @@ def _stage_template(kube: Kubectl, job: Manifest) -> Manifest:
 
 
 def _gpus(template: Manifest) -> bool:
-    return any("gpu" in k for c in template["spec"]["containers"] for k in (c.get("resources") or {}).get("limits", {}))
+    return any(
+        "gpu" in k
+        for c in template["spec"]["containers"]
+        for k in (c.get("resources") or {}).get("limits", {})
+    )
 
 
 def _pull_volume(
-    kube: Kubectl, job: Manifest, model: RLHFJob, root: str, paths: list[str], dest: Path
+    kube: Kubectl, job: Manifest, model: RLHFJob, *, root: str, paths: list[str], dest: Path
 ) -> list[Path]:
     volume = model.spec.storage.volume
     assert volume is not None
@@ -149,7 +172,7 @@ def _pull_volume(
     kube.run("create", "-f", "-", input=json.dumps(pod), namespace=namespace)
     try:
         _wait_running(kube, name, namespace)
-        return _stream_tar(kube, name, namespace, wanted, under, dest)
+        return _stream_tar(kube, name, namespace, wanted=wanted, under=under, dest=dest)
     finally:
         kube.run("delete", "pod", name, "--wait=false", "--ignore-not-found", namespace=namespace)
 
@@ -163,10 +186,14 @@ def _wait_running(kube: Kubectl, name: str, namespace: str, timeout_s: float = 3
         if phase in ("Failed", "Succeeded"):
             raise PluginError(f"the pull pod {name} ended ({phase}) before the copy")
         time.sleep(1)
-    raise PluginError(f"the pull pod {name} did not start within {timeout_s:.0f}s (kubectl describe pod {name})")
+    raise PluginError(
+        f"the pull pod {name} did not start within {timeout_s:.0f}s (kubectl describe pod {name})"
+    )
 
 
-def _stream_tar(kube: Kubectl, pod: str, namespace: str, wanted: list[str], under: str, dest: Path) -> list[Path]:
+def _stream_tar(
+    kube: Kubectl, pod: str, namespace: str, *, wanted: list[str], under: str, dest: Path
+) -> list[Path]:
     # Only paths that exist: a stage that has not run has no directory yet.
     script = 'set -- $(for p; do [ -e "$p" ] && echo "$p"; done); [ $# -gt 0 ] && exec tar -cf - "$@"'
     command = kube.command("exec", pod, "--", "sh", "-c", script, "sh", *wanted, namespace=namespace)

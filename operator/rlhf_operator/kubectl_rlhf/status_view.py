@@ -79,7 +79,9 @@ def render_status(job: Manifest, now: datetime) -> str:
         lines += ["", "Metrics:", *(f"  {k:<22}{_number(v)}" for k, v in metrics.items())]
     usage = status.get("usage")
     if usage:
-        cost = f", estimated cost {usage['estimatedCost']:.2f}" if usage.get("estimatedCost") is not None else ""
+        cost = (
+            f", estimated cost {usage['estimatedCost']:.2f}" if usage.get("estimatedCost") is not None else ""
+        )
         lines += ["", f"GPU-hours: {usage.get('gpuHours', 0):.3f}{cost} (running pods count to the minute)"]
     conditions = status.get("conditions") or []
     if conditions:

@@ -29,9 +29,7 @@ def verdict(job: Manifest, condition: str) -> bool | str:
     return False
 
 
-def wait_for(
-    read: Callable[[], Manifest], condition: str, timeout_s: float, interval_s: float = 2.0
-) -> str:
+def wait_for(read: Callable[[], Manifest], condition: str, timeout_s: float, interval_s: float = 2.0) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
         job = read()
