@@ -207,5 +207,8 @@ def test_the_plugin_passes_the_users_kubectl_flags_through() -> None:
     ]
     args = parser().parse_args(["-n", "x", "logs", "tiny", "--stage", "policy", "--all"])
     assert (args.namespace, args.stage, args.all, args.rank) == ("x", "policy", True, None)
+    # As with kubectl, the flags may also follow the command.
+    after = parser().parse_args(["status", "tiny", "-n", "x", "--context", "eks"])
+    assert (after.namespace, after.context, after.job) == ("x", "eks", "tiny")
     with pytest.raises(SystemExit):
         parser().parse_args(["logs", "tiny", "--stage", "policy", "--all", "--rank", "1"])

@@ -14,18 +14,26 @@ from rlhf_operator.kubectl_rlhf.kubectl import Kubectl, PluginError
 
 
 def parser() -> argparse.ArgumentParser:
+    # kubectl's flags go before or after the command (`kubectl rlhf status tiny -n ml`); SUPPRESS
+    # keeps a command's parser from resetting what the root's took.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace of the RLHFJob(s)")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file")
     root = argparse.ArgumentParser(
-        prog="kubectl rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="kubectl rlhf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
-    root.add_argument("-n", "--namespace", help="namespace of the RLHFJob(s)")
-    root.add_argument("--context", help="kubeconfig context")
-    root.add_argument("--kubeconfig", help="kubeconfig file")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    status = commands.add_parser("status", help="stages with progress bars, metrics, conditions, GPU-hours")
+    status = commands.add_parser(
+        "status", parents=[common], help="stages with progress bars, metrics, conditions, GPU-hours"
+    )
     status.add_argument("job", metavar="JOB")
 
-    logs = commands.add_parser("logs", help="a stage's pod logs, by rank")
+    logs = commands.add_parser("logs", parents=[common], help="a stage's pod logs, by rank")
     logs.add_argument("job", metavar="JOB")
     logs.add_argument(
         "--stage", required=True, help="precompute, ranking, reward-model, reward-server, policy, evaluation"
@@ -37,12 +45,16 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every rank's newest pod, lines prefixed [rank N]")
     logs.add_argument("--tail", type=int, help="the last N lines of each pod")
 
-    pull = commands.add_parser("pull", help="artifacts from the job's volume or S3 into DIR")
+    pull = commands.add_parser(
+        "pull", parents=[common], help="artifacts from the job's volume or S3 into DIR"
+    )
     pull.add_argument("job", metavar="JOB")
     pull.add_argument("dir", metavar="DIR", type=Path)
     pull.add_argument("--stage", help="one stage's artifacts and TensorBoard files (default: everything)")
 
-    compare = commands.add_parser("compare", help="jobs side by side: a table and a PNG of their curves")
+    compare = commands.add_parser(
+        "compare", parents=[common], help="jobs side by side: a table and a PNG of their curves"
+    )
     compare.add_argument("jobs", metavar="JOB", nargs="+")
     compare.add_argument(
         "--tag",
@@ -53,7 +65,9 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("rlhf-compare.png"), help="the PNG (default rlhf-compare.png)"
     )
 
-    wait = commands.add_parser("wait", help="until a condition is True; fails when the job ends without it")
+    wait = commands.add_parser(
+        "wait", parents=[common], help="until a condition is True; fails when the job ends without it"
+    )
     wait.add_argument("job", metavar="JOB")
     wait.add_argument(
         "--for",
@@ -93,7 +107,11 @@ def run(args: argparse.Namespace, kube: Kubectl) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    kube = Kubectl(namespace=args.namespace, context=args.context, kubeconfig=args.kubeconfig)
+    kube = Kubectl(
+        namespace=getattr(args, "namespace", None),
+        context=getattr(args, "context", None),
+        kubeconfig=getattr(args, "kubeconfig", None),
+    )
     try:
         output = run(args, kube)
     except PluginError as err:
