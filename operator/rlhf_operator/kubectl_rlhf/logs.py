@@ -69,5 +69,8 @@ def show_logs(
         text = kube.run(*args, namespace=namespace)
         if len(chosen) > 1:
             prefix = f"[rank {rank_number}] "
-            text = "".join(prefix + line for line in text.splitlines(keepends=True))
+            # A rank that printed nothing still says so: every rank asked for shows.
+            text = "".join(prefix + line for line in text.splitlines(keepends=True)) or (
+                f"{prefix}(no output from pod {pod['metadata']['name']})\n"
+            )
         sys.stdout.write(text)
