@@ -212,3 +212,29 @@ def test_the_plugin_passes_the_users_kubectl_flags_through() -> None:
     assert (after.namespace, after.context, after.job) == ("x", "eks", "tiny")
     with pytest.raises(SystemExit):
         parser().parse_args(["logs", "tiny", "--stage", "policy", "--all", "--rank", "1"])
+
+
+class _Pods(Kubectl):
+    """kubectl's answers for `logs`: the job, its pods and their logs (no cluster)."""
+
+    def rlhfjob(self, ref: str) -> dict[str, Any]:
+        return job()
+
+    def items(self, *args: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [pod("p-0", 0, "t"), pod("p-1", 1, "t")]
+
+    def run(self, *args: str, namespace: str | None = None, input: str | None = None) -> str:
+        return "step 1\nstep 2\n" if args[1] == "p-0" else ""
+
+
+def test_logs_of_every_rank_are_prefixed_and_a_silent_rank_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rlhf_operator.kubectl_rlhf.logs import show_logs
+
+    show_logs(_Pods(), "tiny", "policy", rank=None, every=True, tail=None)
+    assert capsys.readouterr().out.splitlines() == [
+        "[rank 0] step 1",
+        "[rank 0] step 2",
+        "[rank 1] (no output from pod p-1)",
+    ]
