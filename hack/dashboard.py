@@ -143,16 +143,13 @@ def _svg(
     for spine in axis.spines.values():
         spine.set_color("#3a3d42")
     template = panel["targets"][0].get("legendFormat", "")
-    for index, series in enumerate(result):
+    if panel["type"] == "state-timeline":
+        _state_rows(axis, result, start)
+    for series in result if panel["type"] != "state-timeline" else []:
         times = [(float(t) - start) / 60 for t, _ in series["values"]]
         values = [float(v) for _, v in series["values"]]
-        if panel["type"] == "state-timeline":
-            axis.plot(times, [index] * len(times), linewidth=7, solid_capstyle="butt")
-        else:
-            axis.plot(times, values, linewidth=1.4, label=legend(template, series["metric"]))
-    if panel["type"] == "state-timeline":
-        axis.set_yticks(range(len(result)), [legend(template, r["metric"]) for r in result], fontsize=6)
-    elif result:
+        axis.plot(times, values, linewidth=1.4, label=legend(template, series["metric"]))
+    if result and panel["type"] != "state-timeline":
         axis.legend(fontsize=6, facecolor="#181b1f", labelcolor="#ccccdc", edgecolor="#3a3d42")
     axis.set_xlabel("minutes into the run", color="#ccccdc", fontsize=7)
     axis.grid(color="#2c3035")
@@ -161,6 +158,32 @@ def _svg(
     figure.savefig(buffer, format="svg", facecolor=figure.get_facecolor())
     plt.close(figure)
     return buffer.getvalue()[buffer.getvalue().index("<svg") :]
+
+
+STATE_COLOURS = {
+    "Pending": "#5a5d63",
+    "Running": "#5794f2",
+    "Succeeded": "#73bf69",
+    "Failed": "#f2495c",
+    "Skipped": "#8e8e8e",
+}
+
+
+def _state_rows(axis: Any, result: list[dict[str, Any]], start: float) -> None:
+    """As Grafana's state timeline draws it: one row per job and stage, coloured by its state."""
+    rows = sorted({(r["metric"]["namespace"], r["metric"]["rlhfjob"], r["metric"]["stage"]) for r in result})
+    for series in result:
+        labels = series["metric"]
+        row = rows.index((labels["namespace"], labels["rlhfjob"], labels["stage"]))
+        times = [(float(t) - start) / 60 for t, _ in series["values"]]
+        axis.plot(times, [row] * len(times), linewidth=6, solid_capstyle="butt",
+                  color=STATE_COLOURS.get(labels["state"], "#ccccdc"))  # fmt: skip
+    axis.set_yticks(range(len(rows)), [f"{ns}/{job} {stage}" for ns, job, stage in rows], fontsize=6)
+    for state, colour in STATE_COLOURS.items():
+        axis.plot([], [], color=colour, linewidth=6, label=state)
+    axis.legend(
+        fontsize=6, facecolor="#181b1f", labelcolor="#ccccdc", edgecolor="#3a3d42", ncol=5, loc="upper left"
+    )
 
 
 def _stat_or_table(panel: dict[str, Any], result: list[dict[str, Any]]) -> str:
