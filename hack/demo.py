@@ -83,14 +83,17 @@ def make_tiny_assets(data_dir: Path) -> None:
 
 
 @contextmanager
-def running_pipeline(cluster: LocalCluster, namespace: str, workdir: Path) -> Iterator[None]:
-    """The local pod executor and the operator, for as long as the block runs."""
+def running_pipeline(
+    cluster: LocalCluster, namespace: str, workdir: Path, metrics_port: int = 0
+) -> Iterator[None]:
+    """The local pod executor and the operator (watching `namespace`, comma-separated for several;
+    its Prometheus metrics on 127.0.0.1:`metrics_port` unless 0), for as long as the block runs."""
     api = kube_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     executor = PodExecutor(api, workdir / "executor", Path(sys.executable))
     thread = threading.Thread(target=executor.run, name="executor", daemon=True)
     thread.start()
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), **chart_operator_env(namespace))
-    env["RLHF_OPERATOR_METRICS_PORT"] = "0"
+    env["RLHF_OPERATOR_METRICS_PORT"] = str(metrics_port)
     log = (workdir / "operator.log").open("ab")
     # A free port: Kopf reads port 0 as 80, which another service may hold (or a non-root user may
     # not bind), and the operator stops when its health endpoint cannot listen.

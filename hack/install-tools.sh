@@ -11,6 +11,8 @@ ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-0.8.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
 COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
+KUEUE_VERSION=${KUEUE_VERSION:-0.17.0}
+EKSCTL_VERSION=${EKSCTL_VERSION:-0.215.0}
 
 TOOLS=${RLHF_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rlhf-operator/tools}
 BIN=$TOOLS/bin
@@ -145,22 +147,64 @@ install_kwok() {
 }
 
 install_helm() {
-  if has_version helm "v$HELM_VERSION" version --short; then
+  # A helm built without the Kubernetes version of its client-go (as helm's Makefile sets it) assumes
+  # v1.20 for `helm template` and refuses any chart whose kubeVersion needs more: rebuild such a one.
+  if has_version helm "v$HELM_VERSION" version --short && grep -qs chartutil.k8sVersionMinor "$TOOLS/helm.ldflags"; then
     log "helm $HELM_VERSION: cached"; return
   fi
   need_go; log "helm $HELM_VERSION: building"; : >"$LOGS/helm.log"
   local v; v=$(echo "$HELM_VERSION" | cut -d. -f1)
   local ldf="-s -w -X helm.sh/helm/v$v/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v$v/internal/version.gitTreeState=clean"
+  local client; client=$(go mod download -json "helm.sh/helm/v$v@v$HELM_VERSION" \
+    | python3 -c 'import json,re,sys; print(re.search(r"k8s.io/client-go v0\.(\d+)", open(json.load(sys.stdin)["GoMod"]).read())[1])')
+  local p
+  for p in pkg/lint/rules pkg/chartutil; do
+    ldf="$ldf -X helm.sh/helm/v$v/$p.k8sVersionMajor=1 -X helm.sh/helm/v$v/$p.k8sVersionMinor=$client"
+  done
   GOBIN=$BIN run_build helm go install -ldflags "$ldf" "helm.sh/helm/v$v/cmd/helm@v$HELM_VERSION"
+  echo "$ldf" >"$TOOLS/helm.ldflags"  # -trimpath keeps the flags out of the binary's build info
 }
 
-# `node` and `coredns` are for the real node (make node-tools); the default set is the simulated cluster's.
-want=${*:-etcd kwok helm kubernetes}
+# Kueue (the job queue GPU clusters use) for the local cluster's admission tests: the controller
+# binary, and from the same module its CRDs and webhook configurations (hack/kueue.py reads them).
+install_kueue() {
+  local dir=$TOOLS/kueue
+  if [ -x "$BIN/kueue" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$KUEUE_VERSION" ]; then
+    log "kueue $KUEUE_VERSION: cached"; return
+  fi
+  need_go; log "kueue $KUEUE_VERSION: building (~4 minutes cold on 2 cores)"; : >"$LOGS/kueue.log"
+  local ldf="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=v$KUEUE_VERSION"
+  GOBIN=$BIN run_build kueue go install -ldflags "$ldf" "sigs.k8s.io/kueue/cmd/kueue@v$KUEUE_VERSION"
+  local src; src=$(go env GOMODCACHE)/sigs.k8s.io/kueue@v$KUEUE_VERSION
+  rm -rf "$dir"; mkdir -p "$dir/crds"
+  cp "$src"/config/components/crd/bases/*.yaml "$dir/crds/"
+  cp "$src/config/components/webhook/manifests.yaml" "$dir/webhooks.yaml"
+  chmod -R u+w "$dir"; echo "$KUEUE_VERSION" >"$dir/VERSION"
+}
+
+# eksctl's JSON schema of its ClusterConfig, from its Go module (nothing is built): the test of
+# docs/eks.md validates the guide's eksctl config against it.
+install_eksctl_schema() {
+  local dir=$TOOLS/eksctl
+  if [ -s "$dir/schema.json" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$EKSCTL_VERSION" ]; then
+    log "eksctl schema $EKSCTL_VERSION: cached"; return
+  fi
+  need_go; log "eksctl schema $EKSCTL_VERSION: downloading its module"; : >"$LOGS/eksctl.log"
+  local src
+  src=$(go mod download -json "github.com/weaveworks/eksctl@v$EKSCTL_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$dir"; mkdir -p "$dir"
+  cp "$src/pkg/apis/eksctl.io/v1alpha5/assets/schema.json" "$dir/schema.json"
+  chmod u+w "$dir/schema.json"; echo "$EKSCTL_VERSION" >"$dir/VERSION"
+}
+
+# `node` and `coredns` are for the real node (make node-tools); the default set is the simulated cluster's
+# (Kueue included: the admission tests run it; eksctl's schema: the EKS guide's test reads it).
+want=${*:-etcd kwok helm kubernetes kueue eksctl_schema}
 for tool in $want; do
   start=$SECONDS
   "install_$tool"
   log "$tool ready in $((SECONDS - start))s"
 done
 # Writes the versions the cluster launcher reads, so one place pins them.
-printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\ncoredns=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$COREDNS_VERSION" >"$TOOLS/versions"
+printf 'k8s=%s\netcd=%s\nkwok=%s\nhelm=%s\ncoredns=%s\nkueue=%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$COREDNS_VERSION" "$KUEUE_VERSION" >"$TOOLS/versions"
 log "tools in $BIN"

@@ -328,8 +328,9 @@ class LocalCluster:
                 "kubeVersion": f"v{versions['k8s']}",
                 "etcdVersion": versions["etcd"],
                 "components": list(COMPONENTS),
-                # Per-pod Logs objects let `kubectl logs` read the files the local pod executor writes.
-                "enableCRDs": ["Logs"],
+                # Per-pod Logs and Exec objects let `kubectl logs` read the files the local pod
+                # executor writes and `kubectl exec` run commands in a pod's mounted directories.
+                "enableCRDs": ["Logs", "Exec"],
             },
         }
         if self.real_node:

@@ -16,7 +16,9 @@ would run it in a container:
   the exit code and the termination message (the file at terminationMessagePath, else the log tail
   when the policy is FallbackToLogsOnError);
 - logs are kept in CRI format and a kwok `Logs` object points the node's log endpoint at them, so
-  `kubectl logs` works.
+  `kubectl logs` works; a kwok `Exec` object runs `kubectl exec` commands as local processes in the
+  container's workingDir as mounted here (the pod's directory without one), so relative paths work
+  (`kubectl rlhf pull` runs `tar` that way).
 
 It runs a pod's single container; init containers, probes other than an HTTP readiness probe,
 resource limits, users and security contexts are not enforced. Use it on the local cluster started
@@ -193,6 +195,10 @@ class PodExecutor:
         with self.lock:
             self.running[meta["uid"]] = running
         self._register_logs(pod, container["name"], log_file)
+        working_dir = container.get("workingDir")
+        self._register_exec(
+            pod, container["name"], remap_strings(working_dir, mounts) if working_dir else pod_dir
+        )
         self._report_running(running, pod)
         log.info("started %s/%s: %s", namespace, name, " ".join(command))
 
@@ -251,10 +257,20 @@ class PodExecutor:
         return self.network.pod_environment(env, namespace, subdomain, ports)
 
     def _register_logs(self, pod: Manifest, container: str, log_file: Path) -> None:
+        spec = {"logs": [{"containers": [container], "logsFile": str(log_file), "follow": True}]}
+        self._register_kwok(pod, "Logs", spec)
+
+    def _register_exec(self, pod: Manifest, container: str, work_dir: str | Path) -> None:
+        self._register_kwok(
+            pod, "Exec", {"execs": [{"containers": [container], "local": {"workDir": str(work_dir)}}]}
+        )
+
+    def _register_kwok(self, pod: Manifest, kind: str, spec: Manifest) -> None:
+        """A kwok per-pod object (Logs, Exec) owned by the pod, so it goes with it."""
         meta = pod["metadata"]
         body = {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
-            "kind": "Logs",
+            "kind": kind,
             "metadata": {
                 "name": meta["name"],
                 "namespace": meta["namespace"],
@@ -262,15 +278,19 @@ class PodExecutor:
                     {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
                 ],
             },
-            "spec": {"logs": [{"containers": [container], "logsFile": str(log_file), "follow": True}]},
+            "spec": spec,
         }
         try:
             self.custom.create_namespaced_custom_object(
-                "kwok.x-k8s.io", "v1alpha1", meta["namespace"], "logs", body
+                "kwok.x-k8s.io",
+                "v1alpha1",
+                meta["namespace"],
+                kind.lower() + ("" if kind == "Logs" else "s"),
+                body,
             )
         except ApiException as err:
             if err.status != 409:
-                log.warning("kubectl logs will not work for %s: %s", meta["name"], err.reason)
+                log.warning("kubectl %s will not work for %s: %s", kind.lower(), meta["name"], err.reason)
 
     # ------------------------------------------------------------------------------ status
     def _report_running(self, running: RunningPod, pod: Manifest) -> None:

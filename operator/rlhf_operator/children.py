@@ -400,7 +400,9 @@ def reward_server_deployment(
     )
     metadata = job.metadata(name, stage)
     template_labels = dict(metadata["labels"])
-    if spec.queue_name:  # Kueue admits the server's pods from the same queue as the job's Jobs
+    if spec.queue_name:
+        # On the pods too: Kueue admits each reward-server pod through the queue (its pod/Deployment
+        # integration), so their GPUs count against its quota.
         metadata["labels"][KUEUE_QUEUE_LABEL] = template_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     settings = pod_settings(spec, stage)
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -93,6 +93,9 @@ class OperatorConfig(BaseModel):
     allowed_secrets: tuple[str, ...] = Field(
         (),
         description="Secret names any RLHFJob may name without the label (ALLOWED_SECRETS, comma separated).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object a line for a log pipeline (Kopf's formatter)."
     )
     gpu_memory_gib: dict[str, float] = Field(
         default_factory=dict,

@@ -11,11 +11,12 @@ import uuid
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from rlhf_operator import handlers
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
+from rlhf_operator.job_metrics import JobSeriesCollector
 from rlhf_operator.kube import Kube, KubeLeaseStore
 from rlhf_operator.leader import LeaderElector
 
@@ -79,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     config = OperatorConfig.from_env(os.environ)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.log_format == "json":
+        # One JSON object a line; records about an RLHFJob carry it under "object" (Kopf's formatter).
+        kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="object")
+        logging.getLogger().setLevel(config.log_level)
+    else:
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs every handled watch event at INFO; with many jobs that is most of the operator's work.
     quiet = max(logging.WARNING, logging.getLevelName(config.log_level))
     logging.getLogger("kopf.objects").setLevel(quiet)
@@ -89,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     controller = Controller(config, kube)
     memo = kopf.Memo(controller=controller)
     if config.leader_election_namespace:
-        store = KubeLeaseStore(kube.client, config.leader_election_namespace, config.leader_election_lease)
+        leases = KubeLeaseStore(kube.client, config.leader_election_namespace, config.leader_election_lease)
         # The pod's name (HOSTNAME) and a random part: a restarted container is a new candidate.
         identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-        memo.elector, memo.stop_election = LeaderElector(store, identity), threading.Event()
+        memo.elector, memo.stop_election = LeaderElector(leases, identity), threading.Event()
     if config.metrics_port:
+        jobs = controller.store
+        # Only the leader serves the per-job series: a standby's store is as warm, and two replicas
+        # exporting the same jobs would double every sum over them.
+        REGISTRY.register(
+            JobSeriesCollector(
+                lambda: filter(None, map(jobs.job, jobs.job_keys())) if controller.is_leader() else ()
+            )
+        )
         start_http_server(config.metrics_port)
     # standalone: Kopf's peering is off (it pauses equal-priority peers; leader.py says why).
     kopf.run(

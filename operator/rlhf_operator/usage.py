@@ -2,8 +2,9 @@
 
 GPU-seconds of a pod are its run, from the pod's start (status.startTime: its GPUs are held from
 then on, image pull included) to its container's end (terminated.finishedAt), times the GPUs its
-stage requests; a stage's usage sums its finished pods, retries included. Running pods count once
-they end, so the status is not rewritten on every pass while they run.
+stage requests; a stage's usage sums its pods, retries included. A pod still running counts up to
+`now` in whole minutes (RUNNING_STEP_SECONDS), so a 48-hour policy's GPU-hours grow while it runs
+while its status is rewritten for that at most once a minute.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from rlhf_operator.api.v1alpha1 import GpuUsage, StageStatus
+
+#: A running pod's time is counted in steps of this many seconds (rounded down).
+RUNNING_STEP_SECONDS = 60
 
 Manifest = dict[str, object]
 
@@ -22,9 +26,10 @@ def _time(text: object) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def pod_seconds(pod: Mapping[str, object]) -> float:
-    """Run time of a finished pod: its start to its first terminated container's end (the
-    container's own start when the pod's is unknown); 0 while it runs."""
+def pod_seconds(pod: Mapping[str, object], now: datetime | None = None) -> float:
+    """Run time of a pod: its start to its first terminated container's end (the container's own
+    start when the pod's is unknown). A pod that runs counts to `now`, in whole RUNNING_STEP_SECONDS
+    (0 without `now`); one that never started counts nothing."""
     status = pod.get("status")
     if not isinstance(status, dict):
         return 0.0
@@ -34,7 +39,11 @@ def pod_seconds(pod: Mapping[str, object]) -> float:
         end = _time(terminated.get("finishedAt"))
         if start is not None and end is not None:
             return max(0.0, (end - start).total_seconds())
-    return 0.0
+    start = _time(status.get("startTime"))
+    if now is None or start is None or status.get("phase") != "Running":
+        return 0.0
+    ran = max(0.0, (now - start).total_seconds())
+    return ran - ran % RUNNING_STEP_SECONDS
 
 
 def gpu_usage(seconds: float, price_per_gpu_hour: float | None) -> GpuUsage:
@@ -45,13 +54,18 @@ def gpu_usage(seconds: float, price_per_gpu_hour: float | None) -> GpuUsage:
 
 
 def stage_usage(
-    pods: Iterable[Mapping[str, object]], gpus: int, price: float | None, previous: GpuUsage | None
+    pods: Iterable[Mapping[str, object]],
+    gpus: int,
+    price: float | None,
+    previous: GpuUsage | None,
+    now: datetime | None = None,
 ) -> GpuUsage | None:
-    """A stage's usage from its pods in view, never less than what was recorded (pods deleted by
-    a TTL or by hand are gone, their time is not); None for a stage without GPUs."""
+    """A stage's usage from its pods in view (running ones up to `now`), never less than what was
+    recorded (pods deleted by a TTL or by hand are gone, their time is not); None for a stage
+    without GPUs."""
     if gpus <= 0:
         return previous
-    seconds = sum(pod_seconds(p) for p in pods) * gpus
+    seconds = sum(pod_seconds(p, now) for p in pods) * gpus
     if previous is not None:
         seconds = max(seconds, previous.gpu_seconds)
     return gpu_usage(seconds, price)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart_support import CHART, CRD_NAME, helm, render_text, service_account_kubeconfig
 from tests.conftest import Kube
@@ -291,6 +292,9 @@ def test_helm_test_account_may_only_get_the_crd(installed: Installed) -> None:
     assert not can("list", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can("get", "pods", "-n", installed.namespace)
     assert not can("list", "rlhfjobs.rlhf-operator.dev", "--all-namespaces")
+    # Creating RLHFJobs (what its server-side dry run needs): in the release's namespace only.
+    assert can("create", "rlhfjobs.rlhf-operator.dev", "-n", installed.namespace)
+    assert not can("create", "rlhfjobs.rlhf-operator.dev", "-n", "default")
 
 
 class Healthz(http.server.BaseHTTPRequestHandler):
@@ -331,7 +335,9 @@ def test_helm_test_script_passes_as_the_hook_account_and_fails_on_a_dead_operato
     script = str(CHART / "files" / "tests" / "check_operator.py")
 
     def run(url: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": kubeconfig, "HEALTH_URL": url, "TIMEOUT_SECONDS": "1"}
+        sample = json.dumps(yaml.safe_load((CHART / "files" / "tests" / "rlhfjob.yaml").read_text()))
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "HEALTH_URL": url, "TIMEOUT_SECONDS": "1",
+               "SAMPLE_RLHFJOB": sample, "NAMESPACE": installed.namespace}  # fmt: skip
         env.pop("KUBERNETES_SERVICE_HOST", None)
         return subprocess.run(
             [sys.executable, script], env=env, check=False, capture_output=True, text=True, timeout=60
@@ -340,8 +346,11 @@ def test_helm_test_script_passes_as_the_hook_account_and_fails_on_a_dead_operato
     ok = run(healthz(200))
     assert ok.returncode == 0, ok.stderr
     assert f"CRD {CRD_NAME} serves v1alpha1" in ok.stdout
+    assert "a valid RLHFJob passes a server-side dry run" in ok.stdout
+    assert not installed.cluster.kubectl("get", "rlhfjobs", "-n", installed.namespace, "-o", "name").stdout
     dead = run(healthz(500))
     assert dead.returncode == 1 and "FAILED liveness" in dead.stderr and "FAILED crd" not in dead.stderr
+    assert "FAILED dry-run" not in dead.stderr
 
 
 # ---------------------------------------------------------------------------------------------- values

@@ -97,7 +97,15 @@ def test_with_a_queue_children_are_created_suspended_for_kueue(cluster: Kube, op
     )
     assert first["spec"]["suspend"] is True
     assert first["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-    assert status(cluster, op_namespace, "queued")["phase"] == "Running"
+
+    def queued() -> dict[str, Any] | None:
+        # Until Kueue (here: the test) admits it, the job says it waits in the queue.
+        current = status(cluster, op_namespace, "queued")
+        waiting = next((c for c in current.get("conditions", []) if c["type"] == "Waiting"), None)
+        return current if waiting and waiting["reason"] == "QueuedByKueue" else None
+
+    waiting = cluster.wait_for(queued, what="the job to say it is queued")
+    assert waiting["phase"] == "Pending" and "LocalQueue gpu-queue" in waiting["message"]
 
     def finished() -> bool:
         admit_like_kueue(cluster, op_namespace)

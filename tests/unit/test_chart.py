@@ -243,12 +243,19 @@ def test_changed_values_change_the_pod_template() -> None:
 # ---------------------------------------------------------------------------------------------- RBAC
 
 
+def operator_rbac(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The operator's own objects of `kind`, not the `helm test` hook's."""
+    return [
+        d for d in find(docs, kind) if d["metadata"]["labels"].get("app.kubernetes.io/component") != "test"
+    ]
+
+
 def test_cluster_scope_grants_exactly_what_the_operator_uses() -> None:
     docs = render()
     assert flatten(one(docs, "ClusterRole", "r-rlhf-operator")["rules"]) == NAMESPACED_RULES
     assert flatten(one(docs, "ClusterRole", "r-rlhf-operator-discovery")["rules"]) == DISCOVERY_RULES
     # The only Role is leader election's, in the release namespace (test_chart_security.py).
-    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["r-rlhf-operator-leader-election"]
+    assert [r["metadata"]["name"] for r in operator_rbac(docs, "Role")] == ["r-rlhf-operator-leader-election"]
     for name in ("r-rlhf-operator", "r-rlhf-operator-discovery"):
         binding = one(docs, "ClusterRoleBinding", name)
         assert binding["roleRef"]["name"] == name
@@ -316,6 +323,14 @@ def test_test_hook_is_least_privilege_and_restricted() -> None:
     compile(script, "check_operator.py", "exec")
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HEALTH_URL"] == "http://r-rlhf-operator.ops.svc:8081/healthz"
+    assert env["NAMESPACE"] == "ops"
+    assert json.loads(env["SAMPLE_RLHFJOB"]) == yaml.safe_load(
+        (CHART / "files" / "tests" / "rlhfjob.yaml").read_text()
+    )
+    # A dry run needs the create permission, in the release's namespace only.
+    assert one(docs, "Role", "r-rlhf-operator-test")["rules"] == [
+        {"apiGroups": ["rlhf-operator.dev"], "resources": ["rlhfjobs"], "verbs": ["create"]}
+    ]
     assert one(docs, "ClusterRole", "r-rlhf-operator-test")["rules"] == [
         {
             "apiGroups": ["apiextensions.k8s.io"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import pytest
 
@@ -132,6 +133,20 @@ def test_gpu_seconds_are_container_run_time_times_gpus_and_never_shrink() -> Non
     # The pods went (deleted with their Job): the recorded time stays.
     assert stage_usage([], 8, 4.0, usage) == usage
     assert stage_usage([finished], 0, None, None) is None  # a CPU stage uses no GPU time
+
+
+def test_a_running_pod_counts_up_to_now_in_whole_minutes() -> None:
+    running = {"status": {"phase": "Running", "startTime": "2026-11-24T11:00:00Z"}}
+    now = datetime(2026, 11, 24, 11, 30, 59, tzinfo=UTC)
+    assert pod_seconds(running) == 0  # no clock, no guess
+    assert pod_seconds(running, now) == 1800  # 30 min 59 s counts as 30 minutes
+    pending = {"status": {"phase": "Pending", "startTime": "2026-11-24T11:00:00Z"}}
+    assert pod_seconds(pending, now) == 0
+    usage = stage_usage([running], 8, None, None, now)
+    assert usage is not None and usage.gpu_seconds == 8 * 1800 and usage.gpu_hours == 4.0
+    # A minute later the figure has grown; a finished pod counts to the second.
+    later = stage_usage([running], 8, None, usage, datetime(2026, 11, 24, 11, 31, 0, tzinfo=UTC))
+    assert later is not None and later.gpu_seconds == 8 * 1860
 
 
 def test_total_usage_sums_the_stages() -> None:

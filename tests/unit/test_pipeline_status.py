@@ -155,3 +155,34 @@ def test_a_human_ranking_stage_says_what_file_it_waits_for_and_until_when() -> N
     assert new["phase"] == "Running" and new["message"] == f"Stage ranking waits for human labels: {expected}"
     waiting = next(c for c in new["conditions"] if c["type"] == "Waiting")
     assert (waiting["status"], waiting["reason"]) == ("True", "AwaitingHumanRankings")
+
+
+@pytest.mark.parametrize(
+    ("suspend_job", "suspend_spec", "phase", "reason"),
+    [
+        (True, False, "Pending", "QueuedByKueue"),  # Kueue holds the Job suspended
+        (False, False, "Running", "DependenciesPresent"),  # admitted: the wait clears
+        (True, True, "Suspended", "DependenciesPresent"),  # the user suspended it, not Kueue
+    ],
+)
+def test_a_stage_queued_in_kueue_says_which_queue_it_waits_for(
+    suspend_job: bool, suspend_spec: bool, phase: str, reason: str
+) -> None:
+    from tests.support.builders import running_job
+
+    jobs = {"tiny-reward-model": running_job(suspend=suspend_job, active=0)}
+    status = stored("Succeeded", "Succeeded", "Running")
+    job = rlhfjob(queueName="team-gpus", suspend=suspend_spec)
+    new = reconcile(
+        job, status, Observed(jobs=jobs, missing=()), OperatorConfig(), NOW, new_token=TOKEN
+    ).status
+    waiting = next(c for c in new["conditions"] if c["type"] == "Waiting")
+    assert (new["phase"], waiting["reason"]) == (phase, reason)
+    if reason == "QueuedByKueue":
+        assert new["message"].startswith(
+            "Stage rewardModel is queued: its Job waits for LocalQueue team-gpus"
+        )
+        assert waiting["status"] == "True" and "LocalQueue team-gpus" in waiting["message"]
+        assert new["stages"][2]["message"].startswith(
+            "Queued in Kueue: its Job waits for LocalQueue team-gpus"
+        )

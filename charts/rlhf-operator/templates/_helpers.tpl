@@ -43,14 +43,25 @@ app.kubernetes.io/part-of: rlhf-operator
 {{- end }}
 
 {{/* An image reference from {repository, tag, digest}; the tag defaults to the chart's appVersion.
-Call with (list $image $). */}}
+With global.imageRegistry set, it replaces the repository's registry (its first part when that names a
+host: it has a dot or a port, or is localhost). Call with (list $image $). */}}
 {{- define "rlhf-operator.image" -}}
 {{- $image := index . 0 }}
 {{- $root := index . 1 }}
+{{- $repository := $image.repository }}
+{{- $registry := (($root.Values.global | default dict).imageRegistry) | default "" }}
+{{- if $registry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $parts = rest $parts }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) (join "/" $parts) }}
+{{- end }}
 {{- if $image.digest }}
-{{- printf "%s@%s" $image.repository $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
 {{- else }}
-{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- printf "%s:%s" $repository (default $root.Chart.AppVersion $image.tag) }}
 {{- end }}
 {{- end }}
 

@@ -56,7 +56,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "GPU-Hours",
         "type": "number",
         "jsonPath": ".status.usage.gpuHours",
-        "description": "GPU-hours of the job's finished pods.",
+        "description": "GPU-hours of the job's pods (running ones to the minute).",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Algorithm", "type": "string", "jsonPath": ".spec.stages.policy.algorithm", "priority": 1},

@@ -17,6 +17,7 @@ from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
 from rlhf_operator.pipeline.fit import DOES_NOT_FIT, Refusal, fit_refusal
 from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
+from rlhf_operator.pipeline.status import queued_message
 from rlhf_operator.plan import Event
 from rlhf_operator.results import failure_message, outcomes_readable, stage_failure, stage_result
 from rlhf_operator.stages import STAGES, pod_settings, skip_reason
@@ -110,12 +111,15 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         pod_settings(ctx.spec, stage).resources.gpus,
         ctx.config.gpu_hour_price(STAGES[stage].role),
         record.usage,
+        ctx.now,
     )
     finished = job_finished(child)
     if finished is None:
         _keep_suspension(ctx, child, name)
         suspended = bool((child.get("spec") or {}).get("suspend"))
         record.state, record.message = StageState.RUNNING, "Suspended." if suspended else "Running."
+        if suspended and ctx.spec.queue_name and not ctx.spec.suspend:
+            record.message = queued_message(ctx.spec.queue_name)
         if stage is StageName.RANKING and not suspended:
             record.message = awaited_labels(ctx.spec, record) or record.message
         if stage is StageName.POLICY and ctx.observed.progress:

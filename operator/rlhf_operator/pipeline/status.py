@@ -23,6 +23,15 @@ from rlhf_operator.usage import total_usage
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
 AWAITING_LABELS = "Stage ranking waits for human labels"
 SECRET_NOT_ALLOWED = "SecretNotAllowed"
+#: A stage's message while its Job waits, suspended, for Kueue to admit it (spec.queueName).
+QUEUED = "Queued in Kueue"
+
+
+def queued_message(queue: str) -> str:
+    return (
+        f"{QUEUED}: its Job waits for LocalQueue {queue} to admit it (its ClusterQueue's quota is in "
+        "use or too small; `kubectl get workloads` says why)."
+    )
 
 
 def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Phase, str]:
@@ -45,6 +54,8 @@ def phase_and_message(ctx: PlanningPass, records: list[StageStatus]) -> tuple[Ph
         return Phase.PENDING, f"Stage {current.value} waits for a node: {blocked.rstrip('.')}."
     started = any(r.start_time for r in records)
     record = next(r for r in records if r.name is current)
+    if record.message and record.message.startswith(QUEUED):
+        return Phase.PENDING, f"Stage {current.value} is queued: {record.message.removeprefix(QUEUED + ': ')}"
     if record.message and record.message.startswith("Waits until"):
         return Phase.RUNNING, f"{AWAITING_LABELS}: {record.message}"
     return Phase.RUNNING, f"Stage {current.value} is running." if started else "Starting."
@@ -99,6 +110,8 @@ def _waiting_reason(ctx: PlanningPass, phase: Phase, message: str, current: Stag
         return "DependencyMissing"
     if phase is Phase.PENDING and unschedulable(ctx.observed, current) is not None:
         return "Unschedulable"
+    if phase is Phase.PENDING and message.startswith(f"Stage {current.value} is queued"):
+        return "QueuedByKueue"
     if phase is Phase.RUNNING and message.startswith(AWAITING_LABELS):
         return "AwaitingHumanRankings"
     return None

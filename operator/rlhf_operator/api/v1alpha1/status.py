@@ -41,7 +41,7 @@ class StageStatus(ApiModel):
         default_factory=list, max_length=16, description="Kubernetes objects created for the stage."
     )
     message: str | None = Field(None, max_length=32_768, description="Human-readable details.")
-    usage: GpuUsage | None = Field(None, description="GPU time of the stage's finished pods.")
+    usage: GpuUsage | None = Field(None, description="GPU time of the stage's pods, running ones included.")
 
 
 class Metrics(ApiModel):

@@ -8,9 +8,11 @@ from rlhf_operator.api.base import ApiModel
 
 
 class GpuUsage(ApiModel):
-    """GPU time of finished pods: (container end - container start) x the pod's GPUs, summed."""
+    """GPU time of the pods: (container end, or now while it runs - pod start) x the pod's GPUs, summed."""
 
-    gpu_seconds: int = Field(ge=0, description="GPU-seconds of the stage's (or job's) finished pods.")
+    gpu_seconds: int = Field(
+        ge=0, description="GPU-seconds of the stage's (or job's) pods; running pods count in whole minutes."
+    )
     gpu_hours: float = Field(ge=0, description="The same in GPU-hours, rounded to 0.001.")
     estimated_cost: float | None = Field(
         None,
