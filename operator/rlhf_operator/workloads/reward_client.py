@@ -93,3 +93,8 @@ class RemoteRewardClient:
                 )
             )
         return out
+
+
+def reward_runs_elsewhere(score: object) -> bool:
+    """True for the reward server's client: the caller may overlap scoring with its own work."""
+    return isinstance(getattr(score, "__self__", None), RemoteRewardClient)
