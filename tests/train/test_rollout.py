@@ -72,3 +72,18 @@ def test_vllm_takes_the_trainers_weights_after_a_step(tiny_assets: Path) -> None
     stops = set(result["stopIds"])
     for completion in result["completions"]:
         assert not stops & set(completion[:-1]), completion
+
+
+def test_reward_scorer_token_batches_score_as_one_text_at_a_time(tiny_assets: Path) -> None:
+    from rlhf_operator.tiny.task import make_prompts
+    from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
+
+    scorer = LocalRewardScorer.from_path(str(tiny_assets / "models" / "tiny-rm"), token_budget=40)
+    forwards: list[int] = []
+    scorer.model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    texts = [p + " good" * (i % 5) for i, p in enumerate(make_prompts(12, seed=1))]
+    batched = scorer.score_texts(texts)
+    in_batches = list(forwards)
+    alone = [scorer.score_texts([t])[0] for t in texts]
+    assert max(abs(a - b) for a, b in zip(batched, alone, strict=True)) < 1e-5
+    assert sum(in_batches) == len(texts) and 1 < len(in_batches) < len(texts), in_batches
