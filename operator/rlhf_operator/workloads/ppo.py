@@ -136,6 +136,7 @@ class PPOTrainerLite:
         self.generation_seconds = 0.0
         # How the hf engine generates (rollout_engine.decide), decided at the first rollout.
         self.generation_mode: rollout_engine.Decision | None = None
+        self.vllm: Any = None  # vllm_rollout.VllmRollout under generation.engine: vllm
 
     def prompts_for_step(self, step: int) -> list[tuple[int, str]]:
         """This process's (global index, prompt) pairs at `step`: a pure function of (seed, step), so
@@ -150,6 +151,11 @@ class PPOTrainerLite:
         return list(enumerate(chosen))[self.dist.rank :: self.dist.world_size]
 
     def _generate(self, step: int, indexed: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.vllm is not None:
+            started = time.perf_counter()
+            out: tuple[torch.Tensor, torch.Tensor, int] = self.vllm.generate(step, indexed, self.s, self.dist.device)
+            self.generation_seconds = time.perf_counter() - started
+            return out
         self.tokenizer.padding_side = "left"
         prompts = [p for _, p in indexed]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -349,11 +355,15 @@ class PPOTrainerLite:
         advantages, returns = ppo_core.gae(rewards, ro.values, ro.mask, self.s.gamma, self.s.lam)
         advantages = self._whiten(advantages, ro.mask)
         self.policy.train()
+        if self.vllm is not None:
+            self.vllm.after_rollout()
         stats = [
             self._update(ro, advantages, returns, idx)
             for _ in range(self.s.ppo_epochs)
             for idx in self._minibatches(ro.input_ids.shape[0])
         ]
+        if self.vllm is not None:  # the next rollout samples from the weights just trained
+            self.vllm.sync(self.policy.lm, self.plan.compute_dtype)
         rows = self.s.batch_size
         seq_kl = float(self._global(kl.sum())) / rows
         mean_score = float(self._global(ro.scores.sum())) / rows

@@ -109,6 +109,11 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         print(f"note: klTarget is used by ppo only; {algorithm} keeps beta = klCoef fixed", flush=True)
     # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
     model_path = resolve_model_path(spec.base_model.source, "the base model")
+    if str(policy.generation.engine) == "vllm":  # fail before loading anything, not in TRL's init
+        from rlhf_operator.workloads.vllm_engine import check_engine
+        from rlhf_operator.workloads.vllm_rollout import architectures
+
+        check_engine(architectures(model_path))
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     score = make_reward(ctx)
     last: dict[str, float] = {}

@@ -151,21 +151,24 @@ class ColocatedVllm:
         max_tokens: int,
         temperature: float,
         stop_ids: list[int],
-        seed: int,
+        seeds: list[int],
     ) -> list[list[int]]:
-        """`n` completions (token ids, each ending at its first stop id) per prompt, prompt-major."""
+        """`n` completions (token ids, each ending at its first stop id) per prompt, prompt-major;
+        each prompt sampled from its own seed."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=1.0,
-            top_k=0,
-            stop_token_ids=stop_ids,
-            seed=seed,
-            ignore_eos=False,
-        )
+        params = [
+            SamplingParams(
+                n=n,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                stop_token_ids=stop_ids,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [list(c.token_ids) for out in outputs for c in out.outputs]
 
