@@ -88,3 +88,24 @@ def test_reward_scorer_token_batches_score_as_one_text_at_a_time(tiny_assets: Pa
     alone = [scorer.score_texts([t])[0] for t in texts]
     assert max(abs(a - b) for a, b in zip(batched, alone, strict=True)) < 1e-5
     assert sum(in_batches) == len(texts) and 1 < len(in_batches) < len(texts), in_batches
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_an_engine_that_cannot_start_fails_the_stage_before_any_step(
+    tiny_assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
+) -> None:
+    """This environment has no vLLM (the project's pins): exit 78, the engine and the fix named."""
+    from rlhf_operator.workloads.__main__ import main
+    from tests.train.conftest import stage_config, tiny_manifest
+
+    spec = tiny_manifest(algorithm=algorithm, generation={"engine": "vllm"})["spec"]
+    spec["baseModel"]["source"] = str(tiny_assets / "models" / "tiny-gpt2")
+    config = tmp_path / "policy.json"
+    config.write_text(json.dumps(stage_config(str(tmp_path / "root"), spec)))
+    term = tmp_path / "termination"
+    monkeypatch.setenv("RLHF_TERMINATION_MESSAGE_PATH", str(term))
+    assert main(["policy", "--config", str(config)]) == 78
+    result = json.loads(term.read_text())
+    assert result["reason"] == "RolloutEngineUnavailable", result
+    assert "generation.engine vllm cannot start" in result["error"] and "trainer-vllm image" in result["error"]
+    assert not (tmp_path / "root" / "policy").exists()  # no step ran, nothing was written

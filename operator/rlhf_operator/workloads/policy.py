@@ -79,14 +79,14 @@ def run_ppo(ctx: StageContext) -> StageResult:
     base = spec.base_model.source
     revision = spec.base_model.revision
     tokenizer = load_tokenizer(spec.base_model.tokenizer or base, revision)
-    reward = make_reward(ctx)
-    prompts = training_prompts(ctx)
     interval = spec.stages.policy.checkpoint_interval
     resume = checkpoint.latest_checkpoint(root) if interval > 0 else None
-    seed_everything(settings.seed)
     adapter = lora.lora_settings(spec.stages.policy)
     # The vllm engine is checked before anything loads, so a missing one fails the stage at once.
     engine_check = _vllm_starter(ctx, tokenizer, resume[1] if resume and adapter is None else base, adapter)
+    reward = make_reward(ctx)
+    prompts = training_prompts(ctx)
+    seed_everything(settings.seed)
     # The reference is always the base model; the policy starts from the newest checkpoint if any
     # (under LoRA from the base, with the checkpoint's adapter loaded by load_state).
     models = ppo_models.build(
