@@ -67,29 +67,26 @@ def bench_prompts(size: str, count: int) -> list[str]:
     sys.path.insert(0, str(REPO / "bench" / "gpu"))
     from bench_gpu import prompts
 
-    return prompts(count)
+    made: list[str] = prompts(count)
+    return made
 
 
 # ------------------------------------------------------------------------------------ the workers
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One of the 2 processes: build the sharded policy as PPO does, time each mode."""
-    import torch
-
+def build(
+    model_dir: str, shape: dict[str, int], prompts: list[str], dtype: str, info: Any
+) -> tuple[Any, Any]:
+    """The PPO trainer on the sharded policy (as run_ppo builds it) and an unwrapped copy of the LM."""
     from rlhf_operator.workloads import ppo_models
-    from rlhf_operator.workloads.distributed import all_reduce_sum, init_distributed, shutdown
     from rlhf_operator.workloads.judges import keyword_rule
     from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
     from rlhf_operator.workloads.ppo import PPOSettings, PPOTrainerLite
     from rlhf_operator.workloads.sharding import TrainPlan
 
-    torch.set_num_threads(1)
-    info = init_distributed()
-    shape = SHAPES[args.size]
-    tokenizer = load_tokenizer(args.model_dir)
+    tokenizer = load_tokenizer(model_dir)
     models = ppo_models.build(
-        args.model_dir, args.model_dir, tokenizer, "float32", plan=TrainPlan(strategy="fsdp"), info=info
+        model_dir, model_dir, tokenizer, dtype, plan=TrainPlan(strategy="fsdp"), info=info
     )
     rows = shape["prompts"] * shape["generations"]
     settings = PPOSettings(
@@ -110,52 +107,77 @@ def worker(args: argparse.Namespace) -> None:
         models.ref,
         tokenizer,
         keyword_rule(["good"]),
-        bench_prompts(args.size, shape["prompts"]),
+        prompts,
         settings=settings,
         dist_info=info,
         plan=models.plan,
     )
-    plain = load_causal_lm(args.model_dir, None, "float32", tokenizer)  # the unwrapped copy
+    plain = load_causal_lm(model_dir, None, dtype, tokenizer).to(info.device)  # the unwrapped copy
     plain.eval()
+    return trainer, plain
+
+
+def time_modes(trainer: Any, plain: Any, repeats: int, info: Any) -> dict[str, Any]:
+    """Best seconds and tokens/s of one rollout's generation per mode, over every process.
+
+    Round-robin over the modes, so the machine's drifting load weighs on each alike; the first round
+    warms caches, allocators (and on CUDA the compiled decoding step) and is not counted."""
+    import torch
+
+    from rlhf_operator.workloads.distributed import all_reduce_max, all_reduce_sum, barrier
+
     indexed = trainer.prompts_for_step(1)
-    try:
-        from rlhf_operator.workloads import rollout_engine
-    except ImportError:  # the code before issue 21: per-block generation only
-        rollout_engine = None  # type: ignore[assignment]
-    modes = MODES if rollout_engine else ("per-block", "plain")
-    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
     tokens = 0.0
-    # Round-robin over the modes, so the machine's drifting load weighs on each alike; the first
-    # round warms caches and allocators and is not counted.
-    for _ in range(args.repeats + 1):
-        for mode in modes:
-            torch.distributed.barrier()
+    for _ in range(repeats + 1):
+        for mode in MODES:
+            barrier(info)
+            if info.device.type == "cuda":
+                torch.cuda.synchronize()
             started = time.perf_counter()
-            generated, _, prompt_len = _generate(trainer, plain, mode, indexed, rollout_engine)
-            elapsed = torch.tensor(time.perf_counter() - started)
-            torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
+            generated, _, prompt_len = _generate(trainer, plain, mode, indexed)
+            if info.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = all_reduce_max(torch.tensor(time.perf_counter() - started, device=info.device), info)
             seconds[mode].append(float(elapsed))
-            tokens = float(all_reduce_sum(torch.tensor(float(generated[:, prompt_len:].numel())), info))
+            count = torch.tensor(float(generated[:, prompt_len:].numel()), device=info.device)
+            tokens = float(all_reduce_sum(count, info))
     out: dict[str, Any] = {}
     for mode, times in seconds.items():
         best = min(times[1:])
         out[mode] = {"seconds": round(best, 4), "tokens": tokens, "tokens_per_s": round(tokens / best, 1)}
+    return out
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One of the 2 processes: the sharded policy as PPO trains it, each mode timed."""
+    import torch
+
+    from rlhf_operator.workloads.distributed import init_distributed, shutdown
+
+    torch.set_num_threads(1)
+    info = init_distributed()
+    shape = SHAPES[args.size]
+    trainer, plain = build(args.model_dir, shape, bench_prompts(args.size, shape["prompts"]), "float32", info)
+    out = time_modes(trainer, plain, args.repeats, info)
     if info.is_main:
         Path(args.out).write_text(json.dumps(out))
     shutdown(info)
 
 
-def _generate(trainer: Any, plain: Any, mode: str, indexed: list[tuple[int, str]], engines: Any) -> Any:
+def _generate(trainer: Any, plain: Any, mode: str, indexed: list[tuple[int, str]]) -> Any:
     """One rollout's generation in `mode`; rows and sampling as the PPO trainer draws them."""
+    from rlhf_operator.workloads.rollout_engine import Decision
+
     if mode == "plain":
         lm = trainer.policy.lm
         trainer.policy.lm = plain
         try:
+            trainer.generation_mode = Decision("whole", "bench")
             return trainer._generate(1, indexed)
         finally:
             trainer.policy.lm = lm
-    if engines is not None:
-        trainer.generation_mode = engines.Decision(mode, "bench")
+    trainer.generation_mode = Decision(mode, "bench")
     return trainer._generate(1, indexed)
 
 
@@ -191,7 +213,7 @@ def run_size(size: str, workdir: Path, repeats: int) -> dict[str, Any]:
         raise SystemExit(f"{size}: the workers failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     modes: dict[str, Any] = json.loads(out.read_text())
     plain = modes["plain"]["tokens_per_s"]
-    gathered = modes.get("gathered", modes["per-block"])
+    gathered = modes["gathered"]
     return {
         "params": _params(directory),
         **SHAPES[size],
@@ -238,7 +260,9 @@ def vllm_tokens_per_s(workdir: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", default=None, help="write the results here too")
     parser.add_argument("--sizes", default="tiny,100m")
     parser.add_argument("--repeats", type=int, default=2)

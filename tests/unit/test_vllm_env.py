@@ -31,7 +31,9 @@ def test_the_vllm_lock_holds_the_train_extra_at_its_pins_except_vllms_torch() ->
     assert {"torch", "transformers"} <= overrides.keys()
     for name, version in wanted.items():
         expected = overrides.get(name, version)
-        assert lock.get(name) == expected, f"{name}: lock {lock.get(name)}, wanted {expected}: run make vllm-lock"
+        assert lock.get(name) == expected, (
+            f"{name}: lock {lock.get(name)}, wanted {expected}: run make vllm-lock"
+        )
     # Everything in the lock is pinned: the environment is the same on every machine.
     body = [ln for ln in (env / "requirements.txt").read_text().splitlines() if ln and not ln.startswith(" ")]
     assert all(ln.startswith("#") or PIN.match(ln) for ln in body)

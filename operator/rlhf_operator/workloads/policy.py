@@ -148,7 +148,9 @@ def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) 
     def start(lm: Any) -> Any:
         settings = VllmSettings(
             model=model_dir,
-            max_model_len=min(4096, int(getattr(lm.config, "max_position_embeddings", 0) or lm.config.n_positions)),
+            max_model_len=min(
+                4096, int(getattr(lm.config, "max_position_embeddings", 0) or lm.config.n_positions)
+            ),
             dtype=str(spec.base_model.dtype or "auto"),
             seed=ctx.seed,
         )

@@ -153,7 +153,9 @@ class PPOTrainerLite:
     def _generate(self, step: int, indexed: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.vllm is not None:
             started = time.perf_counter()
-            out: tuple[torch.Tensor, torch.Tensor, int] = self.vllm.generate(step, indexed, self.s, self.dist.device)
+            out: tuple[torch.Tensor, torch.Tensor, int] = self.vllm.generate(
+                step, indexed, self.s, self.dist.device
+            )
             self.generation_seconds = time.perf_counter() - started
             return out
         self.tokenizer.padding_side = "left"

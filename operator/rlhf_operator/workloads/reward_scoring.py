@@ -97,7 +97,8 @@ def in_checkpoint_dtype(model: PreTrainedModel) -> PreTrainedModel:
     where 16-bit matmuls are slow on most processors, as loaded."""
     saved = getattr(model.config, "dtype", None)
     if model.device.type == "cuda" and isinstance(saved, torch.dtype) and saved != model.dtype:
-        return model.to(saved)  # type: ignore[no-any-return]
+        converted: PreTrainedModel = model.to(saved)  # type: ignore[arg-type]
+        return converted
     return model
 
 

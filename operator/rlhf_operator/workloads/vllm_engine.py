@@ -180,7 +180,7 @@ class ColocatedVllm:
         out = self.llm.generate([{"prompt_token_ids": prompt + response}], params, use_tqdm=False)[0]
         scored = out.prompt_logprobs or []
         ids = prompt + response
-        return [float(scored[i][ids[i]].logprob) for i in range(len(prompt), len(ids))]  # type: ignore[index]
+        return [float(scored[i][ids[i]].logprob) for i in range(len(prompt), len(ids))]
 
     def close(self) -> None:
         del self.llm
@@ -218,6 +218,7 @@ def policy_weights(lm: nn.Module, dtype: torch.dtype | None = None) -> Iterator[
                 "RolloutEngineUnsupported",
             )
         full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        hf_name = name
         for prefix in WRAPPER_PREFIXES:
-            name = name.replace(prefix, "")
-        yield name, (full.detach().to(dtype) if dtype is not None else full.detach())
+            hf_name = hf_name.replace(prefix, "")
+        yield hf_name, (full.detach().to(dtype) if dtype is not None else full.detach())

@@ -35,7 +35,9 @@ def architectures(model_dir: str) -> list[str]:
 
 
 class VllmRollout:
-    def __init__(self, engine: ColocatedVllm, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int]) -> None:
+    def __init__(
+        self, engine: ColocatedVllm, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int]
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
@@ -57,7 +59,9 @@ class VllmRollout:
         width = max(len(p) for p in prompts)
         rows, masks = [], []
         for index, prompt in enumerate(prompts):
-            for completion in completions[index * settings.num_generations : (index + 1) * settings.num_generations]:
+            for completion in completions[
+                index * settings.num_generations : (index + 1) * settings.num_generations
+            ]:
                 pad = width - len(prompt)
                 tail = settings.response_length - len(completion)
                 rows.append([self.pad] * pad + prompt + completion + [self.stop_ids[0]] * tail)

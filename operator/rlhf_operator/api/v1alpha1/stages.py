@@ -247,7 +247,8 @@ class PolicyStage(TrainingFields):
     )
     nodes: int = Field(1, ge=1, le=64, description="Policy pods (nodes) training together.")
     generation: GenerationSpec = Field(
-        default_factory=GenerationSpec, description="How rollouts are generated (ppo, rloo, grpo: hf or vllm)."
+        default_factory=GenerationSpec,
+        description="How rollouts are generated (ppo, rloo, grpo: hf or vllm).",
     )
     checkpoint_interval: int = Field(
         20, ge=0, le=1_000_000, description="Steps between checkpoints; 0 disables them."
