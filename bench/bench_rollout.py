@@ -236,7 +236,7 @@ def _params(directory: Path) -> int:
 
 def vllm_tokens_per_s(workdir: Path) -> dict[str, Any]:
     """vLLM on the tiny model, the same rows x tokens as the tiny rollout, in its own environment."""
-    from rlhf_operator.workloads.vllm_env import vllm_python
+    from rlhf_operator.workloads.vllm_engine import vllm_python
 
     python = vllm_python()
     if python is None:
