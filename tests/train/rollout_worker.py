@@ -1,10 +1,11 @@
 """The hf rollout engine under 2-process FSDP2 on the tiny model; writes what it saw.
 
-    python -m torch.distributed.run --nproc-per-node=2 tests/train/rollout_worker.py ASSETS_DIR OUT.json
+    python -m torch.distributed.run --nproc-per-node=2 tests/train/rollout_worker.py ASSETS_DIR OUT.json [lora]
 
 Generates the same rollout per block (before issue 21) and gathered once, runs the chunked
 forwards against one full-batch forward, then a PPO step, so the test can check that gathering
 changes no token, that the chunks match the whole batch, and that training still works after.
+With `lora`: a LoRA adapter over a bf16 base (PEFT's generate() bypasses the FSDP root's forward).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import ppo_models, rollout_engine
 from rlhf_operator.workloads.distributed import init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
+from rlhf_operator.workloads.lora import LoraSettings
 from rlhf_operator.workloads.logprobs import token_logprobs
 from rlhf_operator.workloads.modeling import load_tokenizer
 from rlhf_operator.workloads.ppo import PPOSettings, PPOTrainerLite
@@ -28,11 +30,20 @@ from rlhf_operator.workloads.sharding import TrainPlan
 
 def main() -> None:
     assets, out = sys.argv[1], sys.argv[2]
+    lora = sys.argv[3:] == ["lora"]
     torch.manual_seed(0)
     info = init_distributed()
     model_dir = str(Path(assets) / "models" / "tiny-gpt2")
     tokenizer = load_tokenizer(model_dir)
-    models = ppo_models.build(model_dir, model_dir, tokenizer, "float32", plan=TrainPlan("fsdp"), info=info)
+    models = ppo_models.build(
+        model_dir,
+        model_dir,
+        tokenizer,
+        "bfloat16" if lora else "float32",
+        plan=TrainPlan("fsdp"),
+        info=info,
+        adapter=LoraSettings(rank=4, alpha=8) if lora else None,
+    )
     settings = PPOSettings(
         steps=1,
         batch_size=16,

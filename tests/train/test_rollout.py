@@ -15,12 +15,14 @@ from tests.train.conftest import REPO, run_cli, torchrun
 pytestmark = pytest.mark.train
 
 
+@pytest.mark.parametrize("variant", ["full-fp32", "lora-bf16"])
 def test_gathered_generation_matches_per_block_and_chunked_forwards_match_one(
-    tiny_assets: Path, tmp_path: Path
+    tiny_assets: Path, tmp_path: Path, variant: str
 ) -> None:
     out = tmp_path / "rollout.json"
+    extra = ["lora"] if variant == "lora-bf16" else []
     proc = run_cli(
-        torchrun(2, str(REPO / "tests" / "train" / "rollout_worker.py"), str(tiny_assets), str(out)),
+        torchrun(2, str(REPO / "tests" / "train" / "rollout_worker.py"), str(tiny_assets), str(out), *extra),
         extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "operator")},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -31,8 +33,8 @@ def test_gathered_generation_matches_per_block_and_chunked_forwards_match_one(
         # Gathering once changes no token: the same Gumbel samples from the same weights.
         assert rank["generated"]["gathered"] == rank["generated"]["per-block"]
         assert rank["resharded"], "the policy must be sharded again after the rollout"
-        # Four chunks of two rows against one forward over all of them.
-        assert rank["chunkedVsWholeLogprobs"] < 1e-5 and rank["chunkedVsWholeValues"] < 1e-5, rank
+        if variant == "full-fp32":  # four chunks of two rows against one forward over all of them
+            assert rank["chunkedVsWholeLogprobs"] < 1e-5 and rank["chunkedVsWholeValues"] < 1e-5, rank
     # The ranks generated different rows (their own prompts), so the comparison is not vacuous.
     assert ranks[0]["generated"]["gathered"] != ranks[1]["generated"]["gathered"]
 

@@ -103,29 +103,48 @@ def _fsdp_modules(model: nn.Module) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-@contextlib.contextmanager
-def gathered(model: nn.Module) -> Iterator[None]:
-    """Every FSDP module of `model` unsharded (once, in the compute dtype) for the block's duration.
+def _as_root(model: nn.Module, modules: list[Any]) -> Any:
+    """`model` (the FSDP root, as `sharding.shard` wraps the LM), its FSDP state initialised.
 
-    `model` is the FSDP root (the LM, as `sharding.shard` wraps it). Reshard-after-forward is off
-    while gathered, so the forwards of generate() all-gather nothing; afterwards every module is
-    resharded and the defaults come back: blocks reshard after forward, the root does not.
+    FSDP2 makes the first module whose forward runs the root. PEFT's generate() calls the inner
+    model directly, so without this an inner block would become the root (and the LoRA policy's
+    next forward through its real root fails). `_lazy_init` is private; it is a no-op once done.
+    """
+    root: Any = model if model in modules else modules[-1]
+    state = root._get_fsdp_state()
+    if getattr(state, "_is_root", None) is None:
+        state._lazy_init()
+    return root
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module, *, blocks: bool = True) -> Iterator[None]:
+    """The FSDP modules of `model` unsharded (once, in the compute dtype) for the block's duration.
+
+    With `blocks` every module, reshard-after-forward off, so the forwards of generate() all-gather
+    nothing; afterwards every module is resharded and the defaults come back: blocks reshard
+    after forward, the root does not. Without `blocks`, only the root's own parameters (embeddings,
+    final norm, head): per-block generation under PEFT, whose generate() skips the root's forward
+    and so its unshard.
     """
     modules = _fsdp_modules(model)
     if not modules:
         yield
         return
-    root: Any = model if model in modules else modules[-1]
-    root.set_reshard_after_forward(False)
-    for module in modules:
+    root = _as_root(model, modules)
+    chosen = modules if blocks else [root]
+    if blocks:
+        root.set_reshard_after_forward(False)
+    for module in chosen:
         module.unshard()
     try:
         yield
     finally:
-        for module in modules:
+        for module in chosen:
             module.reshard()
-        root.set_reshard_after_forward(True)
-        root.set_reshard_after_forward(False, recurse=False)
+        if blocks:
+            root.set_reshard_after_forward(True)
+            root.set_reshard_after_forward(False, recurse=False)
 
 
 def fast_decoding(device: torch.device, mode: str) -> dict[str, Any]:
@@ -154,7 +173,7 @@ def generate(
     """
     synced = decision.mode == "per-block" and world_size > 1
     extra = fast_decoding(inputs["input_ids"].device, decision.mode)
-    scope = gathered(lm) if decision.mode == "gathered" else contextlib.nullcontext()
+    scope = gathered(lm, blocks=decision.mode == "gathered")
     with scope:
         out: torch.Tensor = lm.generate(**inputs, synced_gpus=synced, **extra, **kwargs)
     return out
