@@ -21,8 +21,8 @@ from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import ppo_models, rollout_engine
 from rlhf_operator.workloads.distributed import init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
-from rlhf_operator.workloads.lora import LoraSettings
 from rlhf_operator.workloads.logprobs import token_logprobs
+from rlhf_operator.workloads.lora import LoraSettings
 from rlhf_operator.workloads.modeling import load_tokenizer
 from rlhf_operator.workloads.ppo import PPOSettings, PPOTrainerLite
 from rlhf_operator.workloads.sharding import TrainPlan
