@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_operator.workloads import ppo_core, rollout_engine, sharding
-from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum, local_processes
+from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
 from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
 from rlhf_operator.workloads.reward_client import reward_runs_elsewhere
@@ -197,16 +197,10 @@ class PPOTrainerLite:
         """Gathered once per rollout when the whole LM fits beside the training state."""
         if self.generation_mode is None:
             lm = self.policy.lm
-            budget = None
-            if rollout_engine.is_sharded(lm):
-                size = torch.empty((), dtype=self.plan.compute_dtype).element_size()
-                budget = rollout_engine.GatherBudget(
-                    full_model_bytes=rollout_engine.full_model_bytes(lm, self.plan.compute_dtype),
-                    kv_cache_bytes=rollout_engine.kv_cache_bytes(
-                        lm.config, rows, prompt_len + self.s.response_length, size
-                    ),
-                    free_bytes=rollout_engine.free_bytes(self.dist.device, local_processes()),
-                )
+            sequence = prompt_len + self.s.response_length
+            budget = rollout_engine.measured_budget(
+                lm, self.plan.compute_dtype, rows, sequence, self.dist.device
+            )
             decision = rollout_engine.decide(rollout_engine.is_sharded(lm), budget)
             # Every rank must take the same path: per-block generation is collective.
             gathered = torch.tensor(float(decision.mode != "per-block"), device=self.dist.device)

@@ -91,6 +91,23 @@ def free_bytes(device: torch.device, local_processes: int) -> int:
     return available // max(1, local_processes)
 
 
+def measured_budget(
+    lm: nn.Module, dtype: torch.dtype, rows: int, sequence: int, device: torch.device
+) -> GatherBudget | None:
+    """The gather decision's inputs measured now (None when `lm` is not sharded); the memory
+    model (`memory_estimate`) is to supply them instead (phase 2 of issue 21)."""
+    if not is_sharded(lm):
+        return None
+    from rlhf_operator.workloads.distributed import local_processes
+
+    size = torch.empty((), dtype=dtype).element_size()
+    return GatherBudget(
+        full_model_bytes=full_model_bytes(lm, dtype),
+        kv_cache_bytes=kv_cache_bytes(lm.config, rows, sequence, size),
+        free_bytes=free_bytes(device, local_processes()),
+    )
+
+
 def is_sharded(model: nn.Module) -> bool:
     return bool(_fsdp_modules(model))
 
