@@ -65,7 +65,7 @@ def trl_arguments(
     policy: Any, dtype: str, *, world: int, cuda: bool, lora: bool, transformer_layers: list[str]
 ) -> dict[str, Any]:
     """The GRPOConfig/RLOOConfig arguments that decide precision, memory, batching and generation;
-    vllm is TRL's colocated engine with sleep mode (GPU only)."""
+    vllm is TRL's colocated engine, with sleep mode on CUDA (vLLM's CPU build has none)."""
     out = trainer_arguments(
         policy,
         dtype,
@@ -76,7 +76,7 @@ def trl_arguments(
     )
     out["use_vllm"] = str(policy.generation.engine) == "vllm"
     if out["use_vllm"]:
-        out.update(vllm_mode="colocate", vllm_enable_sleep_mode=True)
+        out.update(vllm_mode="colocate", vllm_enable_sleep_mode=cuda)
     return out
 
 
