@@ -50,7 +50,7 @@ class RemoteRewardClient:
         token: str | None = None,
         *,
         batch_size: int = 64,
-        timeout_s: float = 30.0,
+        timeout_s: float = 120.0,  # a wait for the answer that runs out is not retried: generous
         retries: int = 5,
         backoff_s: float = 0.5,
         in_flight: int = 2,
