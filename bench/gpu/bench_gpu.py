@@ -26,7 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "operator"))
 
-SCENARIOS = ("ppo-full-fsdp", "ppo-lora", "grpo-lora")
+SCENARIOS = ("ppo-full-fsdp", "ppo-lora", "grpo-lora", "rollout")
+#: Peak HBM bandwidth (bytes/s) by device name: the bound of a memory-bound decode step.
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "A10G": 0.6e12, "L4": 0.3e12}
 KEYWORDS = ["good", "great", "nice", "happy"]
 
 #: ~0.9B parameters: Llama layout (GQA, SwiGLU), untied embeddings, a 32k vocabulary.
@@ -189,6 +191,60 @@ def run_ppo(model_dir: str, scenario: str, s: dict[str, int], steps: int) -> dic
     return out
 
 
+def run_rollout(model_dir: str, s: dict[str, int]) -> dict[str, Any]:
+    """The PPO rollout's generation, as bench/bench_rollout.py times it on CPU: per-block (before
+    issue 21), gathered once (the hf engine's default; static cache + compiled step on CUDA), and
+    plain generate on an unwrapped bf16 copy."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_rollout import build, time_modes
+    from rlhf_operator.workloads.distributed import init_distributed, shutdown
+
+    info = init_distributed()
+    shape = {
+        "prompts": s["batch"] // s["generations"],
+        "generations": s["generations"],
+        "response": s["response"],
+    }
+    trainer, plain = build(model_dir, shape, prompts(64), "bfloat16", info)
+    modes = time_modes(trainer, plain, 2, info)
+    shutdown(info)
+    return {"modes": modes, "rows": s["batch"], "steps": []}
+
+
+def hbm_bound(s: dict[str, int], params: int, prompt_len: int, device: str) -> dict[str, float] | None:
+    """Decode steps/s the device's HBM allows: every step reads the bf16 weights (the issue's
+    figure) and, more precisely, the KV cache of every row too (at the mean sequence length)."""
+    bandwidth = next((bw for name, bw in HBM_BYTES_PER_S.items() if name in device), None)
+    if bandwidth is None:
+        return None
+    kv_dim = s["hidden"] * s["kv_heads"] // s["heads"]
+    seq = prompt_len + s["response"] / 2
+    weights = 2 * params
+    kv = 2 * s["layers"] * kv_dim * s["batch"] * seq * 2
+    return {
+        "bandwidthBytesPerS": bandwidth,
+        "stepsPerS": round(bandwidth / weights, 1),
+        "stepsPerSWithKvCache": round(bandwidth / (weights + kv), 1),
+        "tokensPerS": round(bandwidth / weights * s["batch"], 1),
+    }
+
+
+def rollout_row(
+    raw: dict[str, Any], s: dict[str, int], params: int, prompt_len: int, device: str
+) -> dict[str, Any]:
+    modes = raw["modes"]
+    row: dict[str, Any] = {"scenario": "rollout", "modes": modes}
+    plain = modes["plain"]["tokens_per_s"]
+    row["gatheredVsPlain"] = round(modes["gathered"]["tokens_per_s"] / plain, 3)
+    row["perBlockVsPlain"] = round(modes["per-block"]["tokens_per_s"] / plain, 3)
+    bound = hbm_bound(s, params, prompt_len, device)
+    if bound is not None:
+        row["hbmBound"] = bound
+        steps = modes["gathered"]["tokens_per_s"] / raw["rows"]
+        row["gatheredFractionOfHbmBound"] = round(steps / bound["stepsPerS"], 4)
+    return row
+
+
 def run_grpo(model_dir: str, s: dict[str, int], steps: int) -> dict[str, Any]:
     import torch
     from datasets import Dataset, fingerprint
@@ -273,6 +329,8 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if args.scenario.startswith("ppo"):
         out = run_ppo(args.model_dir, args.scenario, s, args.steps)
+    elif args.scenario == "rollout":
+        out = run_rollout(args.model_dir, s)
     else:
         out = run_grpo(args.model_dir, s, args.steps)
     out["wallSeconds"] = time.perf_counter() - started
@@ -331,6 +389,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|---" * 9 + "|"]
     for r in rows:
+        if r["scenario"] == "rollout" and "modes" in r:
+            tokens = ", ".join(f"{mode} {m['tokens_per_s']}" for mode, m in r["modes"].items())
+            bound = r.get("hbmBound")
+            hbm = (
+                f"; HBM bound {bound['stepsPerS']} decode steps/s ({bound['stepsPerSWithKvCache']} with the KV "
+                f"cache), gathered at {r['gatheredFractionOfHbmBound']:.2%} of it"
+                if bound
+                else "; HBM bound: unknown device"
+            )
+            lines.append(
+                f"| rollout | tokens/s: {tokens}; gathered/plain {r['gatheredVsPlain']}{hbm} |" + " |" * 7
+            )
+            continue
         if "skipped" in r:
             lines.append(f"| {r['scenario']} | skipped: {r['skipped']} |" + " |" * 7)
             continue
@@ -349,7 +420,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, model_dir: str) -> dic
         "TOKENIZERS_PARALLELISM": "false",
         "TRL_EXPERIMENTAL_SILENCE": "1",
     }
-    if scenario == "ppo-full-fsdp":  # a one-process group, so fully_shard has a mesh
+    if scenario in ("ppo-full-fsdp", "rollout"):  # a one-process group, so fully_shard has a mesh
         env.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
@@ -394,18 +465,19 @@ def parent(args: argparse.Namespace) -> int:
         )
         tok = build_tokenizer(s["vocab"])
         prompt_len = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts(64))
+        device = _device_name(args.device)
         for scenario in args.scenarios.split(","):
             raw = run_scenario(scenario, args, model_dir)
-            row = (
-                {"scenario": scenario, "skipped": raw}
-                if isinstance(raw, str)
-                else summarise(scenario, raw, params, s, prompt_len)
-            )
+            if isinstance(raw, str):
+                row: dict[str, Any] = {"scenario": scenario, "skipped": raw}
+            elif scenario == "rollout":
+                row = rollout_row(raw, s, params, prompt_len, device)
+            else:
+                row = summarise(scenario, raw, params, s, prompt_len)
             rows.append(row)
             print(json.dumps(row), flush=True)
     import torch
 
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     md = f"device: {device}; torch {torch.__version__}; model {params / 1e9:.3f}B; sizes {s}\n\n" + table(
         rows
     )
@@ -418,6 +490,12 @@ def parent(args: argparse.Namespace) -> int:
         )
         Path(out, "bench-gpu.md").write_text(md + "\n")
     return 0 if all("skipped" not in r for r in rows) else 1
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
 def main() -> int:

@@ -71,10 +71,14 @@ def env() -> dict[str, str]:
 
 
 def run_cli(
-    args: list[str], cwd: Path | None = None, timeout: float = 600, extra_env: dict[str, str] | None = None
+    args: list[str],
+    cwd: Path | None = None,
+    timeout: float = 600,
+    extra_env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args],
+        [python, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -165,3 +169,13 @@ def fresh_root(pipeline: dict[str, Any], tmp_path: Path) -> Iterator[Path]:
     for name in ("precompute", "reward-model"):
         shutil.copytree(pipeline["root"] / name, root / name)
     yield root
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny models and prompts (made, not trained: seconds), once per session."""
+    from rlhf_operator.tiny.assets import make_tiny_assets
+
+    out = tmp_path_factory.mktemp("tiny-assets")
+    make_tiny_assets(out)
+    return out

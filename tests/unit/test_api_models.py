@@ -151,3 +151,11 @@ def test_pipeline_stage_order() -> None:
         "evaluation",
     ]
     assert StageName.REWARD_SERVER not in PIPELINE_STAGES
+
+
+def test_vllm_engine_is_valid_for_ppo_rloo_grpo() -> None:
+    from rlhf_operator.api.v1alpha1 import PolicyStage
+
+    for algorithm in ("ppo", "rloo", "grpo"):
+        stage = PolicyStage.model_validate({"algorithm": algorithm, "generation": {"engine": "vllm"}})
+        assert str(stage.generation.engine) == "vllm"

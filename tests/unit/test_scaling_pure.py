@@ -60,6 +60,9 @@ def test_trl_fsdp_vllm_and_accumulation() -> None:
         args["fsdp_config"]["activation_checkpointing"] is True and args["activation_checkpointing"] is False
     )
     assert args["use_vllm"] and args["vllm_mode"] == "colocate" and args["vllm_enable_sleep_mode"]
+    # vLLM's CPU worker has no sleep mode.
+    cpu = _args({"generation": {"engine": "vllm"}}, cuda=False)
+    assert cpu["use_vllm"] and not cpu["vllm_enable_sleep_mode"]
 
 
 def test_trl_arguments_are_accepted_by_trl() -> None:

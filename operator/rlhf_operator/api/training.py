@@ -57,7 +57,8 @@ class LoraSpec(ApiModel):
 class GenerationSpec(ApiModel):
     engine: GenerationEngine = Field(
         GenerationEngine.HF,
-        description="hf (transformers generate) or vllm (TRL's use_vllm, colocated; GPU only, rloo and grpo).",
+        description="hf (transformers generate, the policy gathered once per rollout) or vllm (vLLM "
+        "colocated with the trainer; needs the trainer-vllm image).",
     )
 
 

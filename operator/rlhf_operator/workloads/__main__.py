@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                 help="serve without a bearer token (local experiments only)",
             )
             p.add_argument("--no-batching", action="store_true", help="one forward pass per request")
-            p.add_argument("--max-batch", type=int, default=64)
+            p.add_argument("--max-batch", type=int, default=256, help="texts per batch, at most")
+            p.add_argument(
+                "--max-batch-tokens", type=int, default=16_384, help="tokens per batch and per forward"
+            )
             p.add_argument("--max-wait-ms", type=float, default=5.0)
     tiny = sub.add_parser("make-tiny-assets", help="write the tiny model and the synthetic dataset")
     tiny.add_argument("--out", required=True)

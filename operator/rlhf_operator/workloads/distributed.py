@@ -48,6 +48,17 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def local_processes() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE), which share its memory."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()

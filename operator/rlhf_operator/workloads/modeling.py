@@ -124,6 +124,18 @@ def load_seq_cls(
     return model.to(stage_device()), tokenizer
 
 
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a response: the tokenizer's EOS first, then each of the generation
+    config's `eos_token_id` (an int or a list: chat models list their end-of-turn tokens there)."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    for value in [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]:
+        if isinstance(value, int) and value not in ids:
+            ids.append(value)
+    return ids
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int

@@ -79,12 +79,14 @@ def run_ppo(ctx: StageContext) -> StageResult:
     base = spec.base_model.source
     revision = spec.base_model.revision
     tokenizer = load_tokenizer(spec.base_model.tokenizer or base, revision)
-    reward = make_reward(ctx)
-    prompts = training_prompts(ctx)
     interval = spec.stages.policy.checkpoint_interval
     resume = checkpoint.latest_checkpoint(root) if interval > 0 else None
-    seed_everything(settings.seed)
     adapter = lora.lora_settings(spec.stages.policy)
+    # The vllm engine is checked before anything loads, so a missing one fails the stage at once.
+    engine_check = _vllm_starter(ctx, tokenizer, resume[1] if resume and adapter is None else base, adapter)
+    reward = make_reward(ctx)
+    prompts = training_prompts(ctx)
+    seed_everything(settings.seed)
     # The reference is always the base model; the policy starts from the newest checkpoint if any
     # (under LoRA from the base, with the checkpoint's adapter loaded by load_state).
     models = ppo_models.build(
@@ -101,6 +103,8 @@ def run_ppo(ctx: StageContext) -> StageResult:
     trainer = PPOTrainerLite(
         policy, models.ref, tokenizer, reward, prompts, settings=settings, dist_info=info, plan=plan
     )
+    if engine_check is not None:
+        trainer.vllm = engine_check(policy.lm)
     start = 0
     if resume:
         state = checkpoint.load_state(resume[1])
@@ -121,6 +125,38 @@ def run_ppo(ctx: StageContext) -> StageResult:
     barrier(info)
     shutdown(info)
     return _result(ctx, settings.steps, stats)
+
+
+def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) -> Any:
+    """None for the hf engine; for vllm, the engine checked now and a function that starts it."""
+    if str(ctx.typed_spec.stages.policy.generation.engine) != "vllm":
+        return None
+    from rlhf_operator.workloads import vllm_rollout
+    from rlhf_operator.workloads.modeling import resolve_model_path, stop_token_ids
+    from rlhf_operator.workloads.vllm_engine import VllmSettings, check_engine
+
+    if adapter is not None:
+        raise StageConfigError(
+            "generation.engine vllm does not take LoRA adapters with ppo yet (phase 2 of issue 21 "
+            "pushes the merged weights); unset stages.policy.lora or set generation.engine: hf.",
+            "RolloutEngineUnsupported",
+        )
+    model_dir = resolve_model_path(source, "the policy")
+    check_engine(vllm_rollout.architectures(model_dir))
+    spec = ctx.typed_spec
+
+    def start(lm: Any) -> Any:
+        settings = VllmSettings(
+            model=model_dir,
+            max_model_len=min(
+                4096, int(getattr(lm.config, "max_position_embeddings", 0) or lm.config.n_positions)
+            ),
+            dtype=str(spec.base_model.dtype or "auto"),
+            seed=ctx.seed,
+        )
+        return vllm_rollout.start(model_dir, tokenizer, stop_token_ids(lm, tokenizer), settings)
+
+    return start
 
 
 def _train(

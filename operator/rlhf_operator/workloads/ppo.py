@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_operator.workloads import ppo_core, sharding
-from rlhf_operator.workloads.distributed import DistInfo, all_reduce_sum
+from rlhf_operator.workloads import ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
 from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
+from rlhf_operator.workloads.reward_client import reward_runs_elsewhere
 from rlhf_operator.workloads.sampling import GumbelSampler
 
 __all__ = ["PPOSettings", "PPOTrainerLite", "PolicyWithValueHead", "position_ids", "token_logprobs"]
@@ -49,6 +51,7 @@ class PPOSettings:
     lam: float = 0.95
     max_grad_norm: float = 1.0
     micro_batch_size: int | None = None  # completions per forward/backward on one process
+    rollout_token_budget: int = rollout_engine.DEFAULT_TOKEN_BUDGET  # tokens per rollout forward
 
 
 class PolicyWithValueHead(nn.Module):
@@ -131,6 +134,9 @@ class PPOTrainerLite:
         self.kl_ctl = ppo_core.AdaptiveKLController(settings.kl_coef, settings.kl_target)
         self.eos = int(tokenizer.eos_token_id)
         self.generation_seconds = 0.0
+        # How the hf engine generates (rollout_engine.decide), decided at the first rollout.
+        self.generation_mode: rollout_engine.Decision | None = None
+        self.vllm: Any = None  # vllm_rollout.VllmRollout under generation.engine: vllm
 
     def prompts_for_step(self, step: int) -> list[tuple[int, str]]:
         """This process's (global index, prompt) pairs at `step`: a pure function of (seed, step), so
@@ -145,6 +151,13 @@ class PPOTrainerLite:
         return list(enumerate(chosen))[self.dist.rank :: self.dist.world_size]
 
     def _generate(self, step: int, indexed: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.vllm is not None:
+            started = time.perf_counter()
+            out: tuple[torch.Tensor, torch.Tensor, int] = self.vllm.generate(
+                step, indexed, self.s, self.dist.device
+            )
+            self.generation_seconds = time.perf_counter() - started
+            return out
         self.tokenizer.padding_side = "left"
         prompts = [p for _, p in indexed]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -155,9 +168,13 @@ class PPOTrainerLite:
         prompt_len = enc["input_ids"].shape[1]
         sampler = GumbelSampler(self.s.seed, step, rows, prompt_len, self.s.temperature)
         started = time.perf_counter()
+        decision = self._generation_mode(enc["input_ids"].shape[0], prompt_len)
         with sharding.compute(self.plan, self.dist.device):
-            generated = self.policy.lm.generate(  # type: ignore[operator]
-                **enc,
+            generated = rollout_engine.generate(
+                self.policy.lm,
+                enc,
+                decision=decision,
+                world_size=self.dist.world_size,
                 do_sample=False,
                 logits_processor=[sampler],
                 max_new_tokens=self.s.response_length,
@@ -175,6 +192,46 @@ class PPOTrainerLite:
             )
             generated = torch.cat([generated, pad], dim=1)
         return generated, enc["attention_mask"], prompt_len
+
+    def _generation_mode(self, rows: int, prompt_len: int) -> rollout_engine.Decision:
+        """Gathered once per rollout when the whole LM fits beside the training state."""
+        if self.generation_mode is None:
+            lm = self.policy.lm
+            sequence = prompt_len + self.s.response_length
+            budget = rollout_engine.measured_budget(
+                lm, self.plan.compute_dtype, rows, sequence, self.dist.device
+            )
+            decision = rollout_engine.decide(rollout_engine.is_sharded(lm), budget)
+            # Every rank must take the same path: per-block generation is collective.
+            gathered = torch.tensor(float(decision.mode != "per-block"), device=self.dist.device)
+            if float(self._global(gathered)) < self.dist.world_size and decision.mode == "gathered":
+                decision = rollout_engine.Decision("per-block", "another process cannot gather the policy")
+            self.generation_mode = decision
+            if self.dist.is_main:
+                print(f"rollout engine hf: {decision.reason}", flush=True)
+        return self.generation_mode
+
+    def _forwards(
+        self, generated: torch.Tensor, attention: torch.Tensor, response: torch.Tensor, keep: int
+    ) -> list[torch.Tensor]:
+        """(log-probs, reference log-probs, values) in token-budget chunks: no full-batch logits.
+
+        Under fsdp every chunk's forward is collective, so all ranks run the same number of chunks
+        (the most any rank needs; prompt widths differ between ranks)."""
+        rows, width = generated.shape
+        count = torch.tensor(float(rollout_engine.chunk_count(rows, width, self.s.rollout_token_budget)))
+        count = all_reduce_max(count, self.dist)
+
+        def forward(sel: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, values = self.policy(generated[sel], attention[sel], keep)
+            logprobs = token_logprobs(logits[:, :-1], response[sel], self.s.temperature)
+            del logits
+            ref_logits = self.reference_logits(generated[sel], attention[sel], keep)
+            ref_logprobs = token_logprobs(ref_logits[:, :-1], response[sel], self.s.temperature)
+            return logprobs, ref_logprobs, values
+
+        with sharding.compute(self.plan, self.dist.device):
+            return rollout_engine.chunked(forward, rollout_engine.row_slices(rows, int(count)))
 
     def reference_logits(self, input_ids: torch.Tensor, attention: torch.Tensor, keep: int) -> torch.Tensor:
         kw = {
@@ -197,18 +254,15 @@ class PPOTrainerLite:
         keep = response.shape[1] + 1
         mask = ppo_core.response_mask(response, self.eos).to(self.dist.device)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
-        with sharding.compute(self.plan, self.dist.device):
-            logits, values = self.policy(generated, attention, keep)
-            logprobs = token_logprobs(logits[:, :-1], response, self.s.temperature)
-            del logits
-            ref_logits = self.reference_logits(generated, attention, keep)
-            ref_logprobs = token_logprobs(ref_logits[:, :-1], response, self.s.temperature)
-            del ref_logits
         completions = self.tokenizer.batch_decode(response, skip_special_tokens=True)
         full_prompts = [p for _, p in indexed for _ in range(self.s.num_generations)]
-        scores = torch.tensor(
-            self.reward(full_prompts, completions), dtype=torch.float32, device=self.dist.device
-        )
+        # A reward scored elsewhere (the reward server) is computed while the forwards run here.
+        elsewhere = reward_runs_elsewhere(self.reward)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.reward, full_prompts, completions) if elsewhere else None
+            logprobs, ref_logprobs, values = self._forwards(generated, attention, response, keep)
+            rewards = pending.result() if pending else self.reward(full_prompts, completions)
+        scores = torch.tensor(rewards, dtype=torch.float32, device=self.dist.device)
         return Rollout(
             generated,
             attention,
@@ -297,11 +351,15 @@ class PPOTrainerLite:
         advantages, returns = ppo_core.gae(rewards, ro.values, ro.mask, self.s.gamma, self.s.lam)
         advantages = self._whiten(advantages, ro.mask)
         self.policy.train()
+        if self.vllm is not None:
+            self.vllm.after_rollout()
         stats = [
             self._update(ro, advantages, returns, idx)
             for _ in range(self.s.ppo_epochs)
             for idx in self._minibatches(ro.input_ids.shape[0])
         ]
+        if self.vllm is not None:  # the next rollout samples from the weights just trained
+            self.vllm.sync(self.policy.lm, self.plan.compute_dtype)
         rows = self.s.batch_size
         seq_kl = float(self._global(kl.sum())) / rows
         mean_score = float(self._global(ro.scores.sum())) / rows

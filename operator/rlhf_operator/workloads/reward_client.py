@@ -1,4 +1,12 @@
-"""HTTP client for the reward server (remote reward placement): batching, timeouts, retries."""
+"""HTTP client for the reward server (remote reward placement): batching, timeouts, retries.
+
+Micro-batches go out `in_flight` at a time, so the server scores one while the next is on the
+wire (its batcher merges what arrives together). A request is re-sent only when the server surely
+is not computing it: it was not delivered (connection refused or dropped while sending), the server
+refused it (429, 503), failed it (500, 502) or dropped the connection without answering. A request
+that timed out waiting for its answer is not re-sent: the server may still be computing it, and a
+second copy would only queue behind the first; the stage fails instead, saying so.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,19 @@ import os
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rlhf_operator.workloads import reward_tls
 from rlhf_operator.workloads.errors import StageConfigError
 
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+#: Statuses whose request the server is not computing any more (504: a proxy gave up waiting while
+#: the server may still be computing, so it is not here).
+RETRYABLE_STATUS = {429, 500, 502, 503}
+
+
+class RewardTimeoutError(RuntimeError):
+    """The server did not answer in time; the request was not re-sent (it may still be computing)."""
 
 
 def read_token() -> str | None:
@@ -36,9 +51,10 @@ class RemoteRewardClient:
         token: str | None = None,
         *,
         batch_size: int = 64,
-        timeout_s: float = 30.0,
+        timeout_s: float = 120.0,  # a wait for the answer that runs out is not retried: generous
         retries: int = 5,
         backoff_s: float = 0.5,
+        in_flight: int = 2,
     ) -> None:
         self.url = endpoint.rstrip("/") + ("" if endpoint.rstrip("/").endswith("/score") else "/score")
         self.token = token
@@ -48,6 +64,7 @@ class RemoteRewardClient:
         self.backoff_s = backoff_s
         # https (serving.tls): verified against the certificate the operator mounted.
         self.tls = reward_tls.client_context() if self.url.startswith("https://") else None
+        self.in_flight = max(1, in_flight)
 
     def _post(self, body: dict[str, list[str]]) -> list[float]:
         data = json.dumps(body).encode()
@@ -70,7 +87,16 @@ class RemoteRewardClient:
                     ) from exc
                 if exc.code not in RETRYABLE_STATUS or attempt == self.retries:
                     raise
-            except (urllib.error.URLError, TimeoutError, ConnectionError):
+            except urllib.error.URLError:  # not delivered: connecting or sending failed
+                if attempt == self.retries:
+                    raise
+            except TimeoutError as exc:  # delivered, no answer yet: the server may be computing it
+                count = len(next(iter(body.values())))
+                raise RewardTimeoutError(
+                    f"the reward server at {self.url} did not answer {count} texts within "
+                    f"{self.timeout_s:g} s; not re-sent, since it may still be scoring them."
+                ) from exc
+            except ConnectionError:  # dropped without an answer (http.client.RemoteDisconnected too)
                 if attempt == self.retries:
                     raise
             # Exponential backoff: a server that is starting or overloaded gets time to recover.
@@ -78,21 +104,27 @@ class RemoteRewardClient:
             delay = min(delay * 2, 10.0)
         raise RuntimeError("unreachable")
 
+    def _post_all(self, bodies: list[dict[str, list[str]]]) -> list[float]:
+        """Every body posted, `in_flight` at a time, their rewards in order."""
+        if len(bodies) == 1 or self.in_flight == 1:
+            return [r for body in bodies for r in self._post(body)]
+        with ThreadPoolExecutor(self.in_flight) as pool:
+            return [r for rewards in pool.map(self._post, bodies) for r in rewards]
+
     def score_texts(self, texts: list[str]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            out.extend(self._post({"texts": texts[start : start + self.batch_size]}))
-        return out
+        step = self.batch_size
+        return self._post_all([{"texts": texts[i : i + step]} for i in range(0, len(texts), step)])
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(prompts), self.batch_size):
-            out.extend(
-                self._post(
-                    {
-                        "prompts": prompts[start : start + self.batch_size],
-                        "completions": completions[start : start + self.batch_size],
-                    }
-                )
-            )
-        return out
+        step = self.batch_size
+        return self._post_all(
+            [
+                {"prompts": prompts[i : i + step], "completions": completions[i : i + step]}
+                for i in range(0, len(prompts), step)
+            ]
+        )
+
+
+def reward_runs_elsewhere(score: object) -> bool:
+    """True for the reward server's client: the caller may overlap scoring with its own work."""
+    return isinstance(getattr(score, "__self__", None), RemoteRewardClient)

@@ -63,6 +63,14 @@ def parse_score_request(
     raw: bytes, max_items: int, max_tokens: int | None = None, count_tokens: TokenCounter | None = None
 ) -> list[str]:
     """The texts of one request, or ScoreRequestError saying what is wrong with it."""
+    return parse_counted(raw, max_items, max_tokens, count_tokens)[0]
+
+
+def parse_counted(
+    raw: bytes, max_items: int, max_tokens: int | None = None, count_tokens: TokenCounter | None = None
+) -> tuple[list[str], list[int] | None]:
+    """The texts of one request and their token counts (None without a counter): the server
+    counts once, for the length check and for batching by tokens."""
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -79,9 +87,10 @@ def parse_score_request(
     empty = [i for i, text in enumerate(texts) if not text]
     if empty:
         raise ScoreRequestError(f"`{field}[{empty[0]}]` is empty: there is nothing to score.")
-    if max_tokens is not None and count_tokens is not None:
-        check_lengths(field, max_tokens, count_tokens(texts))
-    return texts
+    counts = count_tokens(texts) if count_tokens is not None else None
+    if max_tokens is not None and counts is not None:
+        check_lengths(field, max_tokens, counts)
+    return texts, counts
 
 
 def check_lengths(field: str, max_tokens: int, counts: Sequence[int]) -> None:

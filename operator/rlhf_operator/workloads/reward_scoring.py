@@ -1,4 +1,9 @@
-"""Scoring texts with a sequence-classification reward model in this process."""
+"""Scoring texts with a sequence-classification reward model in this process.
+
+Texts are sorted by length and cut into forwards of at most `token_budget` padded tokens (and
+`batch_size` rows), so a batch of short texts is one forward and long ones never pad each other
+to the longest; on a GPU the model runs in its checkpoint's dtype (bf16 weights stay bf16).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ class LocalRewardScorer:
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 64,
         max_length: int | None = None,
+        token_budget: int = 16_384,
     ) -> None:
         self.model = model.eval()  # type: ignore[no-untyped-call]
+        self.token_budget = token_budget
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         self.batch_size = batch_size
@@ -47,29 +54,52 @@ class LocalRewardScorer:
         return [len(ids) for ids in encoded]
 
     @classmethod
-    def from_path(cls, source: str, batch_size: int = 64) -> LocalRewardScorer:
+    def from_path(cls, source: str, batch_size: int = 64, token_budget: int = 16_384) -> LocalRewardScorer:
         model, tokenizer = load_seq_cls(source)
-        return cls(model, tokenizer, batch_size)
+        return cls(in_checkpoint_dtype(model), tokenizer, batch_size, token_budget=token_budget)
 
     @torch.no_grad()
     def score_texts(self, texts: list[str]) -> list[float]:
-        texts = self._with_eos(texts)
-        out: list[float] = []
+        ids = self.tokenizer(
+            self._with_eos(texts), add_special_tokens=False, truncation=True, max_length=self.max_length
+        )["input_ids"]
+        scores = [0.0] * len(texts)
         with self._lock:
-            for start in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    add_special_tokens=False,
-                ).to(self.model.device)
-                out.extend(self.model(**enc).logits[:, 0].float().tolist())
-        return out
+            for rows in length_batches([len(x) for x in ids], self.token_budget, self.batch_size):
+                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+                enc = enc.to(self.model.device)
+                for i, score in zip(rows, self.model(**enc).logits[:, 0].float().tolist(), strict=True):
+                    scores[i] = score
+        return scores
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
         return self.score_texts([p + c for p, c in zip(prompts, completions, strict=True)])
+
+
+def length_batches(lengths: list[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Indices grouped longest first into batches of at most `token_budget` padded tokens (rows x
+    the batch's longest) and `max_rows` rows; a text longer than the budget is a batch alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            current = batches[-1]
+            longest = lengths[current[0]]  # sorted: the first is the longest
+            if len(current) < max_rows and (len(current) + 1) * longest <= token_budget:
+                current.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def in_checkpoint_dtype(model: PreTrainedModel) -> PreTrainedModel:
+    """On a GPU, the model in the dtype its checkpoint was saved in (bf16 stays bf16); on the CPU,
+    where 16-bit matmuls are slow on most processors, as loaded."""
+    saved = getattr(model.config, "dtype", None)
+    if model.device.type == "cuda" and isinstance(saved, torch.dtype) and saved != model.dtype:
+        converted: PreTrainedModel = model.to(saved)  # type: ignore[arg-type]
+        return converted
+    return model
 
 
 def position_limit(model: PreTrainedModel, wanted: int | None = None) -> int:

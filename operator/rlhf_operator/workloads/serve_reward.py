@@ -25,10 +25,12 @@ from rlhf_operator.workloads.batcher import DynamicBatcher, ScoreFn
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.reward_client import read_token
-from rlhf_operator.workloads.reward_requests import ScoreRequestError, TokenCounter, parse_score_request
+from rlhf_operator.workloads.reward_requests import ScoreRequestError, TokenCounter, parse_counted
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 1024
+#: Tokens merged into one batch (the scorer splits it into forwards by tokens again).
+MAX_BATCH_TOKENS = 16_384
 READY: web.AppKey[dict[str, bool]] = web.AppKey("ready", dict)
 BATCHER: web.AppKey[DynamicBatcher] = web.AppKey("batcher", DynamicBatcher)
 #: The loaded model's position limit and token counter, for the length check of each request.
@@ -43,6 +45,7 @@ def make_app(
     max_batch: int = 64,
     max_wait_ms: float = 5.0,
     max_body: int = MAX_BODY_BYTES,
+    max_batch_tokens: int | None = MAX_BATCH_TOKENS,
     max_tokens: int | None = None,
     count_tokens: TokenCounter | None = None,
 ) -> web.Application:
@@ -64,7 +67,9 @@ def make_app(
 
     app = web.Application(middlewares=[auth], client_max_size=max_body)
     app[READY] = {"ready": score is not None}
-    app[BATCHER] = DynamicBatcher(score or (lambda texts: []), max_batch, max_wait_ms, batching)
+    app[BATCHER] = DynamicBatcher(
+        score or (lambda texts: []), max_batch, max_wait_ms, batching, max_tokens=max_batch_tokens
+    )
     app[LENGTH] = {"max_tokens": max_tokens, "count_tokens": count_tokens}
 
     async def score_handler(request: web.Request) -> web.Response:
@@ -72,12 +77,12 @@ def make_app(
             return web.json_response({"error": "the model is not loaded yet"}, status=503)
         length = request.app[LENGTH]
         try:
-            texts = parse_score_request(
+            texts, counts = parse_counted(
                 await request.read(), MAX_ITEMS, length["max_tokens"], length["count_tokens"]
             )
         except ScoreRequestError as exc:
             return web.json_response({"error": str(exc)}, status=exc.status)
-        rewards = await request.app[BATCHER].submit(texts)
+        rewards = await request.app[BATCHER].submit(texts, None if counts is None else sum(counts))
         return web.json_response({"rewards": rewards, "scores": rewards})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -151,10 +156,17 @@ def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
     port = args.port or ctx.typed_spec.stages.reward_model.serving.port
 
     def load() -> LocalRewardScorer:
-        return LocalRewardScorer.from_path(storage.localize_dir(uri), batch_size=args.max_batch)
+        return LocalRewardScorer.from_path(
+            storage.localize_dir(uri), batch_size=args.max_batch, token_budget=args.max_batch_tokens
+        )
 
     app = make_app(
-        None, token, batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms
+        None,
+        token,
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_batch_tokens=args.max_batch_tokens,
     )
     asyncio.run(serve(app, args.host, port, load, ssl_context=reward_tls.server_context()))
     sys.stdout.flush()

@@ -65,7 +65,7 @@ def trl_arguments(
     policy: Any, dtype: str, *, world: int, cuda: bool, lora: bool, transformer_layers: list[str]
 ) -> dict[str, Any]:
     """The GRPOConfig/RLOOConfig arguments that decide precision, memory, batching and generation;
-    vllm is TRL's colocated engine with sleep mode (GPU only)."""
+    vllm is TRL's colocated engine, with sleep mode on CUDA (vLLM's CPU build has none)."""
     out = trainer_arguments(
         policy,
         dtype,
@@ -76,7 +76,7 @@ def trl_arguments(
     )
     out["use_vllm"] = str(policy.generation.engine) == "vllm"
     if out["use_vllm"]:
-        out.update(vllm_mode="colocate", vllm_enable_sleep_mode=True)
+        out.update(vllm_mode="colocate", vllm_enable_sleep_mode=cuda)
     return out
 
 
@@ -109,6 +109,11 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         print(f"note: klTarget is used by ppo only; {algorithm} keeps beta = klCoef fixed", flush=True)
     # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
     model_path = resolve_model_path(spec.base_model.source, "the base model")
+    if str(policy.generation.engine) == "vllm":  # fail before loading anything, not in TRL's init
+        from rlhf_operator.workloads.vllm_engine import check_engine
+        from rlhf_operator.workloads.vllm_rollout import architectures
+
+        check_engine(architectures(model_path))
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     score = make_reward(ctx)
     last: dict[str, float] = {}

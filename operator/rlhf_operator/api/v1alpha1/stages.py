@@ -206,11 +206,9 @@ class PolicyStage(TrainingFields):
     cel_rules = (
         ACCUMULATION_RULE,
         CelRule(
-            "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm == 'rloo' "
-            "|| self.algorithm == 'grpo'",
-            "`generation.engine: vllm` must be used with algorithm rloo or grpo (ppo generates with "
-            "transformers, dpo does not generate)",
-            lambda p: p.generation.engine != "vllm" or p.algorithm in (Algorithm.RLOO, Algorithm.GRPO),
+            "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm != 'dpo'",
+            "`generation.engine: vllm` must be used with algorithm ppo, rloo or grpo (dpo does not generate)",
+            lambda p: p.generation.engine != "vllm" or p.algorithm != Algorithm.DPO,
         ),
         CelRule(
             "self.algorithm == 'ppo' || self.algorithm == 'dpo' || self.batchSize % self.numGenerations == 0",
@@ -262,7 +260,8 @@ class PolicyStage(TrainingFields):
     )
     nodes: int = Field(1, ge=1, le=64, description="Policy pods (nodes) training together.")
     generation: GenerationSpec = Field(
-        default_factory=GenerationSpec, description="How rollouts are generated (rloo, grpo: hf or vllm)."
+        default_factory=GenerationSpec,
+        description="How rollouts are generated (ppo, rloo, grpo: hf or vllm).",
     )
     checkpoint_interval: int = Field(
         20, ge=0, le=1_000_000, description="Steps between checkpoints; 0 disables them."
