@@ -17,6 +17,7 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
 REPO = Path(__file__).resolve().parents[2]
 KEYWORDS = ["good", "great", "nice", "happy"]
+BUCKET = "rlhf-test"
 
 
 def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
@@ -165,3 +166,38 @@ def fresh_root(pipeline: dict[str, Any], tmp_path: Path) -> Iterator[Path]:
     for name in ("precompute", "reward-model"):
         shutil.copytree(pipeline["root"] / name, root / name)
     yield root
+
+
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh bucket on a local S3 server; the environment points boto at it for this module."""
+    import logging
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from tests.support.ports import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch_module.setenv(key, value)
+    try:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        yield fs
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
