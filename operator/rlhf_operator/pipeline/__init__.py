@@ -15,7 +15,7 @@ from rlhf_operator.children import JobIdentity, Manifest
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.pipeline.context import PlanningPass, TokenSource, dump, stored_status
 from rlhf_operator.pipeline.dependencies import dependencies
-from rlhf_operator.pipeline.events import phase_events, stage_events
+from rlhf_operator.pipeline.events import memory_fit_events, phase_events, stage_events
 from rlhf_operator.pipeline.progress import progress_pod
 from rlhf_operator.pipeline.progression import stage_records
 from rlhf_operator.pipeline.retention import retention
@@ -47,6 +47,7 @@ def reconcile(
     ctx.plan.status_changed = ctx.plan.status != dump(ctx.old)
     ctx.plan.events.extend(stage_events(ctx.previous, records))
     ctx.plan.events.extend(phase_events(ctx.old, new))
+    ctx.plan.events.extend(memory_fit_events(ctx.old, new))
     return ctx.plan
 
 

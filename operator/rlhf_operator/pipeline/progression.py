@@ -14,7 +14,7 @@ from rlhf_operator.guardrails import GUARDRAIL_TRIPPED, Trip, check_progress
 from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
-from rlhf_operator.pipeline.fit import DOES_NOT_FIT, Refusal, fit_refusal
+from rlhf_operator.pipeline.fit import Refusal
 from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.plan import Event
@@ -71,7 +71,7 @@ def _refusal(ctx: PlanningPass) -> Refusal | None:
     """A training stage that cannot fit its GPUs, found before any Job of the pipeline runs:
     nothing starts that a later stage cannot finish, and once refused the earlier stages stay
     unstarted."""
-    refusal = fit_refusal(ctx.spec, ctx.config)
+    refusal = ctx.fit.refusal()
     if refusal is None:
         return None
     before = ctx.previous.get(refusal.stage.value)
@@ -83,11 +83,11 @@ def _refusal(ctx: PlanningPass) -> Refusal | None:
 
 def _refuse(ctx: PlanningPass, stage: StageName, record: StageStatus, refusal: Refusal) -> None:
     if stage is refusal.stage:
-        record.state, record.message = StageState.FAILED, f"{DOES_NOT_FIT}: {refusal.message}"
-        ctx.plan.events.append(Event("Warning", DOES_NOT_FIT, refusal.message))
+        record.state, record.message = StageState.FAILED, f"{refusal.reason}: {refusal.message}"
+        ctx.plan.events.append(Event("Warning", refusal.reason, refusal.message))
     else:
         record.state = StageState.PENDING
-        record.message = f"Not started: stage {refusal.stage.value} does not fit its GPUs."
+        record.message = f"Not started: stage {refusal.stage.value} was refused ({refusal.reason})."
 
 
 def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlhf_operator.memory_estimate import PUBLISH_FILE_BYTES
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.loading import dtype_of, file_key
 
-SHARD_BYTES = 4 * 1024**3
 _SAFETENSORS_METADATA = {"format": "pt"}
 
 
@@ -110,7 +110,7 @@ def _plain_config(model: nn.Module) -> Any:
 
 
 def publish_model(
-    model: nn.Module, dtype: torch.dtype, out_dir: str, *, is_main: bool, max_shard_bytes: int = SHARD_BYTES
+    model: nn.Module, dtype: torch.dtype, out_dir: str, *, is_main: bool, max_shard_bytes: int = PUBLISH_FILE_BYTES
 ) -> bool:
     """Writes `model` as a plain transformers directory in `dtype` into `out_dir` on global rank 0
     (True there); every process must call it (the gathers are collectives)."""
