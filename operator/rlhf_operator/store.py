@@ -130,7 +130,7 @@ class Store:
 # fields) is dropped so memory stays small with many jobs, and updates that change none of it are
 # not reconciled at all.
 _SPEC_FIELDS = {"Job": ("suspend",), "Deployment": ("replicas",)}
-_META_FIELDS = ("name", "labels", "annotations", "deletionTimestamp")
+_META_FIELDS = ("name", "uid", "labels", "annotations", "deletionTimestamp")
 
 
 def slim_child(kind: str, body: Manifest) -> Manifest:

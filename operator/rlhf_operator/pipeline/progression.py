@@ -15,6 +15,7 @@ from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
 from rlhf_operator.pipeline.fit import Refusal
+from rlhf_operator.pipeline.group_restart import group_restart, restarting
 from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.plan import Event
@@ -111,6 +112,8 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         ctx.config.gpu_hour_price(STAGES[stage].role),
         record.usage,
     )
+    if restarting(ctx, stage, record, child):
+        return
     finished = job_finished(child)
     if finished is None:
         _keep_suspension(ctx, child, name)
@@ -144,12 +147,18 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         record.state, record.message = StageState.FAILED, f"{GUARDRAIL_TRIPPED}: {failure.error}"
         if failure.artifacts is not None:
             ctx.artifacts = updated(ctx.artifacts, failure.artifacts)
+    elif group_restart(ctx, stage, record, child, pods):
+        record.completion_time = None
     else:
         detail = failure_message(pods)
         reason = condition.get("reason") or "Failed"
         text = condition.get("message") or "the stage's Job failed"
         record.state = StageState.FAILED
         record.message = f"{reason}: {text.rstrip('.')}." + (f" Last pod: {detail}" if detail else "")
+        if record.restarts:
+            record.message += (
+                f" The group was restarted {record.restarts} time(s) before, its pod.backoffLimit."
+            )
 
 
 def _stop_tripped(ctx: PlanningPass, name: str, record: StageStatus, trip: Trip) -> None:

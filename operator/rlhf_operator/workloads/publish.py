@@ -110,7 +110,12 @@ def _plain_config(model: nn.Module) -> Any:
 
 
 def publish_model(
-    model: nn.Module, dtype: torch.dtype, out_dir: str, *, is_main: bool, max_shard_bytes: int = PUBLISH_FILE_BYTES
+    model: nn.Module,
+    dtype: torch.dtype,
+    out_dir: str,
+    *,
+    is_main: bool,
+    max_shard_bytes: int = PUBLISH_FILE_BYTES,
 ) -> bool:
     """Writes `model` as a plain transformers directory in `dtype` into `out_dir` on global rank 0
     (True there); every process must call it (the gathers are collectives)."""
