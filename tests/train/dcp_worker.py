@@ -200,6 +200,18 @@ def rank0_fallback_check(model_dir: str, info: DistInfo, out: dict[str, Any]) ->
     ]
 
 
+def hsdp_check(model_dir: str, info: DistInfo, out: dict[str, Any]) -> None:
+    """hybridShard with 2 "nodes" of 1 process: a 2-D mesh, replicated across nodes, sharded within."""
+    t = trainer(model_dir, info, plan=TrainPlan(strategy="fsdp", hybrid_shard=True, nodes=2))
+    t.step(1)
+    weight = t.policy.lm.transformer.wte.weight
+    out["hsdp"] = {
+        "mesh": list(weight.device_mesh.shape),
+        "placements": [type(p).__name__ for p in weight.placements],
+        "rows": weight.to_local().shape[0],
+    }
+
+
 def s3_check(model_dir: str, uri: str, info: DistInfo, out: dict[str, Any]) -> None:
     t = trainer(model_dir, info)
     t.step(1)
@@ -224,6 +236,7 @@ def main() -> None:
     resume_check(model_dir, str(work / "full"), info, out)
     lora_check(model_dir, str(work / "lora"), info, out)
     rank0_fallback_check(model_dir, info, out)
+    hsdp_check(model_dir, info, out)
     if s3_root:
         s3_check(model_dir, s3_root, info, out)
     mine = {

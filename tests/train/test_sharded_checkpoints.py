@@ -60,6 +60,11 @@ def test_an_async_checkpoint_resumes_to_the_identical_next_step(worker_result: d
     assert r["worldSizeChange"] == []
 
 
+def test_hybrid_shard_replicates_across_nodes_and_shards_within(worker_result: dict[str, Any]) -> None:
+    """hybridShard over 2 nodes of 1 process each: a (2, 1) mesh, every weight whole on both."""
+    assert worker_result["hsdp"] == {"mesh": [2, 1], "placements": ["Replicate", "Shard"], "rows": 66}
+
+
 def test_lora_checkpoint_holds_the_adapter_only(worker_result: dict[str, Any]) -> None:
     names = worker_result["loraCheckpointNames"]
     assert "modules:lora" in names and "optimizers:lora" in names
