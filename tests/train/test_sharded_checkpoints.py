@@ -30,7 +30,10 @@ def worker_result(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
     assets, work = tmp_path_factory.mktemp("assets"), tmp_path_factory.mktemp("dcp")
     make_tiny_assets(assets)
-    proc = run_cli(torchrun(2, WORKER, str(assets), str(work), f"s3://{BUCKET}/dcp"), extra_env=TWO_PROCESSES)
+    proc = run_cli(
+        torchrun(2, WORKER, str(assets), str(work), f"s3://{BUCKET}/dcp"),
+        extra_env={**TWO_PROCESSES, "RLHF_CACHE_DIR": str(work / "cache")},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result: dict[str, Any] = json.loads((work / "result.json").read_text())
     return result

@@ -28,6 +28,7 @@ import random
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +125,7 @@ def load(uri: str, state: TrainState, info: DistInfo) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-    local = storage.localize_dir(uri)  # one download per node under s3://
+    local = _localize(uri)
     state_path = os.path.join(local, STATE_FILE)
     if not os.path.exists(state_path):
         raise StageConfigError(
@@ -145,6 +146,16 @@ def load(uri: str, state: TrainState, info: DistInfo) -> dict[str, Any]:
     # Another world size: the processes beyond the saved ones take rank 0's states.
     set_rng_state(storage.read_json(rng if os.path.exists(rng) else os.path.join(local, _rng_file(0))))
     return dict(saved)
+
+
+def _localize(uri: str) -> str:
+    """The checkpoint as a local directory: itself on a volume; under s3:// one download per node,
+    cached under the save's own id, so a checkpoint written again at the same URI is not read stale."""
+    if not storage.is_remote(uri):
+        return storage.local_path(uri)
+    save_id = str(storage.read_json(storage.join(uri, storage.SUCCESS_MARKER)).get("saveId", "unknown"))
+    cache = os.environ.get("RLHF_CACHE_DIR") or tempfile.gettempdir()
+    return storage.localize_dir(uri, os.path.join(cache, "rlhf-checkpoints", save_id))
 
 
 @dataclass
@@ -257,7 +268,7 @@ class Checkpointer:
             }
             if self.remote:
                 storage.write_json_atomic(storage.join(pending.uri, STATE_FILE), saved)
-                storage.write_marker(pending.uri, {"step": pending.step})
+                storage.write_marker(pending.uri, {"step": pending.step, "saveId": uuid.uuid4().hex})
                 shutil.rmtree(pending.staging, ignore_errors=True)
             else:
                 storage.write_json_atomic(os.path.join(pending.staging, STATE_FILE), saved)
