@@ -78,8 +78,8 @@ def build_before(model_dir: str, info: Any) -> tuple[Any, Any]:
     from rlhf_operator.workloads.modeling import load_causal_lm
 
     plan = sharding.TrainPlan(strategy="fsdp", compute_dtype=torch.bfloat16)
-    policy = load_causal_lm(model_dir, dtype="bfloat16")
-    ref = load_causal_lm(model_dir, dtype="bfloat16")
+    policy: Any = load_causal_lm(model_dir, dtype="bfloat16")
+    ref: Any = load_causal_lm(model_dir, dtype="bfloat16")
     ref.eval().requires_grad_(False)
     sharding.shard(ref, plan, None)
     policy.float()
@@ -153,7 +153,7 @@ def launch(mode: str, model_dir: str, work: Path) -> list[dict[str, Any]]:
 
 
 def measure(preset: str) -> dict[str, Any]:
-    from bench_gpu import build_model, sizes  # type: ignore[import-not-found]
+    from bench_gpu import build_model, sizes
 
     with tempfile.TemporaryDirectory(prefix="bench-loading-") as tmp:
         model_dir = Path(tmp) / "model"
@@ -175,7 +175,7 @@ def main() -> int:
         worker(*sys.argv[2:5])
         return 0
 
-    from results import finish_results, start_results  # type: ignore[import-not-found]
+    from results import finish_results, start_results
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", nargs="+", default=["tiny", "150m"], choices=("150m", "tiny"))
@@ -184,7 +184,7 @@ def main() -> int:
     results = start_results(presets=args.preset, processes=2)
     for preset in args.preset:
         results[preset] = measure(preset)
-    return finish_results(results, args.out)
+    return int(finish_results(results, args.out))
 
 
 if __name__ == "__main__":

@@ -65,11 +65,11 @@ def no_unpickling() -> Iterator[None]:
         raise AssertionError("a checkpoint load unpickled something")
 
     saved = pickle.load, pickle.loads, torch.load
-    pickle.load, pickle.loads, torch.load = refuse, refuse, refuse  # type: ignore[assignment]
+    pickle.load, pickle.loads, torch.load = refuse, refuse, refuse
     try:
         yield
     finally:
-        pickle.load, pickle.loads, torch.load = saved  # type: ignore[assignment]
+        pickle.load, pickle.loads, torch.load = saved
 
 
 def load(uri: str, t: Any, info: DistInfo) -> dict[str, Any]:

@@ -55,7 +55,8 @@ def failed_group(uid: str, exit_code: int = 1, disrupted: bool = False) -> Obser
 
 
 def policy(plan: Any) -> dict[str, Any]:
-    return next(s for s in plan.status["stages"] if s["name"] == "policy")  # type: ignore[no-any-return]
+    record: dict[str, Any] = next(s for s in plan.status["stages"] if s["name"] == "policy")
+    return record
 
 
 def test_a_failed_pod_restarts_the_whole_group_from_the_checkpoint() -> None:

@@ -23,7 +23,7 @@ from rlhf_operator.memory_estimate import whole_model_fits_beside_training as fi
 from rlhf_operator.model_shape import ModelShape, ShapeError, shape_from_config
 from rlhf_operator.model_sources import LookupCache, read_local
 from rlhf_operator.pipeline import reconcile
-from rlhf_operator.pipeline.fit import ConfigLookup, fit_report
+from rlhf_operator.pipeline.fit import ConfigLookup, FitReport, fit_report
 from rlhf_operator.plan import Observed
 from tests.support.builders import ROOT, TOKEN, rlhfjob
 
@@ -159,15 +159,20 @@ def test_which_shape_is_used_is_said() -> None:
     }
     spec = rlhfjob(baseModel={"source": "s3://m/llama-2-13b", "sizeBillions": 13, "shape": given}).spec
     config = OperatorConfig(gpu_memory_gib={"policy-gpu": 80})
-    assert fit_report(spec, config).shape.origin == "baseModel.shape"  # type: ignore[union-attr]
-    assert fit_report(spec, config).shape.params == 13_015_864_320  # type: ignore[union-attr]
+
+    def shape(report: FitReport) -> ModelShape:
+        assert report.shape is not None
+        return report.shape
+
+    assert shape(fit_report(spec, config)).origin == "baseModel.shape"
+    assert shape(fit_report(spec, config)).params == 13_015_864_320
     sized = rlhfjob(baseModel={"source": "s3://m/x", "sizeBillions": 13}).spec
     assert (
         "sizeBillions (13B) laid out as the nearest Llama (approximate)"
-        in fit_report(sized, config).shape.origin
-    )  # type: ignore[union-attr]
+        in shape(fit_report(sized, config)).origin
+    )
     read = fit_report(spec, config, {"s3://m/llama-2-13b": ConfigLookup("s3://m/llama-2-13b", LLAMA_2_13B)})
-    assert read.shape.origin == "config.json of s3://m/llama-2-13b"  # type: ignore[union-attr]
+    assert shape(read).origin == "config.json of s3://m/llama-2-13b"
 
 
 def test_a_pod_without_the_host_memory_is_refused() -> None:
