@@ -122,6 +122,9 @@ def test_policy_killed_on_two_processes_resumes_with_the_identical_next_step(
         if line.startswith("checkpoint step 2"):
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, as on node loss
             break
+    # What it printed before the kill landed: a checkpoint is committed only after the progress line
+    # of a later step, so the step after the one resumed from is always among them.
+    killed.extend(proc.stdout.read().splitlines(keepends=True))
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(killed)[-3000:]
 
