@@ -131,7 +131,7 @@ def test_policy_on_two_nodes_restarts_as_a_group_and_its_fsdp_policy_wins(
     killed: dict[str, Any] = {}
 
     def kill_pod_1_after_a_checkpoint(line: str) -> None:
-        print(line)
+        print(time.strftime("%H:%M:%S"), line)  # the restart's cost shows in the log
         committed = list(
             (tmp_path / "data" / "rlhf-jobs" / namespace).glob("tiny/*/policy/checkpoints/step-*/_SUCCESS")
         )
@@ -146,7 +146,10 @@ def test_policy_on_two_nodes_restarts_as_a_group_and_its_fsdp_policy_wins(
         target = pods["1"]["metadata"]
         killed.update(pids=kill_pod_processes(tmp_path, namespace, target["name"], target["uid"]),
                       uids={p["metadata"]["uid"] for p in pods.values()}, after=sorted(map(str, committed)))  # fmt: skip
-        print(f"killed pod {target['name']} (processes {killed['pids']}) after {killed['after'][-1]}")
+        print(
+            time.strftime("%H:%M:%S"),
+            f"killed pod {target['name']} (processes {killed['pids']}) after {killed['after'][-1]}",
+        )
 
     final, _ = run_tiny_job(cluster, namespace, job, tmp_path, show=kill_pod_1_after_a_checkpoint)
 
