@@ -172,6 +172,7 @@ def fresh_root(pipeline: dict[str, Any], tmp_path: Path) -> Iterator[Path]:
 def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
     """A fresh bucket on a local S3 server; the environment points boto at it for this module."""
     import logging
+    import urllib.request
 
     import s3fs
     from moto.server import ThreadedMotoServer
@@ -182,6 +183,10 @@ def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto keeps its buckets in this process's memory, shared by every server it starts: empty them,
+    # so each module that uses the fixture starts with a fresh bucket.
+    reset = urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=30).close()
     for key, value in {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
