@@ -120,12 +120,11 @@ def memory_estimate(scenario: str, s: dict[str, int], prompt_len: int) -> tuple[
         generation_batch=s["batch"],
         kl=False,
     )
-    est = estimate(shape, setup)
-    state = sum(
-        v for k, v in est.parts.items() if k not in ("activations", "logits", "kv cache", "gathered blocks")
-    )
+    est = estimate(shape, setup)  # no critic: this PPO trains a value head on the policy
+    transient = {"gathered blocks", "root unit (gathered)", *est.phases.get(est.peak_phase, {})}
+    state = sum(v for k, v in est.parts.items() if k not in transient)
     # The bf16 autocast weight copy is transient (it lives during forward passes), not held state.
-    state -= est.parts.get("compute-dtype weight copy", 0)
+    state -= est.parts.get("policy compute-dtype weight copy", 0)
     return est.gib, state / GIB
 
 

@@ -303,7 +303,7 @@ def pod_spec(
     return pod
 
 
-def _pod_failure_policy() -> Manifest:
+def _pod_failure_policy(group: bool = False) -> Manifest:
     return {
         "rules": [
             # Bad configuration or input: retrying cannot help.
@@ -311,8 +311,13 @@ def _pod_failure_policy() -> Manifest:
                 "action": "FailJob",
                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EX_CONFIG]},
             },
-            # A drained node or a reclaimed spot instance is not the program's fault.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # A drained node or a reclaimed spot instance is not the program's fault: a single pod is
+            # recreated without counting it; a group's Job fails and the operator restarts the group,
+            # without counting it either.
+            {
+                "action": "FailJob" if group else "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
         ]
     }
 
@@ -341,8 +346,10 @@ def stage_job(
     job_spec: Manifest = {
         "completions": shape.completions,
         "parallelism": shape.parallelism,
-        "backoffLimit": settings.backoff_limit,
-        "podFailurePolicy": _pod_failure_policy(),
+        # A group's pods are never retried one by one: the operator replaces the whole Job, within
+        # the stage's backoffLimit (its restarts are counted in the stage's status).
+        "backoffLimit": 0 if shape.restart_as_group else settings.backoff_limit,
+        "podFailurePolicy": _pod_failure_policy(shape.restart_as_group),
         "suspend": suspend,
         "template": {
             "metadata": {"labels": template_labels, "annotations": dict(settings.annotations)},

@@ -22,6 +22,7 @@ from rlhf_operator.api.v1alpha1 import Phase, RLHFJob, RLHFJobStatus
 from rlhf_operator.coalescer import Coalescer
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.executor import KubeApi, PlanExecutor
+from rlhf_operator.model_sources import LookupCache
 from rlhf_operator.naming import CLEANUP_FINALIZER
 from rlhf_operator.pipeline import (
     dependencies,
@@ -67,6 +68,7 @@ class Controller:
         self._sweep_ticked: float | None = None
         #: Whether this replica may act (leader election, `leader.py`); a standby only keeps its store.
         self.is_leader: Callable[[], bool] = lambda: True
+        self._model_configs = LookupCache()
 
     def reconcile(self, key: Key) -> None:
         self._coalescer.run(key)
@@ -104,6 +106,7 @@ class Controller:
         finalizers = list(body["metadata"].get("finalizers") or [])
         self.executor.execute_retention(key, uid, retention(job, finalizers, False, observed, self.config))
         observed = self._with_progress(key, old, observed)
+        observed = observed.with_model_configs(self._model_configs.lookups(job.spec))
         now = self._clock()
         plan = reconcile(job, old, observed, self.config, now, new_token=self._new_token)
         if plan.check_dependencies:

@@ -148,7 +148,9 @@ class Kube:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         API_REQUESTS.labels("delete", RESOURCES[kind]).inc()
         try:
-            self.client.delete(KINDS[kind], name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+            # A Job goes once its pods have: its replacement (same name) never meets them.
+            cascade = CascadeType.FOREGROUND if kind == "Job" else CascadeType.BACKGROUND
+            self.client.delete(KINDS[kind], name, namespace=namespace, cascade=cascade)
         except ApiError as err:
             if not _is(err, 404):
                 raise

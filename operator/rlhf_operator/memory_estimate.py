@@ -1,19 +1,28 @@
-"""Per-GPU memory of a training stage, estimated from the model's shape and the job's settings.
+"""GPU and host memory of one training process, from the model's shape and the job's settings.
 
-Pure arithmetic (no torch), shared by the operator (refuse what cannot fit), docs/scaling.md and the
-benchmarks, which compare it with measured peaks. The terms follow how the stage programs train:
+Pure arithmetic (no torch), shared by the operator's fit check (`pipeline/fit.py`), `rlhf-operator
+estimate`, docs/scaling.md and the benchmarks, which compare it with measured peaks. The terms follow
+how the stage programs train (P parameters, c bytes of the compute dtype, S processes a model is
+sharded over: every GPU under fsdp, a node's GPUs under hybridShard, 1 under ddp):
 
-- full fine-tuning: fp32 master weights, fp32 gradients, fp32 AdamW moments (16 bytes/parameter),
-  divided over the GPUs under fsdp; ddp adds its gradient buckets (4 B/p) and autocast's copy of
-  the weights in the compute dtype (2 B/p);
-- LoRA: the frozen base in its dtype (sharded under fsdp) plus 16 bytes per adapter parameter, and no
-  reference model (the adapter switched off is the reference);
-- the reference, for ppo and KL-regularised rloo/grpo without LoRA, in the compute dtype;
-- activations ~34 x tokens x hidden bytes per layer in 16-bit (Korthikanti et al. 2022, with a fused
-  attention kernel, so no sequence^2 term); with activation checkpointing one layer's input per
-  layer plus one layer's working set;
-- the response logits in the compute dtype, their gradient, and a few rows in fp32 (logprobs.py);
-- the KV cache of generation.
+- held all along: a trained model's fp32 master weights, gradients and AdamW moments (16P/S; ddp
+  adds autocast's weight copy cP and, with several processes, its gradient buckets 4P); under LoRA
+  its frozen base (cP/S) and 16 bytes per adapter parameter; the frozen reference (cP/S) for ppo,
+  dpo and KL-regularised rloo/grpo without LoRA; PPO's critic, a trained model the size of its
+  source (the reward model's) trained like the policy; a colocated reward model, whole in every
+  process (cPr); under fsdp the root unit gathered (embeddings, an untied output layer) and two
+  transformer blocks gathered (the current one and the prefetched one);
+- then the largest of three phases: generation (the KV cache), PPO's scoring of the whole rollout
+  batch (its response logits, cB(R+1)V, and a few fp32 rows of log-softmax), and training (one
+  micro-batch's activations, ~34 x tokens x hidden x c/2 per layer (Korthikanti et al. 2022, fused
+  attention), or with activation checkpointing one block input per layer + one block's working set;
+  its logits and their gradient; under fsdp the root unit's unsharded fp32 gradients).
+
+Host memory per process: the process itself (Python, torch, CUDA's host side; `HOST_BASELINE`, an
+assumption), what cpuOffload keeps there, and the largest transient: the background checkpoint's
+staged copy of the trained shards (fp32 weights + AdamW, 12 bytes per trained parameter / S), the
+published model's file being written (rank 0), and for the TRL trainers the whole model that
+(local) rank 0 loads before sharding. Under a node's memory all its processes add up.
 """
 
 from __future__ import annotations
@@ -21,35 +30,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rlhf_operator.model_shape import SHAPES, ModelShape
+
+__all__ = ["GIB", "INSTANCES", "SHAPES", "Estimate", "Instance", "ModelShape", "Setup", "estimate", "fits"]
+
 GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    params: int
-    hidden: int
-    layers: int
-    vocab: int
-    kv_dim: int  # key/value width per layer (kv heads x head dim)
-    intermediate: int = 0
-
-    @staticmethod
-    def llama(  # noqa: PLR0917 - the numbers of a Llama config.json
-        hidden: int, layers: int, vocab: int, intermediate: int, kv_heads: int, heads: int, tied: bool = False
-    ) -> ModelShape:
-        """A Llama-shaped decoder (GQA attention, SwiGLU MLP)."""
-        kv_dim = hidden * kv_heads // heads
-        per_layer = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * intermediate + 2 * hidden
-        params = layers * per_layer + (1 if tied else 2) * vocab * hidden + hidden
-        return ModelShape(params, hidden, layers, vocab, kv_dim, intermediate)
-
-
-#: Published shapes (config.json of each model family).
-SHAPES: dict[str, ModelShape] = {
-    "llama-3.2-1b": ModelShape.llama(2048, 16, 128_256, 8192, 8, 32, tied=True),
-    "llama-3.1-8b": ModelShape.llama(4096, 32, 128_256, 14_336, 8, 32),
-    "llama-3.1-70b": ModelShape.llama(8192, 80, 128_256, 28_672, 8, 64),
-}
+#: Host memory of one GPU training process before it holds any model (Python, torch, transformers,
+#: CUDA's libraries and context on the host side). An assumption, not measured on a GPU here; a CPU
+#: process measures ~0.7 GiB (docs/benchmarks.md).
+HOST_BASELINE = 3 * GIB
+#: The largest safetensors file the published model is written in (rank 0 holds one at a time).
+PUBLISH_FILE_BYTES = 4 * GIB
+#: How much of a GPU the estimate may fill: the rest is the CUDA context and fragmentation.
+HEADROOM = 0.9
 
 
 @dataclass(frozen=True)
@@ -57,6 +50,8 @@ class Setup:
     algorithm: str = "ppo"  # ppo | rloo | grpo | dpo | reward
     strategy: str = "ddp"  # ddp | fsdp
     gpus: int = 1  # processes training together (nodes x GPUs per node)
+    gpus_per_node: int = 1  # processes of one pod: their host memory adds up
+    hybrid_shard: bool = False  # fsdp within a node, replicated across nodes
     compute_bytes: int = 2  # 2 for bf16/fp16, 4 for fp32
     lora_rank: int | None = None
     lora_targets_per_layer: int = 4  # q, k, v, o projections (PEFT's default for Llama is q, v: 2)
@@ -67,11 +62,27 @@ class Setup:
     response_length: int = 256
     generation_batch: int = 32  # sequences generated together on one GPU
     kl: bool = True  # rloo/grpo: a reference is needed when beta > 0
+    reward_colocated: bool = False  # a frozen reward model in every policy process
+    checkpoints: bool = True  # checkpointInterval > 0: the background checkpoint's staged copy
+    trl: bool = False  # loaded by transformers/accelerate: (local) rank 0 reads the whole model
+
+    @property
+    def shards(self) -> int:
+        if self.strategy != "fsdp":
+            return 1
+        return max(1, self.gpus_per_node if self.hybrid_shard else self.gpus)
 
 
 @dataclass(frozen=True)
 class Estimate:
+    #: GPU bytes per process at the peak: what is held all along, plus the largest phase's terms.
     parts: dict[str, int] = field(default_factory=dict)
+    #: Each phase's own terms; the peak is the largest.
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    peak_phase: str = ""
+    #: Host bytes of the process that needs the most (global rank 0), and of one node's pod.
+    host: dict[str, int] = field(default_factory=dict)
+    host_per_node: int = 0
 
     @property
     def total(self) -> int:
@@ -81,10 +92,14 @@ class Estimate:
     def gib(self) -> float:
         return self.total / GIB
 
+    @property
+    def host_total(self) -> int:
+        return sum(self.host.values())
+
     def describe(self) -> str:
         return (
             ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.items() if v)
-            + f" (GiB; total {self.gib:.1f})"
+            + f" (GiB; total {self.gib:.1f}, peak in {self.peak_phase})"
         )
 
 
@@ -93,65 +108,138 @@ def lora_params(shape: ModelShape, setup: Setup) -> int:
     return shape.layers * setup.lora_targets_per_layer * rank * (shape.hidden + shape.hidden)
 
 
-def _weights(shape: ModelShape, setup: Setup) -> dict[str, int]:
-    p, c = shape.params, setup.compute_bytes
-    shards = setup.gpus if setup.strategy == "fsdp" else 1
-    full = setup.lora_rank is None
-    out: dict[str, int] = {}
-    if full:
-        out["weights+grads+adam (fp32)"] = 16 * p // shards
-        if setup.strategy == "ddp" and c < 4:
-            out["compute-dtype weight copy"] = c * p
-        if setup.strategy == "ddp" and setup.gpus > 1:
-            out["ddp gradient buckets"] = 4 * p
-    else:
-        out["frozen base"] = c * p // shards
-        out["adapter+grads+adam (fp32)"] = 16 * lora_params(shape, setup)
-    needs_ref = full and (
-        setup.algorithm in ("ppo", "dpo") or (setup.algorithm in ("rloo", "grpo") and setup.kl)
-    )
-    if needs_ref:
-        out["reference"] = c * p // shards
-    if setup.algorithm == "ppo":
-        out["value head"] = 16 * shape.hidden
-    if setup.cpu_offload and setup.strategy == "fsdp":
-        # Sharded parameters, gradients and optimizer states live in CPU memory instead.
-        out = {k: 0 if "fp32" in k or k in ("frozen base", "reference") else v for k, v in out.items()}
-    if setup.strategy == "fsdp":
-        # Two transformer blocks gathered at once (the current one and the prefetched one).
-        out["gathered blocks"] = 2 * c * (p // max(1, shape.layers))
+def _trained(name: str, shape: ModelShape, setup: Setup) -> dict[str, int]:
+    """A model that is trained: full (16 B/p sharded, ddp's extras) or LoRA (frozen base + adapter)."""
+    p, c, s = shape.params, setup.compute_bytes, setup.shards
+    if setup.lora_rank is not None:
+        return {
+            f"{name} frozen base": c * p // s,
+            f"{name} adapter+grads+adam (fp32)": 16 * lora_params(shape, setup),
+        }
+    out = {f"{name} weights+grads+adam (fp32)": 16 * p // s}
+    if setup.strategy == "ddp" and c < 4:
+        out[f"{name} compute-dtype weight copy"] = c * p
+    if setup.strategy == "ddp" and setup.gpus > 1:
+        out[f"{name} ddp gradient buckets"] = 4 * p
     return out
 
 
-def _activations(shape: ModelShape, setup: Setup) -> dict[str, int]:
-    seq = setup.prompt_length + setup.response_length
-    tokens = setup.micro_batch * seq
+def _held(
+    shape: ModelShape, setup: Setup, reward: ModelShape | None, critic: ModelShape | None
+) -> dict[str, int]:
+    c, s = setup.compute_bytes, setup.shards
+    held = _trained("policy" if setup.algorithm != "reward" else "reward model", shape, setup)
+    full = setup.lora_rank is None
+    if full and (setup.algorithm in ("ppo", "dpo") or (setup.algorithm in ("rloo", "grpo") and setup.kl)):
+        held["reference"] = c * shape.params // s
+    if setup.algorithm == "ppo":
+        if critic is not None:
+            held.update(_trained("critic", critic, setup))
+        else:
+            held["value head"] = 16 * shape.hidden
+    if setup.reward_colocated and reward is not None and setup.algorithm in ("ppo", "rloo", "grpo"):
+        held["reward model (colocated, whole)"] = c * reward.params
+    if setup.cpu_offload and setup.strategy == "fsdp":
+        # Sharded parameters, gradients and optimizer states live in host memory instead.
+        held = {k: v for k, v in held.items() if not _offloaded(k)}
+    if setup.strategy == "fsdp":
+        held["root unit (gathered)"] = c * shape.outside_blocks
+        held["gathered blocks"] = 2 * c * shape.per_block
+    return held
+
+
+def _offloaded(term: str) -> bool:
+    return "(fp32)" in term or term.endswith("frozen base") or term == "reference"
+
+
+def _activations(shape: ModelShape, setup: Setup, micro: int) -> int:
+    tokens = micro * (setup.prompt_length + setup.response_length)
     c = setup.compute_bytes
     per_layer = 34 * tokens * shape.hidden * c // 2
     if setup.activation_checkpointing:
-        acts = shape.layers * tokens * shape.hidden * c + per_layer
-    else:
-        acts = shape.layers * per_layer
-    response = setup.micro_batch * setup.response_length
-    if setup.algorithm == "reward":
-        logits = 0
-    else:
+        return shape.layers * tokens * shape.hidden * c + per_layer
+    return shape.layers * per_layer
+
+
+def _phases(shape: ModelShape, setup: Setup, critic: ModelShape | None) -> dict[str, dict[str, int]]:
+    c, v, r = setup.compute_bytes, shape.vocab, setup.response_length
+    seq = setup.prompt_length + r
+    training = {"activations": _activations(shape, setup, setup.micro_batch)}
+    if setup.algorithm != "reward":
         # Logits in the compute dtype and their gradient, plus 4 rows of fp32 log-softmax.
-        logits = 2 * response * shape.vocab * c + 2 * 4 * setup.response_length * shape.vocab * 4
-    kv = 0
+        training["logits"] = 2 * setup.micro_batch * r * v * c + 2 * 4 * r * v * 4
+    if setup.algorithm == "ppo" and critic is not None:
+        training["critic activations"] = _activations(critic, setup, setup.micro_batch)
+    if setup.strategy == "fsdp" and setup.lora_rank is None:
+        training["root unit gradients (fp32, unsharded)"] = 4 * shape.outside_blocks
+    phases = {"training": training}
     if setup.algorithm not in ("reward", "dpo"):  # dpo trains on given pairs: no generation
-        kv = 2 * setup.generation_batch * seq * shape.layers * shape.kv_dim * c
-    return {"activations": acts, "logits": logits, "kv cache": kv}
+        phases["generation"] = {
+            "kv cache": 2 * setup.generation_batch * seq * shape.layers * shape.kv_dim * c
+        }
+    if setup.algorithm == "ppo":
+        phases["rollout scoring"] = {
+            "rollout logits (whole batch)": setup.generation_batch * (r + 1) * v * c + 4 * (r + 1) * v * 4
+        }
+    return phases
 
 
-def estimate(shape: ModelShape, setup: Setup) -> Estimate:
-    """Peak bytes allocated on one GPU (the CUDA context, ~0.5-1 GiB, is not included)."""
-    return Estimate({**_weights(shape, setup), **_activations(shape, setup)})
+def _host(shape: ModelShape, setup: Setup, critic: ModelShape | None) -> tuple[dict[str, int], int]:
+    """(host terms of global rank 0, host bytes of one node's pod)."""
+    s, c = setup.shards, setup.compute_bytes
+    trained = [shape] + ([critic] if setup.algorithm == "ppo" and critic is not None else [])
+    per_param = sum(lora_params(m, setup) if setup.lora_rank else m.params // s for m in trained)
+    held: dict[str, int] = {"process (python, torch, CUDA)": HOST_BASELINE}
+    if setup.cpu_offload and setup.strategy == "fsdp":
+        held["offloaded shards"] = 16 * per_param + (c * shape.params // s if setup.lora_rank else 0)
+    transient: dict[str, int] = {}
+    if setup.checkpoints and setup.algorithm == "ppo":
+        transient["checkpoint staging (fp32 weights + AdamW)"] = 12 * per_param
+    rank0: dict[str, int] = {
+        "publishing (one file + one whole tensor)": PUBLISH_FILE_BYTES + 4 * shape.vocab * shape.hidden
+    }
+    if setup.trl:  # from_pretrained in the load dtype: fp32 master weights unless LoRA
+        whole = (c if setup.lora_rank else 4) * shape.params
+        if setup.strategy == "fsdp":  # accelerate's cpu_ram_efficient_loading: local rank 0 only
+            rank0["loading (the whole model, local rank 0)"] = whole
+        else:
+            transient["loading (the whole model, every process)"] = whole
+    others = sum(held.values()) + max(transient.values(), default=0)
+    largest = max({**transient, **rank0}.items(), key=lambda kv: kv[1])
+    per_node = others * (setup.gpus_per_node - 1) + sum(held.values()) + largest[1]
+    return {**held, largest[0]: largest[1]}, per_node
 
 
-def fits(shape: ModelShape, setup: Setup, gpu_bytes: int, headroom: float = 0.9) -> bool:
+def estimate(
+    shape: ModelShape, setup: Setup, *, reward: ModelShape | None = None, critic: ModelShape | None = None
+) -> Estimate:
+    """Peak bytes per process on its GPU (the CUDA context, ~0.5-1 GiB, is not included) and host.
+
+    `reward`: the colocated reward model's shape; `critic`: PPO's critic's (None: a value head on the
+    policy, as before issue 20)."""
+    held = _held(shape, setup, reward, critic)
+    phases = _phases(shape, setup, critic)
+    peak = max(phases, key=lambda name: sum(phases[name].values()))
+    host, per_node = _host(shape, setup, critic)
+    return Estimate({**held, **phases[peak]}, phases, peak, host, per_node)
+
+
+def fits(
+    shape: ModelShape, setup: Setup, gpu_bytes: int, headroom: float = HEADROOM, **models: ModelShape
+) -> bool:
     """True when the estimate leaves 10% of the GPU for the CUDA context and fragmentation."""
-    return estimate(shape, setup).total <= math.floor(gpu_bytes * headroom)
+    return estimate(shape, setup, **models).total <= math.floor(gpu_bytes * headroom)
+
+
+def whole_model_fits_beside_training(
+    shape: ModelShape, setup: Setup, gpu_bytes: int, headroom: float = HEADROOM, **models: ModelShape
+) -> bool:
+    """Whether the whole policy, gathered in the compute dtype (a generation engine's copy, or FSDP's
+    summon_full_params), fits beside what training holds and the generation's KV cache."""
+    est = estimate(shape, setup, **models)
+    held = sum(v for k, v in est.parts.items() if k not in est.phases.get(est.peak_phase, {}))
+    kv = sum(est.phases.get("generation", {}).values())
+    return held + setup.compute_bytes * shape.params + kv <= math.floor(gpu_bytes * headroom)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ module (which posts `Event`s) do not depend on the state machine.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,11 +36,16 @@ class Observed:
     progress: ProgressRecord | None = None
     #: Every progress record in the log tail read, oldest first (the guardrails replay them).
     progress_history: tuple[ProgressRecord, ...] = ()
+    #: What the operator found at the model sources (config.json), for the memory estimate.
+    model_configs: Mapping[str, Any] = field(default_factory=dict)
 
     def pods_of(self, stage: StageKey) -> list[Manifest]:
         return [
             p for p in self.pods if p.get("metadata", {}).get("labels", {}).get(LABEL_STAGE) == str(stage)
         ]
+
+    def with_model_configs(self, found: Mapping[str, Any]) -> Observed:
+        return replace(self, model_configs=found)
 
     def with_missing(self, missing: tuple[str, ...], refused: tuple[str, ...] = ()) -> Observed:
         return replace(self, missing=missing, refused=refused)

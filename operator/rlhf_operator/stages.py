@@ -47,6 +47,10 @@ class JobShape:
     extra_env: tuple[Manifest, ...] = ()
     #: Pods get stable DNS names `<job>-<index>.<job>` through a headless Service of that name.
     headless_service: bool = False
+    #: Its pods train as one group (several nodes under torchrun): one pod's failure fails the Job,
+    #: and the operator replaces the whole Job (`pipeline/group_restart.py`) instead of Kubernetes
+    #: recreating that one pod while the others wait in a collective.
+    restart_as_group: bool = False
 
 
 def _one_pod(_: str, __: str, ___: RLHFJobSpec) -> JobShape:
@@ -94,6 +98,7 @@ def _torchrun_shape(job_name: str, namespace: str, command: str, nodes: int, gpu
         command=launcher,
         extra_env=env,
         headless_service=True,
+        restart_as_group=nodes > 1,
     )
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +112,15 @@ class Run:
     final: dict[str, Any]
     progress: list[dict[str, Any]]
     data: Path
+    #: What a test did to the run while it ran (the two-node run: the pod it killed, and when).
+    disturbed: dict[str, Any] = field(default_factory=dict)
 
 
-def run_tiny_job(pipeline: Pipeline, namespace: str, job: dict[str, Any]) -> Run:
+def run_tiny_job(
+    pipeline: Pipeline, namespace: str, job: dict[str, Any], show: Callable[[str], None] | None = None
+) -> Run:
     """Applies `job` and follows it to the end; its final status and the policy progress the status
-    showed while the policy trained."""
+    showed while the policy trained. `show` sees each line of progress the run prints."""
     cluster, name = pipeline.cluster, job["metadata"]["name"]
     progress: list[dict[str, Any]] = []
 
@@ -123,7 +129,7 @@ def run_tiny_job(pipeline: Pipeline, namespace: str, job: dict[str, Any]) -> Run
         metrics = status.get("status", {}).get("metrics", {})
         if status["status"].get("currentStage") == "policy" and "policyStep" in metrics:
             progress.append(metrics)
-        print(line)
+        (show or print)(line)
 
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
     final = follow(cluster, namespace, name, timeout_s=1200, show=record)
@@ -137,9 +143,36 @@ def tiny(pipeline: Pipeline) -> Run:
 
 @pytest.fixture(scope="module")
 def two_nodes(pipeline: Pipeline) -> Run:
+    """The tiny job with a two-node fsdp policy whose pod 1 is SIGKILLed (as a lost node) once a
+    checkpoint is committed while both pods run."""
+    cluster, namespace = pipeline.cluster, NAMESPACES[1]
     job = yaml.safe_load(EXAMPLE.read_text())
-    job["spec"]["stages"]["policy"].update(nodes=2, distributed={"strategy": "fsdp"})
-    return run_tiny_job(pipeline, NAMESPACES[1], job)
+    job["spec"]["stages"]["policy"].update(nodes=2, distributed={"strategy": "fsdp"}, checkpointInterval=5)
+    killed: dict[str, Any] = {}
+    jobs_dir = pipeline.data_dir(namespace) / "rlhf-jobs" / namespace
+
+    def kill_pod_1_after_a_checkpoint(line: str) -> None:
+        print(time.strftime("%H:%M:%S"), line)  # the restart's cost shows in the log
+        committed = list(jobs_dir.glob("tiny/*/policy/checkpoints/step-*/_SUCCESS"))
+        if killed or not committed:
+            return
+        pods = {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p
+            for p in policy_pods(cluster, namespace)
+        }
+        if sorted(pods) != ["0", "1"] or any(p["status"].get("phase") != "Running" for p in pods.values()):
+            return
+        target = pods["1"]["metadata"]
+        killed.update(pids=kill_pod_processes(pipeline.workdir, namespace, target["name"], target["uid"]),
+                      uids={p["metadata"]["uid"] for p in pods.values()}, after=sorted(map(str, committed)))  # fmt: skip
+        print(
+            time.strftime("%H:%M:%S"),
+            f"killed pod {target['name']} (processes {killed['pids']}) after {killed['after'][-1]}",
+        )
+
+    run = run_tiny_job(pipeline, namespace, job, show=kill_pod_1_after_a_checkpoint)
+    run.disturbed.update(killed)
+    return run
 
 
 def stage_pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
@@ -188,35 +221,55 @@ def test_tiny_job_runs_for_real_and_the_policy_beats_the_base_model(
     assert (promoted / "model.safetensors").exists()
 
 
-@pytest.mark.timeout(1500)
-def test_policy_on_two_nodes_rendezvous_for_real_and_its_fsdp_policy_wins(
+@pytest.mark.timeout(1800)
+def test_policy_on_two_nodes_restarts_as_a_group_and_its_fsdp_policy_wins(
     two_nodes: Run, executed_cluster: LocalCluster
 ) -> None:
     """`nodes: 2`, strategy fsdp: two policy pods of one Indexed Job, each a torchrun agent, meet
     at node 0's rendezvous (the headless Service's name and port, on 127.0.0.1) and train one
-    sharded policy; the whole tiny pipeline around it still wins >= 0.9 of evaluation prompts."""
-    cluster, namespace, job, final = executed_cluster, two_nodes.namespace, two_nodes.job, two_nodes.final
+    sharded policy. Once a checkpoint is committed, pod 1's processes are killed (SIGKILL, as a lost
+    node): the operator replaces both pods (one group restart, on the RLHFJob), the new pods resume
+    from the checkpoint, the step counter continues from it, and the pipeline still wins >= 0.9."""
+    cluster, namespace, final = executed_cluster, two_nodes.namespace, two_nodes.final
+    killed = two_nodes.disturbed
+    steps = two_nodes.job["spec"]["stages"]["policy"]["steps"]
 
+    assert killed.get("pids"), "no checkpoint was committed while both pods ran"
     assert final["phase"] == "Succeeded", final.get("message")
     assert final["metrics"]["winRate"] >= 0.9, final["metrics"]
-    assert final["metrics"]["policyStep"] == job["spec"]["stages"]["policy"]["steps"]
-    policy = [
-        p
-        for p in stage_pods(cluster, namespace)
-        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
-    ]
+    assert final["metrics"]["policyStep"] == steps
+    record = next(s for s in final["stages"] if s["name"] == "policy")
+    assert record["restarts"] == 1 and record["restartedJobUid"], record
+    events = json.loads(
+        cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "reason=GroupRestart", "-o", "json"
+        ).stdout
+    )["items"]
+    assert [e["type"] for e in events] == ["Warning"] and "pod 1 failed" in events[0]["message"], events
+    # Both pods were replaced: the two that finished are new ones.
+    policy = policy_pods(cluster, namespace)
     by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in policy}
-    assert sorted(by_index) == ["0", "1"], [p["metadata"]["name"] for p in policy]
-    assert all(p["status"]["phase"] == "Succeeded" for p in policy)
+    assert sorted(by_index) == ["0", "1"] and all(p["status"]["phase"] == "Succeeded" for p in policy)
+    assert not {p["metadata"]["uid"] for p in policy} & killed["uids"]
+    logs = {index: pod_log(cluster, namespace, pod["metadata"]["name"]) for index, pod in by_index.items()}
+    # One training run of world size 2: global rank 0 (node 0) reports progress, rank 1 does not;
+    # it resumed from the checkpoint and its steps continue from there.
+    assert "RLHF_PROGRESS" in logs["0"] and "RLHF_PROGRESS" not in logs["1"], logs["1"][-2000:]
+    resumed = re.search(r"resumed from checkpoint step (\d+)", logs["0"])
+    assert resumed is not None, logs["0"][-3000:]
+    first = json.loads(
+        next(ln for ln in logs["0"].splitlines() if "RLHF_PROGRESS " in ln).split("RLHF_PROGRESS ", 1)[1]
+    )
+    assert first["step"] == int(resumed.group(1)) + 1 and int(resumed.group(1)) >= 5, (
+        resumed.group(0),
+        first,
+    )
     service = json.loads(
         cluster.kubectl(
             "get", "service", "-n", namespace, policy[0]["spec"]["subdomain"], "-o", "json"
         ).stdout
     )
     assert service["spec"]["clusterIP"] == "None"
-    logs = {index: pod_log(cluster, namespace, pod["metadata"]["name"]) for index, pod in by_index.items()}
-    # One training run of world size 2: global rank 0 (node 0) reports progress, rank 1 does not.
-    assert "RLHF_PROGRESS" in logs["0"] and "RLHF_PROGRESS" not in logs["1"], logs["1"][-2000:]
 
 
 def pod_log(cluster: LocalCluster, namespace: str, pod: str) -> str:
@@ -391,3 +444,31 @@ def test_the_dashboard_renders_from_the_runs_series(tiny: Run, pipeline: Pipelin
     ]
     assert len(set(points)) >= 2  # the reward moved while the policy trained, as the status showed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 30_000
+
+
+def policy_pods(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in stage_pods(cluster, namespace)
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "policy"
+    ]
+
+
+def kill_pod_processes(workdir: Path, namespace: str, name: str, uid: str) -> list[int]:
+    """SIGKILLs the process group the local pod executor started for the pod (its container's
+    processes: the torchrun agent and its worker), found by their working directory, the pod's."""
+    pod_dir = (workdir / "executor" / "pods" / f"{namespace}_{name}_{uid[:8]}").resolve()
+    leaders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(proc / "cwd")).resolve() == pod_dir and os.getpgid(int(proc.name)) == int(
+                proc.name
+            ):
+                leaders.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    for pid in leaders:
+        os.killpg(pid, signal.SIGKILL)
+    return leaders

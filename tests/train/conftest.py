@@ -17,6 +17,7 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
 REPO = Path(__file__).resolve().parents[2]
 KEYWORDS = ["good", "great", "nice", "happy"]
+BUCKET = "rlhf-test"
 
 
 def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
@@ -179,3 +180,43 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-assets")
     make_tiny_assets(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh bucket on a local S3 server; the environment points boto at it for this module."""
+    import logging
+    import urllib.request
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from tests.support.ports import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # moto keeps its buckets in this process's memory, shared by every server it starts: empty them,
+    # so each module that uses the fixture starts with a fresh bucket.
+    reset = urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=30).close()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch_module.setenv(key, value)
+    try:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        yield fs
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

@@ -7,9 +7,7 @@ as they reach S3 on EKS (s3fs over botocore, credentials from the environment).
 from __future__ import annotations
 
 import json
-import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,42 +15,9 @@ import pytest
 import yaml
 
 from rlhf_operator.api import artifacts
-from tests.support.ports import free_port
-from tests.train.conftest import run_cli, stage_config, tiny_manifest
+from tests.train.conftest import BUCKET, run_cli, stage_config, tiny_manifest
 
 pytestmark = pytest.mark.train
-BUCKET = "rlhf-test"
-
-
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A fresh bucket on a local S3 server; the environment points boto at it for this module."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch_module.setenv(key, value)
-    try:
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        fs.mkdir(BUCKET)
-        yield fs
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 @pytest.fixture(scope="module")

@@ -46,11 +46,13 @@ def test_a_job_that_cannot_fit_is_refused_before_any_job() -> None:
 
 
 def test_what_fits_or_is_unknown_is_not_refused() -> None:
-    """LoRA + fsdp over 8 GPUs with checkpointing fits; without the GPU table nothing is refused."""
+    """LoRA + fsdp over 8 GPUs with checkpointing and the reward model served apart fits; without
+    the GPU table nothing is refused."""
     fixed = rlhfjob(
         **BIG,
         stages={
             "policy": {
+                "rewardPlacement": "remote",
                 "lora": {"rank": 16},
                 "activationCheckpointing": True,
                 "microBatchSize": 2,
@@ -60,6 +62,11 @@ def test_what_fits_or_is_unknown_is_not_refused() -> None:
         },
     )
     assert fit_problem(fixed.spec, CONFIG) is None
+    # The same with the 8B reward model colocated: a whole bf16 copy in every process (15 GiB).
+    colocated = json.loads(fixed.spec.model_dump_json(by_alias=True))
+    colocated["stages"]["policy"]["rewardPlacement"] = "colocated"
+    problem = fit_problem(rlhfjob(**colocated).spec, CONFIG)
+    assert problem is not None and "reward model (colocated, whole) 14.9" in problem, problem
     assert fit_problem(rlhfjob(**BIG, stages=ONE_SMALL_GPU).spec, OperatorConfig()) is None
     plan = reconcile(fixed, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN)
     assert [m["metadata"]["name"] for m in plan.create if m["kind"] == "Job"] == ["tiny-precompute"]

@@ -31,6 +31,11 @@ class DistributedSpec(ApiModel):
             "`cpuOffload` must be used with `strategy: fsdp` (ddp keeps the whole model on every GPU)",
             lambda d: not d.cpu_offload or d.strategy == Strategy.FSDP,
         ),
+        CelRule(
+            "!self.hybridShard || self.strategy == 'fsdp'",
+            "`hybridShard` must be used with `strategy: fsdp` (it shards within a node, replicates across)",
+            lambda d: not d.hybrid_shard or d.strategy == Strategy.FSDP,
+        ),
     )
 
     strategy: Strategy = Field(
@@ -40,6 +45,17 @@ class DistributedSpec(ApiModel):
     )
     cpu_offload: bool = Field(
         False, description="Keep the sharded parameters and optimizer states in CPU memory (fsdp)."
+    )
+    hybrid_shard: bool = Field(
+        False,
+        description="With several nodes, shard within each node and replicate across nodes (HSDP; fsdp, "
+        "ppo), so the per-layer all-gathers stay inside a node.",
+    )
+    timeout_seconds: int = Field(
+        1800,
+        ge=60,
+        le=86_400,
+        description="How long a collective (NCCL/gloo) may wait for the other processes before it fails.",
     )
 
 

@@ -15,7 +15,7 @@ from rlhf_operator.children import JobIdentity, Manifest
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.pipeline.context import PlanningPass, TokenSource, dump, stored_status
 from rlhf_operator.pipeline.dependencies import dependencies, refused_secrets
-from rlhf_operator.pipeline.events import phase_events, stage_events, waiting_events
+from rlhf_operator.pipeline.events import memory_fit_events, phase_events, stage_events, waiting_events
 from rlhf_operator.pipeline.network import ensure_network_policy
 from rlhf_operator.pipeline.progress import progress_pod
 from rlhf_operator.pipeline.progression import stage_records
@@ -58,6 +58,7 @@ def reconcile(
     ctx.plan.events.extend(stage_events(ctx.previous, records))
     ctx.plan.events.extend(waiting_events(ctx.old, new))
     ctx.plan.events.extend(phase_events(ctx.old, new))
+    ctx.plan.events.extend(memory_fit_events(ctx.old, new))
     return ctx.plan
 
 

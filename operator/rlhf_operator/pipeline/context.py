@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from rlhf_operator.api import artifacts
 from rlhf_operator.api.v1alpha1 import Artifacts, Metrics, RLHFJob, RLHFJobSpec, RLHFJobStatus, StageStatus
 from rlhf_operator.children import JobIdentity, Manifest
 from rlhf_operator.config import OperatorConfig
+from rlhf_operator.pipeline.fit import FitReport, fit_report
 from rlhf_operator.plan import Observed, Plan
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ class PlanningPass:
     @property
     def spec(self) -> RLHFJobSpec:
         return self.job.spec
+
+    @functools.cached_property
+    def fit(self) -> FitReport:
+        """The training stages' memory estimate against their capacity (once per pass)."""
+        return fit_report(self.spec, self.config, self.observed.model_configs)
 
     @property
     def generation(self) -> int | None:

@@ -58,3 +58,15 @@ def phase_events(old: RLHFJobStatus, new: RLHFJobStatus) -> list[Event]:
     if Phase.SUSPENDED in (before, after):
         events.append(Event("Normal", "Suspended" if after is Phase.SUSPENDED else "Resumed", message))
     return events
+
+
+def memory_fit_events(old: RLHFJobStatus, new: RLHFJobStatus) -> list[Event]:
+    """A Warning when the memory estimate becomes Unknown (the model's shape could not be read)."""
+    kind = ConditionType.MEMORY_FIT.value
+    before = next((c for c in old.conditions if c.type == kind), None)
+    after = next((c for c in new.conditions if c.type == kind), None)
+    if after is None or after.status is not ConditionStatus.UNKNOWN:
+        return []
+    if before is not None and before.status is after.status and before.reason == after.reason:
+        return []
+    return [Event("Warning", after.reason, after.message)]

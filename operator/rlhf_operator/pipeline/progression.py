@@ -14,7 +14,8 @@ from rlhf_operator.guardrails import GUARDRAIL_TRIPPED, Trip, check_progress
 from rlhf_operator.naming import child_name
 from rlhf_operator.pipeline.context import PlanningPass, parse_time, updated
 from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
-from rlhf_operator.pipeline.fit import DOES_NOT_FIT, Refusal, fit_refusal
+from rlhf_operator.pipeline.fit import Refusal
+from rlhf_operator.pipeline.group_restart import group_restart, restarting
 from rlhf_operator.pipeline.labels import awaited_labels
 from rlhf_operator.pipeline.reward_server import reward_server_endpoint_if_ready
 from rlhf_operator.pipeline.status import queued_message
@@ -72,7 +73,7 @@ def _refusal(ctx: PlanningPass) -> Refusal | None:
     """A training stage that cannot fit its GPUs, found before any Job of the pipeline runs:
     nothing starts that a later stage cannot finish, and once refused the earlier stages stay
     unstarted."""
-    refusal = fit_refusal(ctx.spec, ctx.config)
+    refusal = ctx.fit.refusal()
     if refusal is None:
         return None
     before = ctx.previous.get(refusal.stage.value)
@@ -84,11 +85,11 @@ def _refusal(ctx: PlanningPass) -> Refusal | None:
 
 def _refuse(ctx: PlanningPass, stage: StageName, record: StageStatus, refusal: Refusal) -> None:
     if stage is refusal.stage:
-        record.state, record.message = StageState.FAILED, f"{DOES_NOT_FIT}: {refusal.message}"
-        ctx.plan.events.append(Event("Warning", DOES_NOT_FIT, refusal.message))
+        record.state, record.message = StageState.FAILED, f"{refusal.reason}: {refusal.message}"
+        ctx.plan.events.append(Event("Warning", refusal.reason, refusal.message))
     else:
         record.state = StageState.PENDING
-        record.message = f"Not started: stage {refusal.stage.value} does not fit its GPUs."
+        record.message = f"Not started: stage {refusal.stage.value} was refused ({refusal.reason})."
 
 
 def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
@@ -113,6 +114,8 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         record.usage,
         ctx.now,
     )
+    if restarting(ctx, stage, record, child):
+        return
     finished = job_finished(child)
     if finished is None:
         _keep_suspension(ctx, child, name)
@@ -148,12 +151,18 @@ def _advance(ctx: PlanningPass, stage: StageName, record: StageStatus) -> None:
         record.state, record.message = StageState.FAILED, f"{GUARDRAIL_TRIPPED}: {failure.error}"
         if failure.artifacts is not None:
             ctx.artifacts = updated(ctx.artifacts, failure.artifacts)
+    elif group_restart(ctx, stage, record, child, pods):
+        record.completion_time = None
     else:
         detail = failure_message(pods)
         reason = condition.get("reason") or "Failed"
         text = condition.get("message") or "the stage's Job failed"
         record.state = StageState.FAILED
         record.message = f"{reason}: {text.rstrip('.')}." + (f" Last pod: {detail}" if detail else "")
+        if record.restarts:
+            record.message += (
+                f" The group was restarted {record.restarts} time(s) before, its pod.backoffLimit."
+            )
 
 
 def _stop_tripped(ctx: PlanningPass, name: str, record: StageStatus, trip: Trip) -> None:

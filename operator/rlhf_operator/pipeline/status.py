@@ -16,11 +16,15 @@ from rlhf_operator.api.v1alpha1 import (
 )
 from rlhf_operator.gate import Verdict, verdict
 from rlhf_operator.guardrails import GUARDRAIL_TRIPPED
+from rlhf_operator.memory_estimate import GIB
 from rlhf_operator.pipeline.context import PlanningPass
+from rlhf_operator.pipeline.fit import FitReport
 from rlhf_operator.pipeline.scheduling import unschedulable
 from rlhf_operator.usage import total_usage
 
 DONE = {StageState.SUCCEEDED, StageState.SKIPPED}
+#: Conditions whose message stays when they are False (it says why).
+_ALWAYS_SAID = (ConditionType.PROMOTED, ConditionType.MEMORY_FIT)
 AWAITING_LABELS = "Stage ranking waits for human labels"
 SECRET_NOT_ALLOWED = "SecretNotAllowed"
 #: A stage's message while its Job waits, suspended, for Kueue to admit it (spec.queueName).
@@ -120,7 +124,7 @@ def _waiting_reason(ctx: PlanningPass, phase: Phase, message: str, current: Stag
 def conditions(ctx: PlanningPass, phase: Phase, message: str, records: list[StageStatus]) -> list[Condition]:
     reason = _waiting_reason(ctx, phase, message, current_stage(records))
     waiting = reason is not None
-    wanted: list[tuple[ConditionType, bool, str, str]] = [
+    wanted: list[tuple[ConditionType, bool | None, str, str]] = [
         (ConditionType.RUNNING, phase is Phase.RUNNING, "StageRunning" if phase is Phase.RUNNING else phase.value,
          message),
         (ConditionType.SUSPENDED, phase is Phase.SUSPENDED,
@@ -135,10 +139,19 @@ def conditions(ctx: PlanningPass, phase: Phase, message: str, records: list[Stag
     if promotion is not None:
         # Only once the job succeeded: `kubectl wait --for=condition=Promoted` then returns at the end.
         wanted.append((ConditionType.PROMOTED, promotion.promoted, promotion.reason, promotion.message))
+    fit = memory_fit(ctx)
+    if fit is not None:
+        wanted.append(fit)
     old = {c.type: c for c in ctx.old.conditions}
     out = []
     for kind, true, reason, text in wanted:
-        status = ConditionStatus.TRUE if true else ConditionStatus.FALSE
+        status = (
+            ConditionStatus.UNKNOWN
+            if true is None
+            else ConditionStatus.TRUE
+            if true
+            else ConditionStatus.FALSE
+        )
         previous = old.get(kind.value)
         changed = previous is None or previous.status is not status
         out.append(
@@ -150,7 +163,40 @@ def conditions(ctx: PlanningPass, phase: Phase, message: str, records: list[Stag
                 if changed or previous is None
                 else previous.last_transition_time,
                 reason=reason,
-                message=text if true or kind is ConditionType.PROMOTED else "",
+                message=text if true is not False or kind in _ALWAYS_SAID else "",
             )
         )
     return out
+
+
+def memory_fit(ctx: PlanningPass) -> tuple[ConditionType, bool | None, str, str] | None:
+    """MemoryFit: True with the estimates, False when a stage was refused, Unknown when the model's
+    shape could not be read; absent when nothing was checked (no GPU table, no memory limits)."""
+    report = ctx.fit
+    if report.problem is not None:
+        refused = report.refusal() is not None
+        return (
+            ConditionType.MEMORY_FIT,
+            False if refused else None,
+            report.problem.reason,
+            report.problem.message,
+        )
+    if not report.checked:
+        return None
+    refusal = report.refusal()
+    if refusal is not None:
+        return ConditionType.MEMORY_FIT, False, refusal.reason, refusal.message
+    return ConditionType.MEMORY_FIT, True, "Fits", fit_summary(report)
+
+
+def fit_summary(report: FitReport) -> str:
+    def cap(value: float | None, unit: float = 1.0) -> str:
+        return f" of {value / unit:.0f}" if value is not None else ""
+
+    parts = [
+        f"{s.section} {s.estimate.gib:.1f}{cap(s.gpu_gib)} GiB per GPU, "
+        f"{s.estimate.host_per_node / GIB:.0f}{cap(s.host_bytes, GIB)} GiB host per pod"
+        for s in report.stages
+    ]
+    origin = report.shape.origin if report.shape is not None else ""
+    return f"Estimated {'; '.join(parts)} (model shape: {origin})."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,13 +30,15 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "RANK" in os.environ
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(timeout_seconds: int | None = None) -> DistInfo:
+    """`timeout_seconds`: how long a collective waits for the others (`distributed.timeoutSeconds`)."""
     cuda = torch.cuda.is_available()
     if not launched_by_torchrun():
         return DistInfo(0, 1, 0, torch.device("cuda" if cuda else "cpu"))
     local_rank = int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        timeout = timedelta(seconds=timeout_seconds) if timeout_seconds else None
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -61,6 +64,12 @@ def local_processes() -> int:
 
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
+        dist.barrier()
+
+
+def wait_for_all() -> None:
+    """A barrier over every process when torch.distributed runs (the TRL trainers' processes)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 

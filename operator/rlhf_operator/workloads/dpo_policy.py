@@ -13,16 +13,16 @@ import tempfile
 import time
 from typing import Any
 
-from rlhf_operator.workloads import layout, storage
+from rlhf_operator.workloads import layout
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.lora import lora_settings, peft_config
 from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.progress import emit_progress
+from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_model import load_pairs
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
 from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
-from rlhf_operator.workloads.trl_policy import plain_model
 
 
 def dpo_rows(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, str]]:
@@ -117,10 +117,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
         trainer.remove_callback(PrinterCallback)
         print(f"dpo: {len(pairs)} preference pairs, beta {spec.stages.policy.kl_coef}", flush=True)
         trainer.train()
-        if trainer.is_world_process_zero():
-            plain_model(trainer, str(spec.base_model.dtype)).save_pretrained(f"{work}/model")
-            tokenizer.save_pretrained(f"{work}/model")
-            storage.publish_dir(
-                f"{work}/model", layout.policy_dir(ctx.artifact_root), {"steps": steps, "algorithm": "dpo"}
-            )
+        publish_trained(
+            trainer, str(spec.base_model.dtype), tokenizer, layout.policy_dir(ctx.artifact_root),
+            {"steps": steps, "algorithm": "dpo"},
+        )  # fmt: skip
     return steps, last

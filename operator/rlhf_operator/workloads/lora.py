@@ -50,6 +50,30 @@ def add_adapter(model: nn.Module, settings: LoraSettings, task_type: str = "CAUS
     return peft_model
 
 
+def add_adapter_on_meta(
+    model: nn.Module, settings: LoraSettings, task_type: str = "CAUSAL_LM"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """PEFT's adapter on a model still on the meta device, and the adapter's initial values: PEFT's
+    own initialisation run on the CPU (every process draws the same, from the same seed), to set
+    once the model is sharded and allocated."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    peft_model = add_adapter(model, settings, task_type)
+    config: Any = peft_model.peft_config
+    init = config["default"].init_lora_weights
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        for adapter in layer.lora_A:
+            layer.lora_A[adapter].to_empty(device="cpu")
+            layer.lora_B[adapter].to_empty(device="cpu")
+            layer.reset_lora_parameters(adapter, init)  # type: ignore[no-untyped-call]
+    initial = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+    for layer in layers:  # back to meta: the whole model is sharded and allocated together
+        layer.lora_A.to("meta")
+        layer.lora_B.to("meta")
+    return peft_model, initial
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "merge_and_unload")
 
@@ -59,24 +83,3 @@ def trainable_fraction(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def merged_from_state(peft_model: nn.Module, state: dict[str, Any]) -> nn.Module:
-    """A merged plain model from a full (gathered) PEFT state dict: call on one rank, CPU only.
-
-    The adapter weights of `state` are loaded into an unsharded copy of `peft_model`'s structure,
-    built from its base config, then merged.
-    """
-    import copy
-
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base_config = copy.deepcopy(peft_model.get_base_model().config)  # type: ignore[operator]
-    dtype = base_config.dtype
-    fresh = AutoModelForCausalLM.from_config(base_config, dtype=dtype)  # type: ignore[no-untyped-call]
-    config: Any = peft_model.peft_config["default"]  # type: ignore[index]
-    clone = get_peft_model(fresh, copy.deepcopy(config))
-    clone.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    merged: nn.Module = clone.merge_and_unload()
-    return merged

@@ -101,12 +101,17 @@ def load_causal_lm(
             f"cannot load {what} from {source} as a causal LM: {exc}", "ModelNotFound"
         ) from exc
     if tokenizer is not None:
-        check_compatible(model, tokenizer, what)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        if model.generation_config is not None and model.generation_config.pad_token_id is None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        fit_tokenizer(model, tokenizer, what)
     return model
+
+
+def fit_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str) -> None:
+    """Checks the tokenizer belongs to the model and gives the model its pad token."""
+    check_compatible(model, tokenizer, what)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def load_seq_cls(

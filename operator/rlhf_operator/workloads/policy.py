@@ -56,6 +56,8 @@ def train_plan(ctx: StageContext, training: Any) -> Any:
         strategy=str(training.distributed.strategy),
         cpu_offload=training.distributed.cpu_offload,
         activation_checkpointing=training.activation_checkpointing,
+        hybrid_shard=training.distributed.hybrid_shard,
+        nodes=training.nodes,
     )
 
 
@@ -63,7 +65,7 @@ def run_ppo(ctx: StageContext) -> StageResult:
     from rlhf_operator.workloads import ppo_models
     from rlhf_operator.workloads.ppo import PPOTrainerLite
 
-    info = init_distributed()
+    info = init_distributed(ctx.typed_spec.stages.policy.distributed.timeout_seconds)
     settings = _settings(ctx, info.world_size)
     if (
         settings.batch_size % settings.num_generations
@@ -82,22 +84,23 @@ def run_ppo(ctx: StageContext) -> StageResult:
     interval = spec.stages.policy.checkpoint_interval
     resume = checkpoint.latest_checkpoint(root) if interval > 0 else None
     adapter = lora.lora_settings(spec.stages.policy)
-    # The vllm engine is checked before anything loads, so a missing one fails the stage at once.
-    engine_check = _vllm_starter(ctx, tokenizer, resume[1] if resume and adapter is None else base, adapter)
+    # The vllm engine is checked before anything loads, so a missing one fails the stage at once. It
+    # starts from the base model's files: a resumed run pushes its trained weights into it below.
+    engine_check = _vllm_starter(ctx, tokenizer, base, adapter)
     reward = make_reward(ctx)
     prompts = training_prompts(ctx)
     seed_everything(settings.seed)
-    # The reference is always the base model; the policy starts from the newest checkpoint if any
-    # (under LoRA from the base, with the checkpoint's adapter loaded by load_state).
+    # The reference is the base model; the policy too, unless a checkpoint fills what is trained.
     models = ppo_models.build(
-        resume[1] if resume and adapter is None else base,
+        base,
         base,
         tokenizer,
         str(spec.base_model.dtype),
         plan=train_plan(ctx, spec.stages.policy),
         info=info,
         adapter=adapter,
-        revision=None if resume and adapter is None else revision,
+        revision=revision,
+        trained_weights_follow=resume is not None,
     )
     policy, plan = models.policy, models.plan
     trainer = PPOTrainerLite(
@@ -107,20 +110,24 @@ def run_ppo(ctx: StageContext) -> StageResult:
         trainer.vllm = engine_check(policy.lm)
     start = 0
     if resume:
-        state = checkpoint.load_state(resume[1])
-        trainer.load_state(state)
-        checkpoint.set_rng_state(state["rng"])
-        start = int(state["step"])
+        saved = checkpoint.load(resume[1], trainer.train_state(), info)
+        trainer.restore_scalars(saved["scalars"])
+        start = int(saved["step"])
         print(f"resumed from checkpoint step {start} ({resume[1]})", flush=True)
+        if trainer.vllm is not None:  # the engine loaded the base: it samples from the resumed weights
+            trainer.vllm.sync(policy.lm, plan.compute_dtype)
+    checkpointer = checkpoint.Checkpointer(root, info) if interval else None
     with trainer_tracking(ctx, "policy", info.is_main) as tracking:
         scalars = StageMetrics(tracking, asdict(settings)) if info.is_main else None
         try:
-            stats = _train(ctx, trainer, settings, start, scalars)
+            stats = _train(
+                ctx, trainer, settings=settings, start=start, scalars=scalars, checkpointer=checkpointer
+            )
         finally:  # a guardrail trip still leaves the steps up to it in TensorBoard
             if scalars is not None:
                 scalars.close()
     with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
-        if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work):
+        if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work, info):
             storage.publish_dir(work, layout.policy_dir(root), {"steps": settings.steps, "algorithm": "ppo"})
     barrier(info)
     shutdown(info)
@@ -160,10 +167,16 @@ def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) 
 
 
 def _train(
-    ctx: StageContext, trainer: Any, settings: Any, start: int, scalars: StageMetrics | None
+    ctx: StageContext,
+    trainer: Any,
+    *,
+    settings: Any,
+    start: int,
+    scalars: StageMetrics | None,
+    checkpointer: checkpoint.Checkpointer | None,
 ) -> dict[str, float]:
     """The PPO steps after `start`: progress lines, tracked scalars and checkpoints."""
-    info, plan = trainer.dist, trainer.plan
+    info = trainer.dist
     interval = ctx.typed_spec.stages.policy.checkpoint_interval
     stats: dict[str, float] = {}
     # Every process sees the same global reward, KL and loss, so all of them stop at the same step.
@@ -183,31 +196,31 @@ def _train(
             )
         if scalars is not None:
             scalars.log(step, ppo_scalars(stats, trainer.optimizer.param_groups[0]["lr"]))
-        _stop_if_tripped(guard, ctx.artifact_root, step, stats)
-        if interval and step % interval == 0 and step < settings.steps:
-            _save_checkpoint(ctx.artifact_root, step, trainer, trainer.tokenizer, plan)
-            barrier(info)
+        if checkpointer is not None:
+            checkpointer.poll()  # commits the checkpoint written in the background, once all have
+        _stop_if_tripped(guard, ctx.artifact_root, step, stats, checkpointer)
+        if checkpointer is not None and step % interval == 0 and step < settings.steps:
+            checkpointer.save(step, trainer.train_state())
+    if checkpointer is not None:
+        checkpointer.close()
     return stats
 
 
-def _stop_if_tripped(guard: GuardrailMonitor, root: str, step: int, stats: dict[str, float]) -> None:
+def _stop_if_tripped(
+    guard: GuardrailMonitor,
+    root: str,
+    step: int,
+    stats: dict[str, float],
+    checkpointer: checkpoint.Checkpointer | None,
+) -> None:
     """Raises at the step that trips a guardrail, before that step's checkpoint would be saved."""
     trip = guard.observe(step, stats["meanReward"], stats["kl"], stats["loss"])
     if trip is None:
         return
+    if checkpointer is not None:
+        checkpointer.close()  # the checkpoint in flight predates the trip: keep it
     kept = newest_before(checkpoint.complete_steps(root), step)
     raise GuardrailTrippedError(trip, None if kept is None else (kept, layout.checkpoint_dir(root, kept)))
-
-
-def _save_checkpoint(root: str, step: int, trainer: Any, tokenizer: Any, plan: Any) -> None:
-    """Every process gathers (a collective under fsdp); rank 0 writes."""
-    from rlhf_operator.workloads import ppo_models
-
-    state = trainer.state()
-    model = ppo_models.plain_model(trainer.policy, plan.compute_dtype)
-    if model is not None:
-        uri = checkpoint.save_checkpoint(root, step, model, tokenizer, state)
-        print(f"checkpoint step {step} -> {uri}", flush=True)
 
 
 def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResult:

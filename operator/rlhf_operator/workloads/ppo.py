@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_operator.workloads import ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads.checkpoint import TrainState
 from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
 from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
@@ -382,21 +383,14 @@ class PPOTrainerLite:
             "seconds": time.perf_counter() - started,
         }
 
-    def state(self) -> dict[str, Any]:
-        """Collective under fsdp: every process calls it, rank 0 saves the result."""
-        adapter = {}
-        if self.ref is None:  # LoRA: the adapter is the trained part of the LM
-            adapter = {k: v for k, v in sharding.full_state_dict(self.policy.lm).items() if "lora_" in k}
-        return {
-            "adapter": adapter,
-            "value_head": sharding.full_state_dict(self.policy.value_head),
-            "optimizer": sharding.optimizer_state(self.policy, self.optimizer),
-            "kl_coef": self.kl_ctl.value,
-        }
+    def train_state(self) -> TrainState:
+        """What a checkpoint holds: the trained modules (what of them requires grad), the optimizer,
+        the adaptive KL coefficient. `checkpoint.Checkpointer` saves it, `checkpoint.load` fills it."""
+        return TrainState(
+            modules={"policy": self.policy.lm, "value_head": self.policy.value_head},
+            optimizers={"policy": (self.policy, self.optimizer)},
+            scalars={"kl_coef": self.kl_ctl.value},
+        )
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("adapter"):
-            sharding.set_full_state_dict(self.policy.lm, state["adapter"], strict=False)
-        sharding.set_full_state_dict(self.policy.value_head, state["value_head"])
-        sharding.load_optimizer_state(self.policy, self.optimizer, state["optimizer"])
-        self.kl_ctl.value = float(state["kl_coef"])
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        self.kl_ctl.value = float(scalars["kl_coef"])

@@ -1,22 +1,25 @@
 """The PPO models on their devices: policy (+ value head), reference, precision and sharding.
 
-One place for the choices that decide memory: the LM is loaded in `baseModel.dtype`; full
+One place for the choices that decide memory: the weights are read in `baseModel.dtype`; full
 fine-tuning keeps fp32 master weights; LoRA keeps the base in its dtype and loads no reference (the
-adapter switched off is the reference); fsdp shards the LM, the value head and the reference.
+adapter switched off is the reference); fsdp shards the LM, the value head and the reference. Each
+model is built on the meta device, sharded, and only then allocated and filled (`loading.py`), so
+no process ever holds a whole fp32 copy of a sharded model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_operator.workloads import lora, sharding
+from rlhf_operator.workloads import loading, lora, publish, sharding
 from rlhf_operator.workloads.distributed import DistInfo
-from rlhf_operator.workloads.modeling import load_causal_lm
+from rlhf_operator.workloads.modeling import fit_tokenizer, resolve_model_path
 from rlhf_operator.workloads.ppo import PolicyWithValueHead
 
 
@@ -25,6 +28,49 @@ class PPOModels:
     policy: PolicyWithValueHead
     ref: nn.Module | None  # None under LoRA
     plan: sharding.TrainPlan  # with the compute dtype of the loaded weights
+
+
+def causal_lm(
+    source: str,
+    *,
+    dtype: str | None,
+    weights_dtype: torch.dtype | None,
+    tokenizer: PreTrainedTokenizerBase,
+    what: str,
+    revision: str | None = None,
+) -> tuple[PreTrainedModel, Any, torch.dtype, str]:
+    """(the LM on the meta device in `weights_dtype` (None: the compute dtype), its config, the
+    compute dtype, its local directory)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(source, what)
+    config = loading.model_config(path, what, revision)
+    compute = loading.dtype_of(config, dtype)
+    model: Any = loading.empty_model(
+        lambda: AutoModelForCausalLM.from_config(config, dtype=weights_dtype or compute)  # type: ignore[no-untyped-call]
+    )
+    fit_tokenizer(model, tokenizer, what)
+    return model, config, compute, path
+
+
+def fill(
+    model: nn.Module,
+    path: str,
+    *,
+    plan: sharding.TrainPlan,
+    info: DistInfo,
+    dtype: torch.dtype,
+    revision: str | None = None,
+) -> None:
+    """Allocates this process's part of `model` and reads it from `path` (a collective)."""
+    from transformers import AutoModelForCausalLM
+
+    loading.materialize(model, plan.parameter_device(info.device))
+    how = loading.load_weights(
+        model, path, lambda: AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype), info
+    )
+    if info.is_main:
+        print(f"loaded {path}: {how}", flush=True)
 
 
 def build(
@@ -37,23 +83,48 @@ def build(
     info: DistInfo,
     adapter: lora.LoraSettings | None = None,
     revision: str | None = None,
+    trained_weights_follow: bool = False,
 ) -> PPOModels:
-    lm = load_causal_lm(policy_source, revision, dtype, tokenizer, "the policy")
+    """`trained_weights_follow`: a checkpoint will fill what is trained (resume), so a full
+    fine-tune does not read the base model's weights first."""
+    full = adapter is None
+    lm, _, compute, path = causal_lm(
+        policy_source,
+        dtype=dtype,
+        weights_dtype=torch.float32 if full else None,
+        tokenizer=tokenizer,
+        what="the policy",
+        revision=revision,
+    )
+    plan = dataclasses.replace(plan, compute_dtype=compute)
     disable_dropout(lm)
-    plan = dataclasses.replace(plan, compute_dtype=next(lm.parameters()).dtype)
-    ref: nn.Module | None = None
+    initial: dict[str, torch.Tensor] = {}
     if adapter is not None:
-        lm = lora.add_adapter(lm, adapter)  # type: ignore[assignment]
+        lm, initial = lora.add_adapter_on_meta(lm, adapter)  # type: ignore[assignment]
         trainable, total = lora.trainable_fraction(lm)
         if info.is_main:
             print(f"lora: {trainable} of {total} parameters trainable ({trainable / total:.4%})", flush=True)
-    else:
-        ref = sharding.prepare_reference(
-            load_causal_lm(ref_source, revision, dtype, tokenizer, "the base model"), plan, info
-        )
     policy = PolicyWithValueHead(lm)
-    sharding.prepare_trainable_lm(policy.lm, plan, info, lora=adapter is not None)
+    sharding.prepare_trainable_lm(policy.lm, plan, lora=not full)
+    if full and trained_weights_follow:
+        loading.materialize(policy.lm, plan.parameter_device(info.device))
+    else:
+        fill(policy.lm, path, plan=plan, info=info, dtype=compute, revision=revision)
+    if initial:
+        sharding.set_full_state_dict(policy.lm, initial, strict=False)
     sharding.prepare_value_head(policy.value_head, plan, info)
+    ref: nn.Module | None = None
+    if full:
+        ref, _, _, ref_path = causal_lm(
+            ref_source,
+            dtype=dtype,
+            weights_dtype=compute,
+            tokenizer=tokenizer,
+            what="the base model",
+            revision=revision,
+        )
+        sharding.prepare_reference(ref, plan)
+        fill(ref, ref_path, plan=plan, info=info, dtype=compute, revision=revision)
     return PPOModels(policy, ref, plan)
 
 
@@ -65,30 +136,16 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
-def plain_model(policy: PolicyWithValueHead, dtype: torch.dtype) -> PreTrainedModel | None:
-    """The trained LM as a plain transformers model in `dtype` on rank 0 (None elsewhere): merged when
-    LoRA, gathered when sharded. A collective: every process calls it."""
-    state = sharding.full_state_dict(policy.lm)
-    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    if not rank0:
-        return None
-    if lora.is_peft(policy.lm):
-        return lora.merged_from_state(policy.lm, state)  # type: ignore[return-value]
-    from transformers import AutoModelForCausalLM
-
-    config = policy.lm.config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    return model  # type: ignore[no-any-return]
-
-
 def save_plain(
-    policy: PolicyWithValueHead, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase, out: str
+    policy: PolicyWithValueHead,
+    dtype: torch.dtype,
+    tokenizer: PreTrainedTokenizerBase,
+    out: str,
+    info: DistInfo,
 ) -> bool:
-    """save_pretrained of the plain model into `out` on rank 0; True where written."""
-    model = plain_model(policy, dtype)
-    if model is None:
+    """The trained LM as a plain transformers directory in `dtype` (merged under LoRA), written by
+    rank 0 into `out` (True there). A collective: every process calls it."""
+    if not publish.publish_model(policy.lm, dtype, out, is_main=info.is_main):
         return False
-    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return True

@@ -13,8 +13,9 @@ from rlhf_operator.api.v1alpha1 import Artifacts, Metrics, RLHFJobSpec
 from rlhf_operator.workloads import data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.lora import is_peft, lora_settings, peft_config, trainable_fraction
+from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
@@ -118,10 +119,10 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
         lora=adapter is not None,
         transformer_layers=layer_classes(path),
     )
-    model = _load(path, source, args.pop("model_init_kwargs")["dtype"])
-    check_compatible(model, tokenizer, "the reward model")
-    model.config.pad_token_id = tokenizer.pad_token_id  # a None pad id breaks batched seq-cls (gotcha 5)
+    load_dtype = args.pop("model_init_kwargs")["dtype"]
     with tempfile.TemporaryDirectory(prefix="rlhf-rm-") as work:
+        # The config first: under fsdp it tells transformers to read the weights on (local) rank 0
+        # only (cpu_ram_efficient_loading), and accelerate broadcasts them when it shards the model.
         config = RewardConfig(
             output_dir=f"{work}/trainer",
             num_train_epochs=float(rm.epochs),
@@ -135,6 +136,9 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
             use_cpu=not torch.cuda.is_available(),
             **args,
         )
+        model = _load(path, source, load_dtype)
+        check_compatible(model, tokenizer, "the reward model")
+        model.config.pad_token_id = tokenizer.pad_token_id  # a None pad id breaks batched seq-cls (gotcha 5)
         trainer = RewardTrainer(
             model=model,
             args=config,
@@ -152,22 +156,15 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
         started = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - started
-        trained: Any = trainer.accelerator.unwrap_model(trainer.model)
-        if is_peft(trained):
-            trained = trained.merge_and_unload()
-        scorer = LocalRewardScorer(trained, tokenizer)
+        # Every process scores (under fsdp each forward is a collective); under LoRA the adapter is
+        # on, which scores as the merged model does.
+        scorer = LocalRewardScorer(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
         accuracy = pair_accuracy(scorer, held)
         train_accuracy = pair_accuracy(scorer, train[:512])
-        if trainer.is_world_process_zero():  # one writer; every process trained
-            out_dir = f"{work}/model"
-            trained.save_pretrained(out_dir)
-            tokenizer.save_pretrained(out_dir)
-            storage.publish_dir(
-                out_dir,
-                layout.reward_model_dir(ctx.artifact_root),
-                {"heldOutAccuracy": accuracy, "trainPairs": len(train), "heldOutPairs": len(held)},
-            )
-        trainer.accelerator.wait_for_everyone()
+        publish_trained(
+            trainer, str(spec.base_model.dtype), tokenizer, layout.reward_model_dir(ctx.artifact_root),
+            {"heldOutAccuracy": accuracy, "trainPairs": len(train), "heldOutPairs": len(held)},
+        )  # fmt: skip
     print(
         f"reward model: {len(train)} train pairs, {len(held)} held-out pairs, {elapsed:.1f}s, "
         f"held-out accuracy {accuracy:.3f}, train accuracy {train_accuracy:.3f}",

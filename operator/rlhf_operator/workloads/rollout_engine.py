@@ -121,13 +121,15 @@ def _fsdp_modules(model: nn.Module) -> list[Any]:
 
 
 def _as_root(model: nn.Module, modules: list[Any]) -> Any:
-    """`model` (the FSDP root, as `sharding.shard` wraps the LM), its FSDP state initialised.
+    """The outermost FSDP module of `model` (the root `sharding.shard` made: the LM, or under PEFT
+    the model PEFT wraps), its FSDP state initialised.
 
-    FSDP2 makes the first module whose forward runs the root. PEFT's generate() calls the inner
-    model directly, so without this an inner block would become the root (and the LoRA policy's
+    FSDP2 makes the first module whose forward runs the root. PEFT's generate() may call an inner
+    model directly, so without this an inner block could become the root (and the LoRA policy's
     next forward through its real root fails). `_lazy_init` is private; it is a no-op once done.
+    `modules` is in `model.modules()` order, pre-order: the outermost comes first.
     """
-    root: Any = model if model in modules else modules[-1]
+    root: Any = modules[0]
     state = root._get_fsdp_state()
     if getattr(state, "_is_root", None) is None:
         state._lazy_init()

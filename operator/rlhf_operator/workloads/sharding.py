@@ -4,7 +4,12 @@ Full fine-tuning keeps fp32 master weights (so the fp32 optimizer states and sma
 still move them) and computes in the model's dtype: FSDP2's `MixedPrecisionPolicy` under `fsdp`,
 `torch.autocast` otherwise. Under `fsdp` every transformer block is its own `fully_shard` unit, the
 LM and the value head are separate roots (generate() calls the LM directly, and clip_grad_norm_
-needs every parameter on the same mesh), and the frozen reference is sharded too.
+needs every parameter on the same mesh), and the frozen reference is sharded too. With
+`hybridShard` (several nodes) the mesh is 2-D: parameters are sharded over the GPUs of a node and
+replicated across nodes (HSDP), so the per-layer all-gathers stay inside a node.
+
+The models are sharded while still on the meta device (`loading.py` then allocates and fills each
+process's shards), so the casts here cost no memory.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ class TrainPlan:
     compute_dtype: torch.dtype = torch.float32
     cpu_offload: bool = False
     activation_checkpointing: bool = False
+    hybrid_shard: bool = False
+    nodes: int = 1
+
+    def parameter_device(self, device: torch.device) -> torch.device:
+        """Where the (sharded) parameters live: the host under cpuOffload."""
+        return torch.device("cpu") if self.strategy == "fsdp" and self.cpu_offload else device
 
     @property
     def mixed(self) -> bool:
@@ -59,10 +70,35 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         enable_inputs()
 
 
+_MESHES: dict[tuple[str, int, int], Any] = {}
+
+
+def device_mesh(plan: TrainPlan) -> Any:
+    """The 2-D (replicate across nodes, shard within a node) mesh of hybridShard; None: FSDP's own
+    1-D mesh over every process."""
+    import torch.distributed as dist
+
+    if not plan.hybrid_shard or plan.nodes <= 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    key = (device, plan.nodes, world)
+    if key not in _MESHES:
+        _MESHES[key] = init_device_mesh(
+            device, (plan.nodes, world // plan.nodes), mesh_dim_names=("replicate", "shard")
+        )
+    return _MESHES[key]
+
+
 def _fsdp_kwargs(plan: TrainPlan, dtype: torch.dtype | None) -> dict[str, Any]:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
     kwargs: dict[str, Any] = {}
+    mesh = device_mesh(plan)
+    if mesh is not None:
+        kwargs["mesh"] = mesh
     if dtype is not None and dtype != torch.float32:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     if plan.cpu_offload:
@@ -71,18 +107,21 @@ def _fsdp_kwargs(plan: TrainPlan, dtype: torch.dtype | None) -> dict[str, Any]:
 
 
 def shard(model: nn.Module, plan: TrainPlan, compute_dtype: torch.dtype | None) -> nn.Module:
-    """fully_shard each transformer block, then the model itself as the root."""
+    """fully_shard each transformer block, then the model itself as the root (under PEFT the model
+    it wraps: generate() calls that one's forward, so its hooks must gather the embeddings)."""
     from torch.distributed.fsdp import fully_shard
 
     kwargs = _fsdp_kwargs(plan, compute_dtype)
     for block in transformer_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    base: Any = getattr(model, "get_base_model", None)
+    fully_shard(base() if callable(base) else model, **kwargs)
     return model
 
 
-def prepare_trainable_lm(lm: nn.Module, plan: TrainPlan, info: DistInfo, *, lora: bool) -> nn.Module:
-    """fp32 master weights for what is trained (the whole LM, or only the adapter under LoRA)."""
+def prepare_trainable_lm(lm: nn.Module, plan: TrainPlan, *, lora: bool) -> nn.Module:
+    """fp32 master weights for what is trained (the whole LM, or only the adapter under LoRA);
+    sharded under fsdp. Called on the meta device, before `loading.materialize`."""
     if plan.activation_checkpointing:
         enable_activation_checkpointing(lm)
     if lora:
@@ -94,7 +133,7 @@ def prepare_trainable_lm(lm: nn.Module, plan: TrainPlan, info: DistInfo, *, lora
         lm.float()
     if plan.strategy == "fsdp":
         return shard(lm, plan, plan.compute_dtype)
-    return lm.to(info.device)
+    return lm
 
 
 def prepare_value_head(head: nn.Module, plan: TrainPlan, info: DistInfo) -> nn.Module:
@@ -104,13 +143,14 @@ def prepare_value_head(head: nn.Module, plan: TrainPlan, info: DistInfo) -> nn.M
     return head.to(info.device)
 
 
-def prepare_reference(ref: nn.Module, plan: TrainPlan, info: DistInfo) -> nn.Module:
-    """The frozen reference in the model's dtype; sharded like the policy under fsdp."""
+def prepare_reference(ref: nn.Module, plan: TrainPlan) -> nn.Module:
+    """The frozen reference in the model's dtype; sharded like the policy under fsdp. Called on the
+    meta device, before `loading.materialize`."""
     ref.eval().requires_grad_(False)
     ref.to(plan.compute_dtype)
     if plan.strategy == "fsdp":
         return shard(ref, plan, None)
-    return ref.to(info.device)
+    return ref
 
 
 def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
@@ -133,34 +173,20 @@ def compute(plan: TrainPlan, device: torch.device) -> Iterator[None]:
         yield
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's state on the CPU of every rank (a collective under fsdp: call on all ranks)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state: dict[str, Any] = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
-    return state
-
-
 def set_full_state_dict(model: nn.Module, state: dict[str, Any], strict: bool = True) -> None:
+    """Whole tensors (the same on every process) into a possibly sharded model: each process keeps
+    its own slices. A collective under fsdp."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True, strict=strict))
-
-
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
-
-
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def local_bytes(tensors: Any) -> int:

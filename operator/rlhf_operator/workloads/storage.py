@@ -113,7 +113,13 @@ def publish_dir(src_dir: str | Path, uri: str, marker: dict[str, Any] | None = N
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     shutil.copytree(src, staging)
-    (staging / SUCCESS_MARKER).write_text(marker_text)
+    commit_local_dir(staging, target, marker)
+
+
+def commit_local_dir(staging: str | Path, target: str | Path, marker: dict[str, Any] | None = None) -> None:
+    """Writes the marker into `staging` and renames it to `target` (replacing an older one)."""
+    staging, target = Path(staging), Path(target)
+    (staging / SUCCESS_MARKER).write_text(json.dumps(marker or {}, sort_keys=True, default=str))
     if target.exists():
         # rename() cannot replace a non-empty directory: move the old one aside first.
         old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
@@ -122,6 +128,24 @@ def publish_dir(src_dir: str | Path, uri: str, marker: dict[str, Any] | None = N
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+def upload_files(src_dir: str | Path, uri: str) -> None:
+    """Puts the files of a local directory under an s3:// prefix, beside what is there already:
+    the processes of a multi-node stage each add their own part of one artifact this way, and the
+    one that commits it writes the marker last (`write_marker`)."""
+    fs, path = _fs(uri)
+    for name in sorted(os.listdir(src_dir)):
+        local = os.path.join(src_dir, name)
+        if os.path.isdir(local):
+            fs.put(local + "/", f"{path}/{name}", recursive=True)
+        else:
+            fs.put_file(local, f"{path}/{name}")
+
+
+def write_marker(uri: str, marker: dict[str, Any] | None = None) -> None:
+    """Commits a directory whose parts are in place: its `_SUCCESS` marker."""
+    write_text_atomic(join(uri, SUCCESS_MARKER), json.dumps(marker or {}, sort_keys=True, default=str))
 
 
 def remove(uri: str) -> None:

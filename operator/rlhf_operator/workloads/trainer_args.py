@@ -3,7 +3,10 @@
 Full fine-tuning loads fp32 master weights and computes in the model's dtype (the Trainer's
 autocast), so optimizer states are fp32 and small learning rates still move the weights; LoRA loads
 the frozen base in its dtype (PEFT keeps the adapter in fp32). fsdp is torch FSDP2 through the
-Trainer's accelerate integration, one unit per transformer block.
+Trainer's accelerate integration, one unit per transformer block; the model is read on (local)
+rank 0 only and broadcast (accelerate's `cpu_ram_efficient_loading`: the other processes build it on
+the meta device), and checkpoints are sharded (`SHARDED_STATE_DICT`: each process writes its part
+with torch.distributed.checkpoint) instead of gathered on rank 0.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def trainer_arguments(
         "bf16": cuda and dtype == "bfloat16",
         "fp16": cuda and dtype == "float16",  # CPU runs (the tests) compute in fp32
         "activation_checkpointing": bool(training.activation_checkpointing),
+        "ddp_timeout": int(training.distributed.timeout_seconds),
     }
     if str(training.distributed.strategy) == "fsdp":
         out.update(
@@ -34,6 +38,8 @@ def trainer_arguments(
                 "transformer_layer_cls_to_wrap": transformer_layers,
                 "reshard_after_forward": True,
                 "activation_checkpointing": bool(training.activation_checkpointing),
+                "cpu_ram_efficient_loading": True,
+                "state_dict_type": "SHARDED_STATE_DICT",
             },
         )
         # FSDP2 checkpoints the blocks itself; the Trainer's own would checkpoint them twice.

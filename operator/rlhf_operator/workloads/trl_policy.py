@@ -12,10 +12,11 @@ from rlhf_operator.workloads import layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.guardrail_stop import GuardrailTrippedError, newest_before
-from rlhf_operator.workloads.lora import is_peft, lora_settings, peft_config, trainable_fraction
+from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
+from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_source import make_reward
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
 from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
@@ -43,11 +44,24 @@ def _mirrored_steps(remote: str) -> list[int]:
     return sorted(steps)
 
 
-def mirror_checkpoint(local_dir: str, remote: str, step: int) -> None:
-    """Publishes one saved checkpoint under `remote` and drops the older ones beyond the newest two."""
-    storage.publish_dir(local_dir, storage.join(remote, f"checkpoint-{step}"), {"step": step})
-    for old in _mirrored_steps(remote)[:-KEEP_CHECKPOINTS]:
-        storage.remove(storage.join(remote, f"checkpoint-{old}"))
+def mirror_checkpoint(local_dir: str, remote: str, step: int, state: Any) -> None:
+    """Mirrors one saved checkpoint under `remote` from every node: each node's first process
+    uploads what its processes wrote (under FSDP each writes its own shards to its node's scratch),
+    then global rank 0 commits it and drops the older ones beyond the newest two. Every process
+    calls it (it waits for the others)."""
+    from rlhf_operator.workloads.distributed import wait_for_all
+
+    uri = storage.join(remote, f"checkpoint-{step}")
+    if state.is_world_process_zero:
+        storage.remove(uri)  # what a killed attempt left of this step
+    wait_for_all()
+    if state.is_local_process_zero:
+        storage.upload_files(local_dir, uri)
+    wait_for_all()
+    if state.is_world_process_zero:
+        storage.write_marker(uri, {"step": step})
+        for old in _mirrored_steps(remote)[:-KEEP_CHECKPOINTS]:
+            storage.remove(storage.join(remote, f"checkpoint-{old}"))
 
 
 def latest_checkpoint(out_dir: str, remote: str | None) -> str | None:
@@ -155,10 +169,11 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
 
     class MirrorCheckpoints(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if mirror_to and state.is_world_process_zero:
+            if mirror_to:
                 local = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-                mirror_checkpoint(local, mirror_to, int(state.global_step))
-                print(f"checkpoint step {state.global_step} -> {mirror_to}", flush=True)
+                mirror_checkpoint(local, mirror_to, int(state.global_step), state)
+                if state.is_world_process_zero:
+                    print(f"checkpoint step {state.global_step} -> {mirror_to}", flush=True)
 
     adapter = lora_settings(policy)
     common: dict[str, Any] = dict(
@@ -216,14 +231,10 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
     trainer.train(resume_from_checkpoint=resume)
     if tripped:
         raise _tripped_error(tripped[0], out_dir, mirror_to, remote)
-    if trainer.is_world_process_zero():
-        with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
-            plain = plain_model(trainer, str(spec.base_model.dtype))
-            plain.save_pretrained(work)
-            tokenizer.save_pretrained(work)
-            storage.publish_dir(
-                work, layout.policy_dir(ctx.artifact_root), {"steps": steps, "algorithm": algorithm}
-            )
+    publish_trained(
+        trainer, str(spec.base_model.dtype), tokenizer, layout.policy_dir(ctx.artifact_root),
+        {"steps": steps, "algorithm": algorithm},
+    )  # fmt: skip
     return steps, last
 
 
@@ -245,15 +256,3 @@ def _reference(trainer: Any, lora: bool) -> str:
     if trainer.ref_model is not None:
         return "a second full model"
     return "the policy with its adapter switched off" if lora else "none (klCoef 0)"
-
-
-def plain_model(trainer: Any, dtype: str) -> Any:
-    """The trained model as a plain transformers model in `dtype`: merged when LoRA."""
-    import torch
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if is_peft(model):
-        model = model.merge_and_unload()
-    if dtype in ("bfloat16", "float16"):
-        model = model.to(getattr(torch, dtype))
-    return model

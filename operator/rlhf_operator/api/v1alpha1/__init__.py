@@ -29,7 +29,14 @@ from rlhf_operator.api.v1alpha1.common import (
     Quantity,
     ShortText,
 )
-from rlhf_operator.api.v1alpha1.data import BaseModelSpec, DatasetSpec, FileSource, HeldOut, PromptSource
+from rlhf_operator.api.v1alpha1.data import (
+    BaseModelSpec,
+    DatasetSpec,
+    FileSource,
+    HeldOut,
+    ModelShapeSpec,
+    PromptSource,
+)
 from rlhf_operator.api.v1alpha1.enums import (
     PIPELINE_STAGES,
     Algorithm,
@@ -147,6 +154,7 @@ __all__ = [
     "Location",
     "Metrics",
     "MlflowSpec",
+    "ModelShapeSpec",
     "ObjectMeta",
     "ObjectName",
     "Pairing",

@@ -9,6 +9,25 @@ from rlhf_operator.api.v1alpha1.common import Location, ShortText
 from rlhf_operator.api.v1alpha1.enums import DataFormat, Dtype
 
 
+class ModelShapeSpec(ApiModel):
+    """The numbers of a decoder's config.json that decide its memory (a gated, SwiGLU MLP assumed)."""
+
+    hidden_size: int = Field(ge=1, le=1_048_576, description="config.json's hidden_size.")
+    num_layers: int = Field(ge=1, le=10_000, description="config.json's num_hidden_layers.")
+    num_attention_heads: int = Field(ge=1, le=65_536, description="config.json's num_attention_heads.")
+    num_key_value_heads: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="config.json's num_key_value_heads; unset: as many as attention heads.",
+    )
+    vocab_size: int = Field(ge=1, le=10_000_000, description="config.json's vocab_size.")
+    intermediate_size: int = Field(
+        ge=1, le=4_194_304, description="config.json's intermediate_size (MLP width)."
+    )
+    tie_word_embeddings: bool = Field(False, description="config.json's tie_word_embeddings.")
+
+
 class BaseModelSpec(ApiModel):
     source: Location = Field(
         description="The model to start from: a path (/data/models/x), an s3:// URI or a name in the model cache."
@@ -21,7 +40,13 @@ class BaseModelSpec(ApiModel):
         None,
         gt=0,
         le=10_000,
-        description="Parameters in billions, for the operator's memory check; unset: read from the name (e.g. 8B).",
+        description="Parameters in billions, for the operator's memory check when it cannot read the model's "
+        "config.json; unset: read from the name (e.g. 8B).",
+    )
+    shape: ModelShapeSpec | None = Field(
+        None,
+        description="The model's layout, for the memory check when the operator cannot read its config.json "
+        "(it overrides sizeBillions).",
     )
     tokenizer: Location | None = Field(
         None, description="Tokenizer location when it is not stored with the model."

@@ -112,6 +112,8 @@ class ConditionType(StrEnum):
     FAILED = "Failed"
     WAITING = "Waiting"
     PROMOTED = "Promoted"
+    #: The memory estimate of the training stages against their GPUs and pods (when checked).
+    MEMORY_FIT = "MemoryFit"
 
 
 class ConditionStatus(StrEnum):

@@ -185,7 +185,14 @@ class Serving(ApiModel):
 
 
 class RewardModelStage(TrainingFields):
-    cel_rules = (ACCUMULATION_RULE,)
+    cel_rules = (
+        ACCUMULATION_RULE,
+        CelRule(
+            "!has(self.distributed) || !self.distributed.hybridShard",
+            "`distributed.hybridShard` must not be set for the reward model (its trainer shards over every GPU)",
+            lambda r: not r.distributed.hybrid_shard,
+        ),
+    )
 
     model: Location | None = Field(
         None, description="Model the reward model starts from; defaults to the base model."
@@ -205,6 +212,11 @@ class RewardModelStage(TrainingFields):
 class PolicyStage(TrainingFields):
     cel_rules = (
         ACCUMULATION_RULE,
+        CelRule(
+            "!has(self.distributed) || !self.distributed.hybridShard || self.algorithm == 'ppo'",
+            "`distributed.hybridShard` must be used with algorithm ppo (the TRL trainers shard over every GPU)",
+            lambda p: not p.distributed.hybrid_shard or p.algorithm == Algorithm.PPO,
+        ),
         CelRule(
             "!has(self.generation) || self.generation.engine != 'vllm' || self.algorithm != 'dpo'",
             "`generation.engine: vllm` must be used with algorithm ppo, rloo or grpo (dpo does not generate)",

@@ -37,6 +37,15 @@ class StageStatus(ApiModel):
     start_time: datetime | None = Field(None, description="When the stage started.")
     completion_time: datetime | None = Field(None, description="When the stage finished.")
     attempts: int | None = Field(None, ge=0, description="Pods started for the stage, retries included.")
+    restarts: int | None = Field(
+        None,
+        ge=0,
+        description="Times the pods of a multi-node stage were restarted together after one failed "
+        "(counted against its pod.backoffLimit; disruptions are not counted).",
+    )
+    restarted_job_uid: str | None = Field(
+        None, max_length=64, description="UID of the Job the latest group restart replaced."
+    )
     children: list[Annotated[str, StringConstraints(max_length=253)]] = Field(
         default_factory=list, max_length=16, description="Kubernetes objects created for the stage."
     )
