@@ -41,13 +41,15 @@ def kueue(cluster: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 def queues(cluster: Kube, namespace: str, gpus: int) -> str:
     """A ResourceFlavor, a ClusterQueue of `gpus` GPUs (CPU and memory plenty) and its LocalQueue."""
     name = f"gpus-{uuid.uuid4().hex[:6]}"
+    # Every resource the pods request must be covered: stage pods request node disk too.
     quota = [{"name": "cpu", "nominalQuota": "1000"}, {"name": "memory", "nominalQuota": "10Ti"},
+             {"name": "ephemeral-storage", "nominalQuota": "100Ti"},
              {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)}]  # fmt: skip
     objects = [
         {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": "default-flavor"}},
         {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": name},
          "spec": {"namespaceSelector": {}, "resourceGroups": [
-             {"coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+             {"coveredResources": ["cpu", "memory", "ephemeral-storage", "nvidia.com/gpu"],
               "flavors": [{"name": "default-flavor", "resources": quota}]}]}},
         {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": namespace},
          "spec": {"clusterQueue": name}},
