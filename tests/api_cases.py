@@ -318,6 +318,22 @@ CASES: list[Case] = [
         stage("policy", {"klCoef": 0, "klTarget": 6}),
         ("`klCoef` must be greater than 0",),
     ),
+    # v1alpha1 renames: an old name is refused with the new one
+    Case(
+        "renamed-response-length",
+        stage("policy", {"responseLength": 64}),
+        ("`responseLength` was renamed: it must be written `maxNewTokens`",),
+    ),
+    Case(
+        "dpo-with-kl-coef",
+        stage("policy", {"algorithm": "dpo", "klCoef": 0.1}),
+        ("`klCoef` must not be set with algorithm dpo: dpo's KL strength is `beta`",),
+    ),
+    Case(
+        "beta-without-dpo",
+        stage("policy", {"algorithm": "grpo", "beta": 0.1}),
+        ("`beta` must be set only with algorithm dpo",),
+    ),
     Case(
         "parallelism-above-shards",
         stage("precompute", {"shards": 2, "parallelism": 4}),

@@ -94,7 +94,7 @@ def test_defaults_are_filled() -> None:
     assert stages.precompute.responses_per_prompt == 4 and stages.precompute.shards == 1
     assert stages.precompute.pod.resources.gpus == 0 and stages.precompute.pod.backoff_limit == 3
     assert stages.reward_model.pod.resources.gpus == 1 and stages.reward_model.serving.port == 8080
-    assert stages.policy.algorithm is Algorithm.PPO and stages.policy.kl_coef == 0.05
+    assert stages.policy.algorithm is Algorithm.PPO and stages.policy.kl_weight() == 0.05
     assert stages.policy.pod.resources.gpus == 1 and stages.policy.steps == 60
     assert stages.evaluation.prompts == 32 and stages.evaluation.pod.resources.gpus == 0
 

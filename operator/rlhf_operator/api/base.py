@@ -21,11 +21,30 @@ IMMUTABLE_MESSAGE = "`{field}` must not change: it is immutable after creation; 
 
 @dataclass(frozen=True)
 class CelRule:
-    """A CEL rule for the CRD and its Python twin (`check` gets the model, True means valid)."""
+    """A CEL rule for the CRD and its Python twin (`check` gets the model, True means valid).
+
+    `message_expression` (CEL) and `explain` (its Python twin) say what is wrong in words that
+    depend on the object, e.g. which keys are unknown; `message` stays the fallback."""
 
     cel: str
     message: str
     check: Callable[[Any], bool]
+    message_expression: str | None = None
+    explain: Callable[[Any], str] | None = None
+
+    def crd_rule(self) -> dict[str, str]:
+        out = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
+        return out
+
+
+def renamed(old: str, new: str, absent: Callable[[Any], bool]) -> CelRule:
+    """Refuses a field that was renamed, naming the new one (at `kubectl apply` and in Python).
+
+    The old name stays in the schema only for this rule: without it the API server would prune the
+    field silently or call it unknown, and a user could not tell what to write instead."""
+    return CelRule(f"!has(self.{old})", f"`{old}` was renamed: it must be written `{new}`", absent)
 
 
 class ApiModel(BaseModel):
@@ -45,7 +64,7 @@ class ApiModel(BaseModel):
     def _check_cel_rules(self) -> Self:
         for rule in type(self).cel_rules:
             if not rule.check(self):
-                raise ValueError(rule.message)
+                raise ValueError(rule.explain(self) if rule.explain else rule.message)
         return self
 
     @classmethod
@@ -55,9 +74,7 @@ class ApiModel(BaseModel):
         schema = handler(core_schema)
         if cls.cel_rules:
             target = handler.resolve_ref_schema(schema)
-            target["x-kubernetes-validations"] = [
-                {"rule": r.cel, "message": r.message} for r in cls.cel_rules
-            ]
+            target["x-kubernetes-validations"] = [r.crd_rule() for r in cls.cel_rules]
         return schema
 
 

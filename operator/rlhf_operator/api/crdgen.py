@@ -188,7 +188,7 @@ def crd() -> dict[str, Any]:
         "type": "object",
         "description": "RLHFJob runs a whole RLHF pipeline: precompute, ranking, reward model, policy, evaluation.",
         "required": ["spec"],
-        "x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in api.RLHFJob.cel_rules],
+        "x-kubernetes-validations": [r.crd_rule() for r in api.RLHFJob.cel_rules],
         "properties": {
             "apiVersion": {"type": "string", "description": "Versioned schema of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},

@@ -67,10 +67,10 @@ def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
             # dpo: a chosen and a rejected sequence per pair.
             micro_batch=(2 if policy.algorithm == Algorithm.DPO else 1)
             * micro_batch(per_update, policy.micro_batch_size, policy.gradient_accumulation_steps),
-            prompt_length=policy.response_length,  # prompts are unknown here: assume as long as replies
-            response_length=policy.response_length,
+            prompt_length=policy.max_new_tokens,  # prompts are unknown here: assume as long as replies
+            response_length=policy.max_new_tokens,
             generation_batch=per_gpu,
-            kl=policy.algorithm == Algorithm.PPO or policy.kl_coef > 0,
+            kl=policy.algorithm == Algorithm.PPO or policy.kl_weight() > 0,
         )
     rm = spec.stages.reward_model
     per_gpu = max(1, rm.batch_size // max(1, nodes * pod.resources.gpus))

@@ -1,6 +1,6 @@
 """`dpo` policy optimisation: TRL's DPOTrainer on the ranking stage's preference pairs.
 
-No reward is called while training: the pairs (or `dataset.rankings`) are the signal, `klCoef` is
+No reward is called while training: the pairs (or `dataset.rankings`) are the signal, `beta` is
 DPO's beta and the reference is the base model (TRL loads it from the same path; under LoRA the
 adapter switched off). The progress lines carry DPO's implicit reward margin as the mean reward.
 """
@@ -54,7 +54,7 @@ def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_d
         output_dir=out_dir,
         max_steps=policy.steps,
         learning_rate=policy.learning_rate,
-        beta=policy.kl_coef,
+        beta=policy.dpo_beta(),
         logging_steps=1,
         save_strategy="no",
         seed=ctx.seed,
@@ -79,10 +79,6 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
 
     spec = ctx.typed_spec
     steps = spec.stages.policy.steps
-    if spec.stages.policy.kl_coef <= 0:
-        raise StageConfigError(
-            "stages.policy.klCoef is dpo's beta and must be greater than 0 (e.g. 0.1).", "InvalidKlCoef"
-        )
     pairs = load_pairs(ctx)
     model_path = resolve_model_path(spec.base_model.source, "the base model")
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
@@ -115,7 +111,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
             peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,
         )
         trainer.remove_callback(PrinterCallback)
-        print(f"dpo: {len(pairs)} preference pairs, beta {spec.stages.policy.kl_coef}", flush=True)
+        print(f"dpo: {len(pairs)} preference pairs, beta {spec.stages.policy.dpo_beta()}", flush=True)
         trainer.train()
         if trainer.is_world_process_zero():
             plain_model(trainer, str(spec.base_model.dtype)).save_pretrained(f"{work}/model")

@@ -129,7 +129,7 @@ def run(ctx: StageContext) -> StageResult:
         .eval()
         .to(stage_device())
     )
-    length = spec.stages.policy.response_length
+    length = spec.stages.policy.max_new_tokens
     temperature = spec.stages.policy.temperature
     sampling: dict[str, Any] = {
         "samples": samples,
@@ -223,7 +223,7 @@ def track_evaluation(ctx: StageContext, report: dict[str, Any]) -> None:
 
 
 def evaluation_result(report: dict[str, Any], root: str, summary: str) -> StageResult:
-    """The status metrics of an evaluation report; its KL is `evaluationKl`, not the policy's `kl`."""
+    """The status metrics of an evaluation report; its KL is `evaluationKL`, not the policy's `kl`."""
     return StageResult(
         metrics=Metrics(
             win_rate=round(report["winRate"], 4),

@@ -61,6 +61,15 @@ def latest_checkpoint(out_dir: str, remote: str | None) -> str | None:
     return storage.localize_dir(storage.join(remote, f"checkpoint-{steps[-1]}")) if steps else None
 
 
+def sequence_kl(logs: dict[str, Any]) -> float | None:
+    """TRL's logged KL in the API's unit, nats per response: TRL logs the mean over every completion
+    token of the step (sum / tokens), so times the mean completion length it is sum / completions."""
+    kl, length = logs.get("kl"), logs.get("completions/mean_length")
+    if kl is None:
+        return None
+    return float(kl) * float(length) if length is not None else float(kl)
+
+
 def trl_arguments(
     policy: Any, dtype: str, *, world: int, cuda: bool, lora: bool, transformer_layers: list[str]
 ) -> dict[str, Any]:
@@ -106,7 +115,7 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
             "InvalidBatchSize",
         )
     if policy.kl_target is not None:
-        print(f"note: klTarget is used by ppo only; {algorithm} keeps beta = klCoef fixed", flush=True)
+        print(f"note: klTarget is used by ppo only; {algorithm} keeps its KL weight klCoef fixed", flush=True)
     # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
     model_path = resolve_model_path(spec.base_model.source, "the base model")
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
@@ -128,7 +137,7 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
             step = int(state.global_step)
             # TRL logs None when no reward function gave a number (e.g. all NaN): not finite.
             reward = float("nan") if logs["reward"] is None else float(logs["reward"])
-            kl, loss = logs.get("kl"), logs.get("loss")
+            kl, loss = sequence_kl(logs), logs.get("loss")
             # TRL gathers these over processes, so every process trips at the same step.
             trip = guard.observe(step, reward, kl, loss)
             if trip is not None and not tripped:
@@ -162,9 +171,9 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         max_steps=steps,
         learning_rate=policy.learning_rate,
         num_generations=generations,
-        max_completion_length=policy.response_length,
+        max_completion_length=policy.max_new_tokens,
         temperature=policy.temperature,
-        beta=policy.kl_coef,
+        beta=policy.kl_weight(),
         logging_steps=1,
         save_strategy="steps" if interval else "no",
         save_steps=interval or 500,

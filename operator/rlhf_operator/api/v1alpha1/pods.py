@@ -42,7 +42,9 @@ class EnvVar(ApiModel):
 
 class Resources(ApiModel):
     cpu: Quantity | None = Field(
-        None, description="CPU request and limit, a Kubernetes quantity such as `4` or `500m`."
+        None,
+        description="CPU request, a Kubernetes quantity such as `4` or `500m`. No CPU limit is set: a "
+        "limit throttles data loading and NCCL's threads while the node has idle cores.",
     )
     memory: Quantity | None = Field(
         None, description="Memory request and limit, a Kubernetes quantity such as `16Gi`."

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from rlhf_operator.api.base import ApiModel, CelRule
+from rlhf_operator.api.base import ApiModel, CelRule, renamed
 from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
 from rlhf_operator.api.v1alpha1.common import Location, ShortText
 from rlhf_operator.api.v1alpha1.enums import (
@@ -22,6 +22,10 @@ from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
+
+#: The KL weights when unset: klCoef of ppo, rloo and grpo, and dpo's beta (TRL's DPOConfig default).
+DEFAULT_KL_COEF = 0.05
+DEFAULT_DPO_BETA = 0.1
 
 
 class RuleSpec(ApiModel):
@@ -216,19 +220,51 @@ class PolicyStage(TrainingFields):
             lambda p: p.mini_batch_size is None or p.mini_batch_size <= p.batch_size,
         ),
         CelRule(
-            "!has(self.klTarget) || self.klCoef > 0.0",
+            "!has(self.klTarget) || !has(self.klCoef) || self.klCoef > 0.0",
             "`klCoef` must be greater than 0 when `klTarget` is set (adaptive KL scales it)",
-            lambda p: p.kl_target is None or p.kl_coef > 0,
+            lambda p: p.kl_target is None or p.kl_coef is None or p.kl_coef > 0,
         ),
+        # dpo's beta is no KL weight of a penalty: it has a name of its own, and neither is silently
+        # ignored by the algorithms that do not read it.
+        CelRule(
+            "self.algorithm != 'dpo' || !has(self.klCoef)",
+            "`klCoef` must not be set with algorithm dpo: dpo's KL strength is `beta` (rename klCoef to beta)",
+            lambda p: p.algorithm != Algorithm.DPO or p.kl_coef is None,
+        ),
+        CelRule(
+            "self.algorithm == 'dpo' || !has(self.beta)",
+            "`beta` must be set only with algorithm dpo: ppo, rloo and grpo weigh the KL with `klCoef`",
+            lambda p: p.algorithm == Algorithm.DPO or p.beta is None,
+        ),
+        renamed("responseLength", "maxNewTokens", lambda p: p.renamed_response_length is None),
     )
+
+    def kl_weight(self) -> float:
+        """`klCoef`, or its default when unset (ppo, rloo, grpo)."""
+        return DEFAULT_KL_COEF if self.kl_coef is None else self.kl_coef
+
+    def dpo_beta(self) -> float:
+        """`beta`, or its default when unset (dpo)."""
+        return DEFAULT_DPO_BETA if self.beta is None else self.beta
 
     algorithm: Algorithm = Field(
         Algorithm.PPO,
         description="ppo, rloo or grpo (against the reward), or dpo (TRL's DPOTrainer on the rankings; "
-        "klCoef is its beta).",
+        "its KL strength is `beta`).",
     )
-    kl_coef: float = Field(
-        0.05, ge=0, le=10, description="Weight of the KL penalty that keeps the policy near the base."
+    kl_coef: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description=f"Weight of the KL penalty that keeps the policy near the base (ppo, rloo, grpo); "
+        f"unset: {DEFAULT_KL_COEF}. Not with dpo: use `beta`.",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description=f"dpo's beta, the strength of its implicit KL constraint to the base; unset: "
+        f"{DEFAULT_DPO_BETA}. Only with dpo.",
     )
     kl_target: float | None = Field(
         None, gt=0, le=100, description="Target KL; when set the KL weight adapts."
@@ -241,7 +277,9 @@ class PolicyStage(TrainingFields):
     num_generations: int = Field(
         4, ge=2, le=256, description="Completions per prompt, the group size (rloo, grpo)."
     )
-    response_length: int = Field(16, ge=1, le=32_768, description="Longest completion, in tokens.")
+    max_new_tokens: int = Field(
+        16, ge=1, le=32_768, description="Longest rollout response, in tokens (and in evaluation)."
+    )
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of the rollouts.")
     reward_placement: RewardPlacement = Field(
         RewardPlacement.COLOCATED,
@@ -260,6 +298,9 @@ class PolicyStage(TrainingFields):
     )
     pod: GpuPodSettings = Field(
         default_factory=GpuPodSettings, description="Pods of the stage (large-GPU node group by default)."
+    )
+    renamed_response_length: int | None = Field(
+        None, ge=0, le=32_768, alias="responseLength", description="Renamed `maxNewTokens`; refused."
     )
 
 
