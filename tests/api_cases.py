@@ -344,6 +344,94 @@ CASES: list[Case] = [
         pod("policy", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
         ("`value` must be empty when `operator` is Exists",),
     ),
+    # pod settings real clusters need
+    Case(
+        "env-value-and-value-from",
+        pod(
+            "policy",
+            {"env": [{"name": "A", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+        ),
+        ("`value` and `valueFrom` must not both be set",),
+    ),
+    Case(
+        "env-two-sources",
+        pod(
+            "policy",
+            {
+                "env": [
+                    {
+                        "name": "A",
+                        "valueFrom": {
+                            "secretKeyRef": {"name": "s", "key": "k"},
+                            "configMapKeyRef": {"name": "c", "key": "k"},
+                        },
+                    }
+                ]
+            },
+        ),
+        ("exactly one of `secretKeyRef`, `configMapKeyRef` or `fieldRef` must be set",),
+    ),
+    Case(
+        "mount-without-volume",
+        pod("evaluation", {"volumeMounts": [{"name": "extra", "mountPath": "/extra"}]}),
+        ("every `volumeMounts[].name` must name a volume in `volumes`",),
+    ),
+    Case(
+        "volume-two-sources",
+        pod("ranking", {"volumes": [{"name": "x", "emptyDir": {}, "secret": {"secretName": "s"}}]}),
+        ("exactly one of `secret`, `configMap`, `persistentVolumeClaim` or `emptyDir` must be set",),
+    ),
+    Case(
+        "volume-reserved-name",
+        pod("ranking", {"volumes": [{"name": "data", "emptyDir": {}}]}),
+        ("`name` must not be one of the operator's own volumes",),
+    ),
+    Case(
+        "mount-reserved-path",
+        pod(
+            "ranking",
+            {
+                "volumes": [{"name": "x", "emptyDir": {}}],
+                "volumeMounts": [{"name": "x", "mountPath": "/tmp"}],
+            },
+        ),
+        ("`mountPath` must not be one of the operator's",),
+    ),
+    Case(
+        "mount-on-storage",
+        pod(
+            "precompute",
+            {
+                "volumes": [{"name": "x", "emptyDir": {}}],
+                "volumeMounts": [{"name": "x", "mountPath": "/data"}],
+            },
+        ),
+        ("must not be `storage.volume.mountPath`",),
+    ),
+    Case(
+        "label-reserved-prefix",
+        pod("policy", {"labels": {"app.kubernetes.io/name": "mine"}}),
+        ("`labels` keys must be label keys",),
+    ),
+    Case(
+        "affinity-weight-zero",
+        pod(
+            "policy",
+            {
+                "affinity": {
+                    "nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 0,
+                                "preference": {"matchExpressions": [{"key": "k", "operator": "Exists"}]},
+                            }
+                        ]
+                    }
+                }
+            },
+        ),
+        ("weight", "greater than or equal to 1"),
+    ),
     # changes after creation (CEL transition rules); only `suspend` may change
     update(
         "change-base-model",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from rlhf_operator.api.stage_config import (
     CONFIG_DIR,
     CONFIG_ENV,
@@ -218,9 +220,11 @@ def pod_spec(
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
         *(extra_env or []),
-        *({"name": e.name, "value": e.value} for e in settings.env),
+        *(core_v1(e) for e in settings.env),
     ]
     volumes, mounts = _volumes(job, spec, stage, with_config)
+    volumes += [core_v1(v) for v in settings.volumes]
+    mounts += [core_v1(m) for m in settings.volume_mounts]
     if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         env.append({"name": "RLHF_REWARD_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/{TOKEN_KEY}"})
     container: Manifest = {
@@ -265,7 +269,40 @@ def pod_spec(
     service_account = settings.service_account_name or config.stage_service_account
     if service_account:
         pod["serviceAccountName"] = service_account
+    pod.update(_scheduling_extras(settings))
     return pod
+
+
+def _scheduling_extras(settings: PodSettings) -> Manifest:
+    """`pod.affinity`, `priorityClassName` and `imagePullSecrets`, as the pod spec takes them."""
+    out: Manifest = {}
+    if settings.affinity is not None:
+        out["affinity"] = core_v1(settings.affinity)
+    if settings.priority_class_name:
+        out["priorityClassName"] = settings.priority_class_name
+    if settings.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": ref.name} for ref in settings.image_pull_secrets]
+    return out
+
+
+def core_v1(model: BaseModel) -> Manifest:
+    """A pod-settings model as core/v1 writes it: camelCase, unset fields and empty lists left out
+    (an empty object stays: `emptyDir: {}` is a volume)."""
+
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: prune(v) for k, v in value.items() if v != []}
+        if isinstance(value, list):
+            return [prune(v) for v in value]
+        return value
+
+    dumped: Manifest = prune(model.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    return dumped
+
+
+def pod_labels(settings: PodSettings, own: Manifest) -> Manifest:
+    """`pod.labels` and the operator's own labels (which the API keeps apart from the user's)."""
+    return {**settings.labels, **own}
 
 
 def _pod_failure_policy() -> Manifest:
@@ -296,7 +333,7 @@ def stage_job(
     metadata = job.metadata(name, stage)
     shape = STAGES[stage].job_shape(name, job.namespace, spec)
     command = list(shape.command or STAGES[stage].workload_command())
-    template_labels = dict(metadata["labels"])
+    template_labels = pod_labels(settings, metadata["labels"])
     if spec.queue_name:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     pod = pod_spec(job, spec, stage, config, command=command, extra_env=list(shape.extra_env))
@@ -373,7 +410,10 @@ def reward_server_deployment(
                 }
             },
             "template": {
-                "metadata": {"labels": dict(metadata["labels"]), "annotations": dict(settings.annotations)},
+                "metadata": {
+                    "labels": pod_labels(settings, metadata["labels"]),
+                    "annotations": dict(settings.annotations),
+                },
                 "spec": pod,
             },
         },
@@ -412,7 +452,8 @@ def cleanup_job(job: JobIdentity, spec: RLHFJobSpec, config: OperatorConfig, art
         "metadata": metadata,
         "spec": {
             "backoffLimit": settings.backoff_limit,
-            "template": {"metadata": {"labels": dict(metadata["labels"]), "annotations": dict(settings.annotations)},
+            "template": {"metadata": {"labels": pod_labels(settings, metadata["labels"]),
+                                      "annotations": dict(settings.annotations)},
                          "spec": pod},
         },
     }  # fmt: skip

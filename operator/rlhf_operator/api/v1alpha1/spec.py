@@ -26,8 +26,33 @@ def _ranking_rule(method: RankingMethod, needs: str, cel_needs: str, check: Any)
     )
 
 
+_STAGE_FIELDS = ("precompute", "ranking", "rewardModel", "policy", "evaluation")
+
+
+def _mounts_clear_of_storage() -> CelRule:
+    # Kubernetes refuses two mounts at one path only when a stage's Job is created; say it at apply.
+    clear = " && ".join(
+        f"(!has(self.stages.{s}.pod.volumeMounts) || self.stages.{s}.pod.volumeMounts.all(m, "
+        "m.mountPath != self.storage.volume.mountPath))"
+        for s in _STAGE_FIELDS
+    )
+    return CelRule(
+        f"!has(self.storage.volume) || ({clear})",
+        "`pod.volumeMounts[].mountPath` must not be `storage.volume.mountPath`: the storage volume is mounted there",
+        lambda spec: (
+            spec.storage.volume is None
+            or all(
+                m.mount_path != spec.storage.volume.mount_path
+                for stage in (getattr(spec.stages, name) for name in type(spec.stages).model_fields)
+                for m in stage.pod.volume_mounts
+            )
+        ),
+    )
+
+
 class RLHFJobSpec(ApiModel):
     cel_rules = (
+        _mounts_clear_of_storage(),
         _ranking_rule(
             RankingMethod.HUMAN,
             "human.source",
