@@ -21,22 +21,11 @@ IMMUTABLE_MESSAGE = "`{field}` must not change: it is immutable after creation; 
 
 @dataclass(frozen=True)
 class CelRule:
-    """A CEL rule for the CRD and its Python twin (`check` gets the model, True means valid).
-
-    `message_expression` (CEL) and `explain` (its Python twin) say what is wrong in words that
-    depend on the object, e.g. which keys are unknown; `message` stays the fallback."""
+    """A CEL rule for the CRD and its Python twin (`check` gets the model, True means valid)."""
 
     cel: str
     message: str
     check: Callable[[Any], bool]
-    message_expression: str | None = None
-    explain: Callable[[Any], str] | None = None
-
-    def crd_rule(self) -> dict[str, str]:
-        out = {"rule": self.cel, "message": self.message}
-        if self.message_expression:
-            out["messageExpression"] = self.message_expression
-        return out
 
 
 def renamed(old: str, new: str, absent: Callable[[Any], bool]) -> CelRule:
@@ -64,7 +53,7 @@ class ApiModel(BaseModel):
     def _check_cel_rules(self) -> Self:
         for rule in type(self).cel_rules:
             if not rule.check(self):
-                raise ValueError(rule.explain(self) if rule.explain else rule.message)
+                raise ValueError(rule.message)
         return self
 
     @classmethod
@@ -74,7 +63,9 @@ class ApiModel(BaseModel):
         schema = handler(core_schema)
         if cls.cel_rules:
             target = handler.resolve_ref_schema(schema)
-            target["x-kubernetes-validations"] = [r.crd_rule() for r in cls.cel_rules]
+            target["x-kubernetes-validations"] = [
+                {"rule": r.cel, "message": r.message} for r in cls.cel_rules
+            ]
         return schema
 
 

@@ -21,7 +21,7 @@ from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_model import load_pairs
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
-from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 from rlhf_operator.workloads.trl_policy import plain_model
 
 
@@ -50,7 +50,7 @@ def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_d
             f"stages.policy.batchSize ({policy.batch_size}) must split evenly over {world} processes.",
             "InvalidBatchSize",
         )
-    return DPOConfig(
+    arguments = dict(
         output_dir=out_dir,
         max_steps=policy.steps,
         learning_rate=policy.learning_rate,
@@ -70,6 +70,7 @@ def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_d
             transformer_layers=layer_classes(model_path),
         ),
     )
+    return trl_config(DPOConfig, arguments, policy.trainer_args, "stages.policy")
 
 
 def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str, float]]:

@@ -18,7 +18,7 @@ from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, r
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
-from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 
 def split_pairs_by_prompt(
@@ -122,7 +122,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
     check_compatible(model, tokenizer, "the reward model")
     model.config.pad_token_id = tokenizer.pad_token_id  # a None pad id breaks batched seq-cls (gotcha 5)
     with tempfile.TemporaryDirectory(prefix="rlhf-rm-") as work:
-        config = RewardConfig(
+        arguments = dict(
             output_dir=f"{work}/trainer",
             num_train_epochs=float(rm.epochs),
             learning_rate=rm.learning_rate,
@@ -135,6 +135,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
             use_cpu=not torch.cuda.is_available(),
             **args,
         )
+        config = trl_config(RewardConfig, arguments, rm.trainer_args, "stages.rewardModel")
         trainer = RewardTrainer(
             model=model,
             args=config,

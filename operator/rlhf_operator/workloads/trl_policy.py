@@ -18,7 +18,7 @@ from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.reward_source import make_reward
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
-from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 KEEP_CHECKPOINTS = 2
@@ -190,13 +190,10 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
             transformer_layers=layer_classes(model_path),
         ),
     )
+    config_cls: Any
     trainer_cls: Any
-    if algorithm == "rloo":
-        config: Any = RLOOConfig(**common)
-        trainer_cls = RLOOTrainer
-    else:
-        config = GRPOConfig(**common)
-        trainer_cls = GRPOTrainer
+    config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    config = trl_config(config_cls, common, policy.trainer_args, "stages.policy")
     dataset = Dataset.from_list([{"prompt": p} for p in training_prompts(ctx)])
     trainer = trainer_cls(
         model=model_path,

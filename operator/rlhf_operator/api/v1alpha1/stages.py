@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
+from rlhf_operator.api import trainer_args
 from rlhf_operator.api.base import ApiModel, CelRule, renamed
 from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
 from rlhf_operator.api.v1alpha1.common import Location, ShortText
@@ -178,6 +179,11 @@ class Serving(ApiModel):
 class RewardModelStage(TrainingFields):
     cel_rules = (ACCUMULATION_RULE,)
 
+    @model_validator(mode="after")
+    def _trainer_args(self) -> Self:
+        trainer_args.check(self.trainer_args, trainer_args.REWARD_CONFIG, "stages.rewardModel")
+        return self
+
     model: Location | None = Field(
         None, description="Model the reward model starts from; defaults to the base model."
     )
@@ -238,6 +244,12 @@ class PolicyStage(TrainingFields):
         ),
         renamed("responseLength", "maxNewTokens", lambda p: p.renamed_response_length is None),
     )
+
+    @model_validator(mode="after")
+    def _trainer_args(self) -> Self:
+        config = trainer_args.POLICY_CONFIGS.get(str(self.algorithm))
+        trainer_args.check(self.trainer_args, config, "stages.policy")
+        return self
 
     def kl_weight(self) -> float:
         """`klCoef`, or its default when unset (ppo, rloo, grpo)."""
