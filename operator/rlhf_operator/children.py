@@ -31,6 +31,7 @@ from rlhf_operator.api.v1alpha1 import (
     SecretKeyRef,
     StageName,
 )
+from rlhf_operator.api.v1alpha1.hub import HUB_TOKEN_ENV
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
@@ -240,6 +241,10 @@ def pod_spec(
         # A crash before the program writes its result still tells the operator something.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.hub is not None and spec.hub.token_secret is not None:
+        # Any stage may load an hf:// model or dataset; only the Hub fetch reads it (workloads/hub.py).
+        ref = {"name": spec.hub.token_secret.name, "key": spec.hub.token_secret.key}
+        env.append({"name": HUB_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}})
     judge_key = judge_api_key_secret(spec) if stage is StageName.RANKING else None
     if judge_key is not None:
         ref = {"name": judge_key.name, "key": judge_key.key}

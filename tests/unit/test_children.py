@@ -161,3 +161,16 @@ def test_pod_settings_real_clusters_need_reach_the_pod() -> None:
         "template"
     ]
     assert "affinity" not in other["spec"] and "team" not in other["metadata"]["labels"]
+
+
+def test_the_hub_token_reaches_every_stage_from_its_secret() -> None:
+    job = rlhfjob(hub={"endpoint": "https://hub.internal", "tokenSecret": {"name": "hf"}})
+    for stage in (StageName.PRECOMPUTE, StageName.REWARD_MODEL, StageName.POLICY, StageName.EVALUATION):
+        container = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, stage, CONFIG)["spec"]["template"][
+            "spec"
+        ]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RLHF_HUB_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+        assert env["HF_HUB_OFFLINE"]["value"] == "1"  # only the fetch process goes online
+    plain = stage_job(JobIdentity("ml", "tiny", "u-1"), rlhfjob().spec, StageName.POLICY, CONFIG)
+    assert "RLHF_HUB_TOKEN" not in str(plain)

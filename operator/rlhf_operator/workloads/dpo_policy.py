@@ -81,7 +81,9 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
     spec = ctx.typed_spec
     steps = spec.stages.policy.steps
     pairs = load_pairs(ctx)
-    model_path = resolve_model_path(spec.base_model.source, "the base model")
+    model_path = resolve_model_path(
+        spec.base_model.source, "the base model", revision=spec.base_model.revision
+    )
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     last: dict[str, float] = {}
 

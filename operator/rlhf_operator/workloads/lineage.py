@@ -16,8 +16,8 @@ from typing import Any
 from rlhf_operator.api import artifacts
 from rlhf_operator.api.lineage import LINEAGE_FILE, REUSE_INDEX_DIR, Lineage, ReuseEntry, digest_of
 from rlhf_operator.api.stage_config import JobRef
-from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName, StorageSpec
-from rlhf_operator.workloads import storage
+from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName
+from rlhf_operator.workloads import hub, storage
 from rlhf_operator.workloads.config import StageContext
 
 #: Each stage's artifact directory under the job root; its lineage.json goes there.
@@ -79,7 +79,11 @@ def tree_digest(uri: str) -> str:
 
 
 def model_digest(source: str, revision: str | None) -> str:
-    """Files by content when they are on a volume or in S3; a hub model by name and revision."""
+    """Files by content when they are on a volume or in S3; a hub model by id and the commit its
+    revision resolves to (a commit pins the content)."""
+    if hub.is_hub(source):
+        ref = hub.parse(source, revision)
+        return digest_of({"hub": ref.repo_id, "type": ref.repo_type, "commit": hub.resolve_commit(ref)})
     if storage.exists(source):
         return tree_digest(source)
     return digest_of({"hub": source, "revision": revision or "main"})
@@ -144,15 +148,8 @@ def record_stage(ctx: StageContext, stage: StageName) -> None:
     write_lineage(ctx, stage_lineage(ctx, stage, inputs))
 
 
-def storage_base(spec: StorageSpec) -> str:
-    if spec.volume is not None:
-        return spec.volume.mount_path
-    assert spec.s3 is not None, "the API requires volume or s3"
-    return spec.s3.prefix
-
-
 def index_uri(ctx: StageContext, stage: StageName, digest: str) -> str:
-    base = storage_base(ctx.typed_spec.storage)
+    base = artifacts.storage_base(ctx.typed_spec.storage)
     return artifacts.join(base, artifacts.JOBS_DIR, REUSE_INDEX_DIR, stage.value, f"{digest}.json")
 
 

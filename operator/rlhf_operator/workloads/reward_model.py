@@ -105,7 +105,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
     pairs = load_pairs(ctx)
     train, held = split_pairs_by_prompt(pairs, rm.eval_fraction, ctx.seed)
     source = rm.model or spec.base_model.source
-    path = resolve_model_path(source, "the reward model's initial weights")
+    revision = spec.base_model.revision if rm.model is None else None
+    path = resolve_model_path(source, "the reward model's initial weights", revision=revision)
     tokenizer = load_tokenizer(tokenizer_source(spec, path), padding_side="right")
     seed_everything(ctx.seed)
     adapter = lora_settings(rm)

@@ -117,7 +117,9 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
     if policy.kl_target is not None:
         print(f"note: klTarget is used by ppo only; {algorithm} keeps its KL weight klCoef fixed", flush=True)
     # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
-    model_path = resolve_model_path(spec.base_model.source, "the base model")
+    model_path = resolve_model_path(
+        spec.base_model.source, "the base model", revision=spec.base_model.revision
+    )
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     score = make_reward(ctx)
     last: dict[str, float] = {}

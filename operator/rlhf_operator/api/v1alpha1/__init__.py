@@ -51,6 +51,7 @@ from rlhf_operator.api.v1alpha1.enums import (
 )
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
+from rlhf_operator.api.v1alpha1.hub import HF_SCHEME, HubSpec, TokenSecretRef
 from rlhf_operator.api.v1alpha1.job import NAME_PATTERN, ObjectMeta, RLHFJob
 from rlhf_operator.api.v1alpha1.pods import (
     GPU_STAGE_MESSAGE,
@@ -107,6 +108,7 @@ __all__ = [
     "ENV_NAME_PATTERN",
     "GPU_STAGE_MESSAGE",
     "GROUP",
+    "HF_SCHEME",
     "IMMUTABLE_FIELDS",
     "KIND",
     "LABEL_VALUE_PATTERN",
@@ -140,6 +142,7 @@ __all__ = [
     "GpuUsage",
     "Guardrails",
     "HeldOut",
+    "HubSpec",
     "HumanRanking",
     "JudgeEndpoint",
     "JudgeMode",
@@ -177,6 +180,7 @@ __all__ = [
     "Stages",
     "StorageSpec",
     "TaintEffect",
+    "TokenSecretRef",
     "Toleration",
     "TolerationOperator",
     "TrackingSpec",

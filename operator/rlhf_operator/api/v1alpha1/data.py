@@ -11,10 +11,13 @@ from rlhf_operator.api.v1alpha1.enums import DataFormat, Dtype
 
 class BaseModelSpec(ApiModel):
     source: Location = Field(
-        description="The model to start from: a path (/data/models/x), an s3:// URI or a name in the model cache."
+        description="The model to start from: a path (/data/models/x), an s3:// URI, or "
+        "hf://org/name[@revision] on the Hub (fetched once into the storage, see `hub`)."
     )
     revision: ShortText | None = Field(
-        None, description="Revision (branch, tag or commit) of the model, if versioned."
+        None,
+        description="Revision (branch, tag or commit) of an hf:// model that names none after @; the commit it "
+        "resolves to is recorded in the lineage.",
     )
     dtype: Dtype = Field(Dtype.AUTO, description="Weight precision: auto, float32, bfloat16 or float16.")
     size_billions: float | None = Field(

@@ -10,6 +10,7 @@ from rlhf_operator.api.base import IMMUTABLE_MESSAGE, ApiModel, CelRule, immutab
 from rlhf_operator.api.v1alpha1.common import ShortText
 from rlhf_operator.api.v1alpha1.data import BaseModelSpec, DatasetSpec
 from rlhf_operator.api.v1alpha1.enums import ArtifactRetention, RankingMethod
+from rlhf_operator.api.v1alpha1.hub import HubSpec
 from rlhf_operator.api.v1alpha1.stages import Stages
 from rlhf_operator.api.v1alpha1.storage import StorageSpec
 from rlhf_operator.api.v1alpha1.tracking import TrackingSpec
@@ -99,6 +100,11 @@ class RLHFJobSpec(ApiModel):
         description="Settings of each pipeline stage.",
         json_schema_extra=immutable("stages"),
     )
+    hub: HubSpec | None = Field(
+        None,
+        description="Where hf://org/name[@revision] sources are fetched from (once per storage, cached there).",
+        json_schema_extra=immutable("hub"),
+    )
     tracking: TrackingSpec = Field(
         default_factory=TrackingSpec,
         description="Where the training stages' metrics go: TensorBoard event files, MLflow.",
@@ -107,7 +113,7 @@ class RLHFJobSpec(ApiModel):
 
 
 # Rules on changes, checked by the API server (CEL transition rules) and by `validate_update`.
-IMMUTABLE_FIELDS = ("seed", "base_model", "dataset", "storage", "stages", "tracking")
+IMMUTABLE_FIELDS = ("seed", "base_model", "dataset", "storage", "stages", "hub", "tracking")
 QUEUE_NAME_MESSAGE = "`queueName` must not change once set; create a new RLHFJob instead"
 QUEUE_NAME_RULE = "!has(oldSelf.queueName) || (has(self.queueName) && self.queueName == oldSelf.queueName)"
 
