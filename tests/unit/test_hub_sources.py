@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_operator.api.v1alpha1.hub import HUB_TOKEN_ENV
 from rlhf_operator.workloads import hub
 from rlhf_operator.workloads.errors import StageConfigError
 from tests.support.hub_server import FakeHub, Repo
@@ -49,7 +50,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     server.start()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv(hub.HUB_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(HUB_TOKEN_ENV, raising=False)
     hub.configure(None, None)
     try:
         yield server
@@ -137,11 +138,11 @@ def test_a_private_model_needs_the_token_and_a_wrong_token_is_refused(
         StageConfigError, match=r"asked without a token\): check the id, or set spec.hub.tokenSecret"
     ):
         hub.localize("hf://tiny/private-model")
-    monkeypatch.setenv(hub.HUB_TOKEN_ENV, "hf_wrong")
+    monkeypatch.setenv(HUB_TOKEN_ENV, "hf_wrong")
     with pytest.raises(StageConfigError) as refused:
         hub.localize("hf://tiny/private-model")
     assert refused.value.reason == "HubUnauthorized" and "HTTP 401" in refused.value.message
-    monkeypatch.setenv(hub.HUB_TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(HUB_TOKEN_ENV, TOKEN)
     assert (Path(hub.localize("hf://tiny/private-model")) / "config.json").exists()
 
 
