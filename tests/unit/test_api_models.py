@@ -88,7 +88,9 @@ def test_defaults_are_filled() -> None:
     spec = RLHFJob.model_validate(BASE).spec
     assert spec.suspend is False
     assert spec.dataset.held_out.fraction == 0.2 and spec.dataset.held_out.source is None
-    assert spec.dataset.prompts.format == "jsonl" and spec.dataset.prompts.prompt_field == "prompt"
+    assert (
+        spec.dataset.prompts.format is None and spec.dataset.prompts.prompt_field == "prompt"
+    )  # by extension
     assert spec.storage.volume is not None and spec.storage.volume.mount_path == "/data"
     stages = spec.stages
     assert stages.precompute.responses_per_prompt == 4 and stages.precompute.shards == 1

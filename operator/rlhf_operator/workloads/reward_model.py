@@ -43,12 +43,11 @@ def pair_accuracy(scorer: LocalRewardScorer, pairs: list[dict[str, Any]]) -> flo
 
 def load_pairs(ctx: StageContext) -> list[dict[str, Any]]:
     rankings = ctx.typed_spec.dataset.rankings
-    ready = rankings.source if rankings is not None else None
-    if ready:
+    if rankings is not None:
         from rlhf_operator.workloads.ranking import read_rankings_file
 
         # Ranked pairs supplied with the dataset: precompute and ranking were skipped.
-        return read_rankings_file(ctx, ready, rankings.format.value if rankings is not None else None)
+        return read_rankings_file(ctx, rankings.source, rankings.format, rankings.split)
     uri = layout.pairs_file(ctx.artifact_root)
     if not storage.exists(layout.ranking_manifest(ctx.artifact_root)):
         raise StageConfigError(

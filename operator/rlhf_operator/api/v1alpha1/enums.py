@@ -14,6 +14,7 @@ class Dtype(StrEnum):
 
 class DataFormat(StrEnum):
     JSONL = "jsonl"
+    JSON = "json"
     PARQUET = "parquet"
     CSV = "csv"
 
