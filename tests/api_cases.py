@@ -344,6 +344,73 @@ CASES: list[Case] = [
         pod("policy", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
         ("`value` must be empty when `operator` is Exists",),
     ),
+    # rewards: trained, pretrained, served elsewhere, or a rule
+    Case(
+        "pretrained-and-endpoint",
+        stage("rewardModel", {"pretrained": "hf://org/rm", "endpoint": {"url": "http://rm:8080"}}),
+        ("`pretrained` and `endpoint` must not both be set",),
+    ),
+    Case(
+        "endpoint-url-scheme",
+        stage("rewardModel", {"endpoint": {"url": "rm.ml.svc:8080"}}),
+        ("`url` must start with http:// or https://",),
+    ),
+    Case(
+        "rule-reward-and-pretrained",
+        spec(
+            {
+                "stages": {
+                    "rewardModel": {"pretrained": "/data/rm"},
+                    "policy": {"algorithm": "grpo", "rewardRule": {"name": "regex", "pattern": "x"}},
+                }
+            }
+        ),
+        ("`stages.policy.rewardRule` must not be used with `stages.rewardModel.pretrained` or `endpoint`",),
+    ),
+    Case(
+        "rule-reward-with-dpo",
+        stage("policy", {"algorithm": "dpo", "rewardRule": {"name": "regex", "pattern": "x"}}),
+        ("`rewardRule` must not be used with algorithm dpo",),
+    ),
+    Case(
+        "rule-reward-served-remotely",
+        stage("policy", {"rewardPlacement": "remote", "rewardRule": {"name": "regex", "pattern": "x"}}),
+        ("`rewardPlacement: remote` must not be used with `rewardRule`",),
+    ),
+    Case(
+        "endpoint-with-remote-placement",
+        spec(
+            {
+                "stages": {
+                    "rewardModel": {"endpoint": {"url": "http://rm:8080"}},
+                    "policy": {"rewardPlacement": "remote"},
+                }
+            }
+        ),
+        ("`rewardPlacement: remote` must not be used with `stages.rewardModel.endpoint`",),
+    ),
+    Case(
+        "exact-match-without-reference",
+        stage("policy", {"algorithm": "grpo", "rewardRule": {"name": "exactMatch"}}),
+        ("`referenceField` must be set when `name` is exactMatch",),
+    ),
+    Case(
+        "python-rule-entry-point",
+        stage(
+            "policy", {"algorithm": "grpo", "rewardRule": {"name": "python", "entryPoint": "not a function"}}
+        ),
+        ("entryPoint",),
+    ),
+    Case(
+        "hub-endpoint-scheme",
+        spec({"hub": {"endpoint": "hub.internal"}}),
+        ("`endpoint` must start with http:// or https://",),
+    ),
+    Case(
+        "split-without-hub-dataset",
+        spec({"dataset": {"prompts": {"source": "/data/p.jsonl", "split": "test"}}}),
+        ("`split` must be used with an hf://datasets/ source",),
+    ),
     # pod settings real clusters need
     Case(
         "env-value-and-value-from",

@@ -187,6 +187,9 @@ def _volumes(
 
 #: The served AI judge's API key, from `aiJudge.endpoint.apiKeySecret` (read by endpoint_judge).
 JUDGE_API_KEY_ENV = "RLHF_JUDGE_API_KEY"
+#: The bearer token of a reward server elsewhere (`rewardModel.endpoint`; read by reward_client).
+REWARD_TOKEN_ENV = "RLHF_REWARD_TOKEN"
+REWARD_CALLERS = (StageName.POLICY, StageName.EVALUATION)
 
 
 def judge_api_key_secret(spec: RLHFJobSpec) -> SecretKeyRef | None:
@@ -194,6 +197,19 @@ def judge_api_key_secret(spec: RLHFJobSpec) -> SecretKeyRef | None:
     if spec.stages.ranking.method is not RankingMethod.AI_JUDGE or judge is None or judge.endpoint is None:
         return None
     return judge.endpoint.api_key_secret
+
+
+def _token_env(spec: RLHFJobSpec, stage: StageKey) -> list[Manifest]:
+    """The tokens of `spec.hub.tokenSecret` (any stage may load an hf:// model or dataset; only the
+    Hub fetch process reads it) and of `rewardModel.endpoint.tokenSecret` (the stages that call the
+    reward: policy and evaluation)."""
+    wanted: list[tuple[str, str, str]] = []
+    if spec.hub is not None and spec.hub.token_secret is not None:
+        wanted.append((HUB_TOKEN_ENV, spec.hub.token_secret.name, spec.hub.token_secret.key))
+    endpoint = spec.stages.reward_model.endpoint
+    if endpoint is not None and endpoint.token_secret is not None and stage in REWARD_CALLERS:
+        wanted.append((REWARD_TOKEN_ENV, endpoint.token_secret.name, endpoint.token_secret.key))
+    return [{"name": n, "valueFrom": {"secretKeyRef": {"name": s, "key": k}}} for n, s, k in wanted]
 
 
 def pod_spec(
@@ -241,10 +257,7 @@ def pod_spec(
         # A crash before the program writes its result still tells the operator something.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.hub is not None and spec.hub.token_secret is not None:
-        # Any stage may load an hf:// model or dataset; only the Hub fetch reads it (workloads/hub.py).
-        ref = {"name": spec.hub.token_secret.name, "key": spec.hub.token_secret.key}
-        env.append({"name": HUB_TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}})
+    env += _token_env(spec, stage)
     judge_key = judge_api_key_secret(spec) if stage is StageName.RANKING else None
     if judge_key is not None:
         ref = {"name": judge_key.name, "key": judge_key.key}

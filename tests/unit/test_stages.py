@@ -56,7 +56,7 @@ def test_run_local_and_the_operator_skip_the_same_stages(dataset: dict[str, obje
 def test_dpo_trains_the_reward_model_only_when_evaluation_needs_it(
     evaluation: dict[str, object], runs_reward_model: bool
 ) -> None:
-    job = rlhfjob(stages={"policy": {"algorithm": "dpo"}, "evaluation": evaluation})
+    job = rlhfjob(stages={"policy": {"algorithm": "dpo", "klCoef": None}, "evaluation": evaluation})
     assert (not skipped(job.spec, StageName.REWARD_MODEL)) is runs_reward_model
     status = reconcile(job, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).status
     record = next(r for r in status["stages"] if r["name"] == "rewardModel")

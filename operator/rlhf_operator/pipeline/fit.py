@@ -16,6 +16,7 @@ from rlhf_operator.api.training import micro_batch
 from rlhf_operator.api.v1alpha1 import Algorithm, RLHFJobSpec, StageName
 from rlhf_operator.config import OperatorConfig, Role
 from rlhf_operator.memory_estimate import GIB, SHAPES, ModelShape, Setup, estimate
+from rlhf_operator.stages import skipped
 
 #: The reason in the failed stage's message, the Failed condition's message and the event.
 DOES_NOT_FIT = "DoesNotFit"
@@ -111,6 +112,8 @@ def fit_refusal(spec: RLHFJobSpec, config: OperatorConfig) -> Refusal | None:
         (StageName.REWARD_MODEL, Role.REWARD, "rewardModel"),
         (StageName.POLICY, Role.POLICY, "policy"),
     ):
+        if skipped(spec, stage):  # e.g. a pretrained reward model: nothing trains on these GPUs
+            continue
         pod = spec.stages.policy.pod if stage is StageName.POLICY else spec.stages.reward_model.pod
         group = pod.node_group or config.node_group(role)
         gpu_gib = config.gpu_memory_gib.get(group)

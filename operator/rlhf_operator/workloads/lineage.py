@@ -140,8 +140,15 @@ def record_stage(ctx: StageContext, stage: StageName) -> None:
     inputs: dict[str, str] = {}
     if stage in (StageName.POLICY, StageName.EVALUATION):
         inputs.update(base_model_inputs(ctx.typed_spec))
-    if stage is StageName.REWARD_MODEL and ctx.typed_spec.stages.reward_model.model:
-        inputs["initialModel"] = model_digest(ctx.typed_spec.stages.reward_model.model, None)
+    reward_model = ctx.typed_spec.stages.reward_model
+    if stage is StageName.REWARD_MODEL and reward_model.model:
+        inputs["initialModel"] = model_digest(reward_model.model, None)
+    if stage in (StageName.POLICY, StageName.EVALUATION):
+        # A reward that is not this job's trained model: by its files, or by its URL.
+        if reward_model.pretrained:
+            inputs["rewardModel"] = model_digest(reward_model.pretrained, None)
+        elif reward_model.endpoint:
+            inputs["rewardEndpoint"] = digest_of({"url": reward_model.endpoint.url})
     rankings = ctx.typed_spec.dataset.rankings
     if rankings is not None and stage in (StageName.REWARD_MODEL, StageName.POLICY):
         inputs["rankings"] = tree_digest(rankings.source)

@@ -11,7 +11,8 @@ from rlhf_operator.workloads import data, labelstudio, layout, sources, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.endpoint_judge import EndpointJudge
 from rlhf_operator.workloads.errors import Defects, StageConfigError
-from rlhf_operator.workloads.judges import DEFAULT_KEYWORDS, Ask, LogProbJudge, rank_group, rule_from_spec
+from rlhf_operator.workloads.judges import DEFAULT_KEYWORDS, Ask, LogProbJudge, rank_group
+from rlhf_operator.workloads.rule_rewards import rule_scorer
 
 Pair = dict[str, Any]
 
@@ -186,7 +187,7 @@ def scored_pairs(ctx: StageContext, method: RankingMethod) -> list[Pair]:
     pairs: list[Pair] = []
     if method is RankingMethod.RULE:
         rule = ranking.rule or RuleSpec(name=RuleName.KEYWORDS, keywords=list(DEFAULT_KEYWORDS))
-        scorer = rule_from_spec(rule, where="stages.ranking.rule")
+        scorer = rule_scorer(rule, ctx, "stages.ranking.rule")
         label = f"rule:{rule.name.value}"
         for row in rows:
             scores = scorer([row["prompt"]] * len(row["responses"]), row["responses"])

@@ -38,6 +38,7 @@ class RemoteRewardClient:
         timeout_s: float = 30.0,
         retries: int = 5,
         backoff_s: float = 0.5,
+        token_hint: str = "mount the same token Secret in the policy and the server",
     ) -> None:
         self.url = endpoint.rstrip("/") + ("" if endpoint.rstrip("/").endswith("/score") else "/score")
         self.token = token
@@ -45,6 +46,7 @@ class RemoteRewardClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.token_hint = token_hint
 
     def _post(self, body: dict[str, list[str]]) -> list[float]:
         data = json.dumps(body).encode()
@@ -62,7 +64,7 @@ class RemoteRewardClient:
                 if exc.code in {401, 403}:
                     raise StageConfigError(
                         f"the reward server at {self.url} refused the token (HTTP {exc.code}); "
-                        "mount the same token Secret in the policy and the server.",
+                        f"{self.token_hint}.",
                         "RewardUnauthorized",
                     ) from exc
                 if exc.code not in RETRYABLE_STATUS or attempt == self.retries:

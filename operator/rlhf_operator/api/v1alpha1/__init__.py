@@ -63,6 +63,7 @@ from rlhf_operator.api.v1alpha1.pods import (
     Toleration,
 )
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
+from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.spec import (
     IMMUTABLE_FIELDS,
     QUEUE_NAME_MESSAGE,
@@ -81,7 +82,6 @@ from rlhf_operator.api.v1alpha1.stages import (
     PrecomputeStage,
     RankingStage,
     RewardModelStage,
-    RuleSpec,
     Serving,
     Stages,
 )
@@ -165,6 +165,7 @@ __all__ = [
     "RankingStage",
     "Resources",
     "ReusePolicy",
+    "RewardEndpoint",
     "RewardModelStage",
     "RewardPlacement",
     "RuleName",

@@ -15,15 +15,29 @@ from rlhf_operator.api.v1alpha1.stages import Stages
 from rlhf_operator.api.v1alpha1.storage import StorageSpec
 from rlhf_operator.api.v1alpha1.tracking import TrackingSpec
 
+#: The ranking stage does not run: the pairs are given, or nothing reads them (no reward model is
+#: trained here and the policy is not dpo; `stages.py` skips it alike).
+NO_RANKING = (
+    "has(self.dataset.rankings) || (self.stages.policy.algorithm != 'dpo' && (has(self.stages.policy.rewardRule) "
+    "|| has(self.stages.rewardModel.pretrained) || has(self.stages.rewardModel.endpoint)))"
+)
+
+
+def _no_ranking(s: Any) -> bool:
+    untrained = (
+        s.stages.policy.reward_rule is not None
+        or s.stages.reward_model.pretrained is not None
+        or s.stages.reward_model.endpoint is not None
+    )
+    return s.dataset.rankings is not None or (s.stages.policy.algorithm != "dpo" and untrained)
+
 
 def _ranking_rule(method: RankingMethod, needs: str, cel_needs: str, check: Any) -> CelRule:
-    # Ranking settings only matter when the ranking stage runs, i.e. without `dataset.rankings`.
+    # Ranking settings only matter when the ranking stage runs.
     return CelRule(
-        f"has(self.dataset.rankings) || self.stages.ranking.method != '{method}' || {cel_needs}",
+        f"{NO_RANKING} || self.stages.ranking.method != '{method}' || {cel_needs}",
         f"`stages.ranking.{needs}` must be set when `stages.ranking.method` is {method}",
-        lambda s: (
-            s.dataset.rankings is not None or s.stages.ranking.method != method or check(s.stages.ranking)
-        ),
+        lambda s: _no_ranking(s) or s.stages.ranking.method != method or check(s.stages.ranking),
     )
 
 
@@ -51,9 +65,31 @@ def _mounts_clear_of_storage() -> CelRule:
     )
 
 
+#: One reward per job: a rule, a reward model served elsewhere, or one run here (pretrained or trained).
+_ONE_REWARD = (
+    CelRule(
+        "!has(self.stages.policy.rewardRule) || (!has(self.stages.rewardModel.pretrained) && "
+        "!has(self.stages.rewardModel.endpoint))",
+        "`stages.policy.rewardRule` must not be used with `stages.rewardModel.pretrained` or `endpoint`: "
+        "the policy optimises one reward",
+        lambda s: (
+            s.stages.policy.reward_rule is None
+            or (s.stages.reward_model.pretrained is None and s.stages.reward_model.endpoint is None)
+        ),
+    ),
+    CelRule(
+        "!has(self.stages.rewardModel.endpoint) || self.stages.policy.rewardPlacement != 'remote'",
+        "`rewardPlacement: remote` must not be used with `stages.rewardModel.endpoint`: the policy calls that "
+        "endpoint itself",
+        lambda s: s.stages.reward_model.endpoint is None or s.stages.policy.reward_placement != "remote",
+    ),
+)
+
+
 class RLHFJobSpec(ApiModel):
     cel_rules = (
         _mounts_clear_of_storage(),
+        *_ONE_REWARD,
         _ranking_rule(
             RankingMethod.HUMAN,
             "human.source",

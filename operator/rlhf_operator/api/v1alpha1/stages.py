@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, model_validator
 
 from rlhf_operator.api import trainer_args
 from rlhf_operator.api.base import ApiModel, CelRule, renamed
@@ -16,52 +16,17 @@ from rlhf_operator.api.v1alpha1.enums import (
     Pairing,
     RankingMethod,
     RewardPlacement,
-    RuleName,
 )
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
+from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
 
 #: The KL weights when unset: klCoef of ppo, rloo and grpo, and dpo's beta (TRL's DPOConfig default).
 DEFAULT_KL_COEF = 0.05
 DEFAULT_DPO_BETA = 0.1
-
-
-class RuleSpec(ApiModel):
-    """A programmatic preference ("any kind of digital signal")."""
-
-    cel_rules = (
-        CelRule(
-            "self.name != 'keywords' || (has(self.keywords) && size(self.keywords) > 0)",
-            "`keywords` must list at least one keyword when `name` is keywords",
-            lambda r: r.name != RuleName.KEYWORDS or bool(r.keywords),
-        ),
-        CelRule(
-            "self.name != 'length' || has(self.targetLength)",
-            "`targetLength` must be set when `name` is length",
-            lambda r: r.name != RuleName.LENGTH or r.target_length is not None,
-        ),
-        CelRule(
-            "self.name != 'classifier' || has(self.model)",
-            "`model` must be set when `name` is classifier",
-            lambda r: r.name != RuleName.CLASSIFIER or r.model is not None,
-        ),
-    )
-
-    name: RuleName = Field(
-        description="keywords (count of wanted words), length (closeness to a length) or classifier."
-    )
-    keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
-        None, max_length=256, description="Words that make a response better (rule keywords)."
-    )
-    target_length: int | None = Field(
-        None, ge=1, le=32_768, description="Preferred response length in tokens (rule length)."
-    )
-    model: Location | None = Field(
-        None, description="Classifier model whose positive score is preferred (rule classifier)."
-    )
 
 
 class HumanRanking(ApiModel):
@@ -177,7 +142,14 @@ class Serving(ApiModel):
 
 
 class RewardModelStage(TrainingFields):
-    cel_rules = (ACCUMULATION_RULE,)
+    cel_rules = (
+        ACCUMULATION_RULE,
+        CelRule(
+            "!has(self.pretrained) || !has(self.endpoint)",
+            "`pretrained` and `endpoint` must not both be set: one reward model is used",
+            lambda r: r.pretrained is None or r.endpoint is None,
+        ),
+    )
 
     @model_validator(mode="after")
     def _trainer_args(self) -> Self:
@@ -186,6 +158,16 @@ class RewardModelStage(TrainingFields):
 
     model: Location | None = Field(
         None, description="Model the reward model starts from; defaults to the base model."
+    )
+    pretrained: Location | None = Field(
+        None,
+        description="A trained reward model to use as it is (a sequence-classification model with one "
+        "label: a path, an s3:// URI or hf://org/name[@revision]); no reward model is trained.",
+    )
+    endpoint: RewardEndpoint | None = Field(
+        None,
+        description="A reward model served elsewhere, speaking the reward server's protocol; no reward "
+        "model is trained or served here.",
     )
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the preference pairs.")
     learning_rate: float = Field(1e-4, gt=0, le=1, description="Optimizer learning rate.")
@@ -243,6 +225,16 @@ class PolicyStage(TrainingFields):
             lambda p: p.algorithm == Algorithm.DPO or p.beta is None,
         ),
         renamed("responseLength", "maxNewTokens", lambda p: p.renamed_response_length is None),
+        CelRule(
+            "!has(self.rewardRule) || self.algorithm != 'dpo'",
+            "`rewardRule` must not be used with algorithm dpo: dpo trains on the rankings and calls no reward",
+            lambda p: p.reward_rule is None or p.algorithm != Algorithm.DPO,
+        ),
+        CelRule(
+            "!has(self.rewardRule) || self.rewardPlacement != 'remote'",
+            "`rewardPlacement: remote` must not be used with `rewardRule`: a rule is computed in the policy pods",
+            lambda p: p.reward_rule is None or p.reward_placement != RewardPlacement.REMOTE,
+        ),
     )
 
     @model_validator(mode="after")
@@ -296,6 +288,11 @@ class PolicyStage(TrainingFields):
     reward_placement: RewardPlacement = Field(
         RewardPlacement.COLOCATED,
         description="colocated (reward model in the policy pods) or remote (served on the small-GPU node group).",
+    )
+    reward_rule: RuleSpec | None = Field(
+        None,
+        description="Optimise a rule instead of a reward model (rloo, grpo, ppo): keywords, length, "
+        "exactMatch, regex, numeric or a python entry point; no reward model is trained.",
     )
     nodes: int = Field(1, ge=1, le=64, description="Policy pods (nodes) training together.")
     generation: GenerationSpec = Field(
