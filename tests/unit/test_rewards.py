@@ -55,7 +55,7 @@ def _context(tmp_path: Path, rows: list[dict[str, Any]], rule: dict[str, Any]) -
 
 
 def test_a_reference_verifier_reads_the_answer_from_the_prompts_rows(tmp_path: Path) -> None:
-    rows = [{"prompt": "2+2=", "answer": "#### 4"}, {"prompt": "3*3=", "answer": 9}]
+    rows: list[dict[str, Any]] = [{"prompt": "2+2=", "answer": "#### 4"}, {"prompt": "3*3=", "answer": 9}]
     ctx = _context(tmp_path, rows, {"name": "numeric", "referenceField": "answer"})
     score = rule_scorer(ctx.typed_spec.stages.policy.reward_rule, ctx, "stages.policy.rewardRule")
     assert score(["2+2=", "3*3=", "2+2="], ["4", "it is 9", "5"]) == [1.0, 1.0, 0.0]
