@@ -13,6 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run-local": ("rlhf_operator.local_runner", "run every stage of an RLHFJob on this machine"),
     "crd": ("rlhf_operator.api.crdgen", "print or write the CRD generated from the API models"),
     "cleanup-artifacts": ("rlhf_operator.cleanup", "delete one job's artifacts (run by the operator)"),
+    "stage": (
+        "rlhf_operator.staging",
+        "copy a model or dataset (hf://, s3://, a path) onto the job's storage",
+    ),
 }
 
 

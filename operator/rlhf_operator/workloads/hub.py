@@ -106,13 +106,13 @@ def localize(source: str, revision: str | None = None) -> str:
     commit = resolve_commit(ref)
     relative = f"{ref.repo_type}s/{ref.repo_id}/{commit}"
     if _settings.cache is not None and not storage.is_remote(_settings.cache):
-        return _download(ref, commit, Path(storage.local_path(artifacts.join(_settings.cache, relative))))
+        return download(ref, commit, Path(storage.local_path(artifacts.join(_settings.cache, relative))))
     if _settings.cache is not None:
         shared = artifacts.join(_settings.cache, relative)
         if storage.is_complete_dir(shared):
             return storage.localize_dir(shared)
     node = Path(os.environ.get("RLHF_CACHE_DIR") or tempfile.gettempdir()) / "rlhf-cache" / "hub" / relative
-    local = _download(ref, commit, node)
+    local = download(ref, commit, node)
     if _settings.cache is not None:
         storage.publish_dir(local, artifacts.join(_settings.cache, relative), _marker(ref, commit))
     return local
@@ -122,7 +122,7 @@ def _marker(ref: HubRef, commit: str) -> dict[str, str]:
     return {"source": ref.uri, "commit": commit, "endpoint": endpoint()}
 
 
-def _download(ref: HubRef, commit: str, dest: Path) -> str:
+def download(ref: HubRef, commit: str, dest: Path) -> str:
     """The files into `dest` once: the first process to take the lock downloads, the others reuse."""
     if (dest / storage.SUCCESS_MARKER).exists():
         return str(dest)
