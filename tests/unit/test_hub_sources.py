@@ -155,3 +155,23 @@ def test_an_unreachable_hub_is_retried_not_a_configuration_error(tmp_path: Path)
             hub.localize("hf://tiny/files")
     finally:
         hub.configure(None, None)
+
+
+def test_a_volume_without_file_locks_still_gets_one_complete_copy(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lustre mounted without `flock` refuses it: the download goes on unlocked."""
+    import errno
+
+    def refuse(*_: object) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(hub.fcntl, "flock", refuse)
+    hub.configure(str(tmp_path / ".hub"), None)
+    local = Path(hub.localize("hf://tiny/files"))
+    assert (local / "_SUCCESS").exists() and (local / "sub" / "notes.txt").read_bytes() == b"hi"
+    # A second process that finds a complete copy in place keeps it and drops its own.
+    staging = tmp_path / "other"
+    staging.mkdir()
+    hub._move_into_place(staging, local)
+    assert (local / "_SUCCESS").exists()

@@ -7,8 +7,9 @@ endpoint of `spec.hub.endpoint` (else HF_ENDPOINT, else huggingface.co). A revis
 its commit first; the files land in the job's storage under
 `rlhf-jobs/<namespace>/.hub/<models|datasets>/<org>/<name>/<commit>/` (complete once `_SUCCESS` is
 written), so every later stage, pod and job of the namespace on that storage reads them from there:
-one download per volume (under a file lock on the volume) or, with S3 storage, one per node (under
-a lock in the node's cache) and one upload to the prefix.
+one download per volume (under a file lock on the volume, where the filesystem honours one across
+nodes) or, with S3 storage, one per node (under a lock in the node's cache) and one upload to the
+prefix.
 """
 
 from __future__ import annotations
@@ -123,12 +124,19 @@ def _marker(ref: HubRef, commit: str) -> dict[str, str]:
 
 
 def download(ref: HubRef, commit: str, dest: Path) -> str:
-    """The files into `dest` once: the first process to take the lock downloads, the others reuse."""
+    """The files into `dest` once: the first process to take the lock downloads, the others reuse.
+
+    A filesystem that refuses flock (Lustre mounted without `flock`) leaves the processes unlocked:
+    each downloads into a staging directory of its own and the first complete one is renamed into
+    place; the others see it there and drop theirs."""
     if (dest / storage.SUCCESS_MARKER).exists():
         return str(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{dest}.lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        except OSError as exc:
+            print(f"no file lock on {dest.parent} ({exc.strerror}): downloading without one", flush=True)
         if (dest / storage.SUCCESS_MARKER).exists():
             return str(dest)
         staging = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -139,11 +147,19 @@ def download(ref: HubRef, commit: str, dest: Path) -> str:
             # huggingface_hub's own bookkeeping: not part of the model.
             shutil.rmtree(staging / ".cache", ignore_errors=True)
             (staging / storage.SUCCESS_MARKER).write_text(json.dumps(_marker(ref, commit), sort_keys=True))
-            os.replace(staging, dest)
+            _move_into_place(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         print(f"fetched {ref.uri} (commit {commit}) from {endpoint()} to {dest}", flush=True)
     return str(dest)
+
+
+def _move_into_place(staging: Path, dest: Path) -> None:
+    try:
+        os.replace(staging, dest)
+    except OSError:
+        if not (dest / storage.SUCCESS_MARKER).exists():  # not a complete copy of another process
+            raise
 
 
 def _ref_args(ref: HubRef) -> list[str]:
