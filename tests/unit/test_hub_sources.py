@@ -166,7 +166,7 @@ def test_a_volume_without_file_locks_still_gets_one_complete_copy(
     def refuse(*_: object) -> None:
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(hub.fcntl, "flock", refuse)
+    monkeypatch.setattr("rlhf_operator.workloads.hub.fcntl.flock", refuse)
     hub.configure(str(tmp_path / ".hub"), None)
     local = Path(hub.localize("hf://tiny/files"))
     assert (local / "_SUCCESS").exists() and (local / "sub" / "notes.txt").read_bytes() == b"hi"
