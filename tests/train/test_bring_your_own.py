@@ -36,8 +36,8 @@ def _job(name: str, workdir: Path, **stages: dict[str, Any]) -> dict[str, Any]:
     """The tiny job with a short policy and evaluation, written for the /data volume."""
     job = tiny_manifest(name)
     policy = job["spec"]["stages"]["policy"]
-    policy.update(algorithm="grpo", steps=8, batchSize=16, learningRate=3e-4, checkpointInterval=0)
-    job["spec"]["stages"]["evaluation"].update(prompts=12, samplesPerPrompt=2)
+    policy.update(algorithm="grpo", steps=6, batchSize=16, learningRate=5e-4, checkpointInterval=0)
+    job["spec"]["stages"]["evaluation"].update(prompts=8, samplesPerPrompt=2)
     del job["spec"]["stages"]["evaluation"]["gate"]
     for stage, settings in stages.items():
         job["spec"]["stages"].setdefault(stage, {}).update(settings)
@@ -60,7 +60,7 @@ def _chat_prefix(workdir: Path) -> int:
     """The tiny prompts as a prefix of parquet parts of chat rows (`messages` beside `prompt`)."""
     from rlhf_operator.tiny.task import make_prompts
 
-    prompts = make_prompts(60, seed=3)
+    prompts = make_prompts(24, seed=3)
     folder = workdir / "datasets" / "chat"
     folder.mkdir(parents=True)
     for part in range(3):
@@ -169,7 +169,9 @@ def test_a_reward_server_that_refuses_the_token_fails_the_policy_once(
 ) -> None:
     spec = json.loads(json.dumps(pipeline["spec"]))
     spec["stages"]["rewardModel"]["endpoint"] = {"url": reward_server, "tokenSecret": {"name": "rm-token"}}
-    spec["stages"]["policy"].update(algorithm="grpo", steps=2, checkpointInterval=0)
+    spec["stages"]["policy"].update(
+        algorithm="grpo", steps=1, batchSize=4, numGenerations=2, checkpointInterval=0
+    )
     failure = _stage("policy", spec, tmp_path, {"RLHF_REWARD_TOKEN": "not-the-token"})
     assert failure["reason"] == "RewardUnauthorized"
     assert f"{reward_server}/score refused the token (HTTP 401)" in failure["error"]
