@@ -89,7 +89,7 @@ def train_ours(workdir: Path, root: Path) -> float:
     config["artifactRoot"] = str(root)
     config["spec"]["stages"]["policy"].update(
         steps=SETTINGS["batches"], batchSize=SETTINGS["batch"], learningRate=SETTINGS["lr"],
-        klCoef=SETTINGS["kl_coef"], responseLength=SETTINGS["response_length"], checkpointInterval=0,
+        klCoef=SETTINGS["kl_coef"], maxNewTokens=SETTINGS["response_length"], checkpointInterval=0,
     )  # fmt: skip
     path = root / "policy.json"
     path.write_text(json.dumps(config))

@@ -313,6 +313,22 @@ CASES: list[Case] = [
         stage("policy", {"klCoef": 0, "klTarget": 6}),
         ("`klCoef` must be greater than 0",),
     ),
+    # v1alpha1 renames: an old name is refused with the new one
+    Case(
+        "renamed-response-length",
+        stage("policy", {"responseLength": 64}),
+        ("`responseLength` was renamed: it must be written `maxNewTokens`",),
+    ),
+    Case(
+        "dpo-with-kl-coef",
+        stage("policy", {"algorithm": "dpo", "klCoef": 0.1}),
+        ("`klCoef` must not be set with algorithm dpo: dpo's KL strength is `beta`",),
+    ),
+    Case(
+        "beta-without-dpo",
+        stage("policy", {"algorithm": "grpo", "beta": 0.1}),
+        ("`beta` must be set only with algorithm dpo",),
+    ),
     Case(
         "parallelism-above-shards",
         stage("precompute", {"shards": 2, "parallelism": 4}),
@@ -322,6 +338,161 @@ CASES: list[Case] = [
         "toleration-exists-with-value",
         pod("policy", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
         ("`value` must be empty when `operator` is Exists",),
+    ),
+    # rewards: trained, pretrained, served elsewhere, or a rule
+    Case(
+        "pretrained-and-endpoint",
+        stage("rewardModel", {"pretrained": "hf://org/rm", "endpoint": {"url": "http://rm:8080"}}),
+        ("`pretrained` and `endpoint` must not both be set",),
+    ),
+    Case(
+        "endpoint-url-scheme",
+        stage("rewardModel", {"endpoint": {"url": "rm.ml.svc:8080"}}),
+        ("`url` must start with http:// or https://",),
+    ),
+    Case(
+        "rule-reward-and-pretrained",
+        spec(
+            {
+                "stages": {
+                    "rewardModel": {"pretrained": "/data/rm"},
+                    "policy": {"algorithm": "grpo", "rewardRule": {"name": "regex", "pattern": "x"}},
+                }
+            }
+        ),
+        ("`stages.policy.rewardRule` must not be used with `stages.rewardModel.pretrained` or `endpoint`",),
+    ),
+    Case(
+        "rule-reward-with-dpo",
+        stage("policy", {"algorithm": "dpo", "rewardRule": {"name": "regex", "pattern": "x"}}),
+        ("`rewardRule` must not be used with algorithm dpo",),
+    ),
+    Case(
+        "rule-reward-served-remotely",
+        stage("policy", {"rewardPlacement": "remote", "rewardRule": {"name": "regex", "pattern": "x"}}),
+        ("`rewardPlacement: remote` must not be used with `rewardRule`",),
+    ),
+    Case(
+        "endpoint-with-remote-placement",
+        spec(
+            {
+                "stages": {
+                    "rewardModel": {"endpoint": {"url": "http://rm:8080"}},
+                    "policy": {"rewardPlacement": "remote"},
+                }
+            }
+        ),
+        ("`rewardPlacement: remote` must not be used with `stages.rewardModel.endpoint`",),
+    ),
+    Case(
+        "exact-match-without-reference",
+        stage("policy", {"algorithm": "grpo", "rewardRule": {"name": "exactMatch"}}),
+        ("`referenceField` must be set when `name` is exactMatch",),
+    ),
+    Case(
+        "python-rule-entry-point",
+        stage(
+            "policy", {"algorithm": "grpo", "rewardRule": {"name": "python", "entryPoint": "not a function"}}
+        ),
+        ("entryPoint",),
+    ),
+    Case(
+        "hub-endpoint-scheme",
+        spec({"hub": {"endpoint": "hub.internal"}}),
+        ("`endpoint` must start with http:// or https://",),
+    ),
+    Case(
+        "split-without-hub-dataset",
+        spec({"dataset": {"prompts": {"source": "/data/p.jsonl", "split": "test"}}}),
+        ("`split` must be used with an hf://datasets/ source",),
+    ),
+    # pod settings real clusters need
+    Case(
+        "env-value-and-value-from",
+        pod(
+            "policy",
+            {"env": [{"name": "A", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+        ),
+        ("`value` and `valueFrom` must not both be set",),
+    ),
+    Case(
+        "env-two-sources",
+        pod(
+            "policy",
+            {
+                "env": [
+                    {
+                        "name": "A",
+                        "valueFrom": {
+                            "secretKeyRef": {"name": "s", "key": "k"},
+                            "configMapKeyRef": {"name": "c", "key": "k"},
+                        },
+                    }
+                ]
+            },
+        ),
+        ("exactly one of `secretKeyRef`, `configMapKeyRef` or `fieldRef` must be set",),
+    ),
+    Case(
+        "mount-without-volume",
+        pod("evaluation", {"volumeMounts": [{"name": "extra", "mountPath": "/extra"}]}),
+        ("every `volumeMounts[].name` must name a volume in `volumes`",),
+    ),
+    Case(
+        "volume-two-sources",
+        pod("ranking", {"volumes": [{"name": "x", "emptyDir": {}, "secret": {"secretName": "s"}}]}),
+        ("exactly one of `secret`, `configMap`, `persistentVolumeClaim` or `emptyDir` must be set",),
+    ),
+    Case(
+        "volume-reserved-name",
+        pod("ranking", {"volumes": [{"name": "data", "emptyDir": {}}]}),
+        ("`name` must not be one of the operator's own volumes",),
+    ),
+    Case(
+        "mount-reserved-path",
+        pod(
+            "ranking",
+            {
+                "volumes": [{"name": "x", "emptyDir": {}}],
+                "volumeMounts": [{"name": "x", "mountPath": "/tmp"}],
+            },
+        ),
+        ("`mountPath` must not be one of the operator's",),
+    ),
+    Case(
+        "mount-on-storage",
+        pod(
+            "precompute",
+            {
+                "volumes": [{"name": "x", "emptyDir": {}}],
+                "volumeMounts": [{"name": "x", "mountPath": "/data"}],
+            },
+        ),
+        ("must not be `storage.volume.mountPath`",),
+    ),
+    Case(
+        "label-reserved-prefix",
+        pod("policy", {"labels": {"app.kubernetes.io/name": "mine"}}),
+        ("`labels` keys must be label keys",),
+    ),
+    Case(
+        "affinity-weight-zero",
+        pod(
+            "policy",
+            {
+                "affinity": {
+                    "nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 0,
+                                "preference": {"matchExpressions": [{"key": "k", "operator": "Exists"}]},
+                            }
+                        ]
+                    }
+                }
+            },
+        ),
+        ("weight", "greater than or equal to 1"),
     ),
     # changes after creation (CEL transition rules); only `suspend` may change
     update(

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rlhf_operator.estimate_cli",
         "GPU and host memory per process of a manifest's training stages",
     ),
+    "stage": (
+        "rlhf_operator.staging",
+        "copy a model or dataset (hf://, s3://, a path) onto the job's storage",
+    ),
 }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from rlhf_operator.api.stage_config import (
     CONFIG_DIR,
     CONFIG_ENV,
@@ -31,6 +33,7 @@ from rlhf_operator.api.v1alpha1 import (
     SecretKeyRef,
     StageName,
 )
+from rlhf_operator.api.v1alpha1.hub import HUB_TOKEN_ENV
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.naming import (
     KUEUE_QUEUE_LABEL,
@@ -217,6 +220,9 @@ def _reward_tls_secret(secret_name: str, stage: StageKey) -> Manifest:
 
 #: The served AI judge's API key, from `aiJudge.endpoint.apiKeySecret` (read by endpoint_judge).
 JUDGE_API_KEY_ENV = "RLHF_JUDGE_API_KEY"
+#: The bearer token of a reward server elsewhere (`rewardModel.endpoint`; read by reward_client).
+REWARD_TOKEN_ENV = "RLHF_REWARD_TOKEN"
+REWARD_CALLERS = (StageName.POLICY, StageName.EVALUATION)
 
 
 def judge_api_key_secret(spec: RLHFJobSpec) -> SecretKeyRef | None:
@@ -224,6 +230,19 @@ def judge_api_key_secret(spec: RLHFJobSpec) -> SecretKeyRef | None:
     if spec.stages.ranking.method is not RankingMethod.AI_JUDGE or judge is None or judge.endpoint is None:
         return None
     return judge.endpoint.api_key_secret
+
+
+def _token_env(spec: RLHFJobSpec, stage: StageKey) -> list[Manifest]:
+    """The tokens of `spec.hub.tokenSecret` (any stage may load an hf:// model or dataset; only the
+    Hub fetch process reads it) and of `rewardModel.endpoint.tokenSecret` (the stages that call the
+    reward: policy and evaluation)."""
+    wanted: list[tuple[str, str, str]] = []
+    if spec.hub is not None and spec.hub.token_secret is not None:
+        wanted.append((HUB_TOKEN_ENV, spec.hub.token_secret.name, spec.hub.token_secret.key))
+    endpoint = spec.stages.reward_model.endpoint
+    if endpoint is not None and endpoint.token_secret is not None and stage in REWARD_CALLERS:
+        wanted.append((REWARD_TOKEN_ENV, endpoint.token_secret.name, endpoint.token_secret.key))
+    return [{"name": n, "valueFrom": {"secretKeyRef": {"name": s, "key": k}}} for n, s, k in wanted]
 
 
 def pod_spec(
@@ -251,9 +270,11 @@ def pod_spec(
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
         *(extra_env or []),
-        *({"name": e.name, "value": e.value} for e in settings.env),
+        *(core_v1(e) for e in settings.env),
     ]
     volumes, mounts = _volumes(job, spec, stage, config, with_config)
+    volumes += [core_v1(v) for v in settings.volumes]
+    mounts += [core_v1(m) for m in settings.volume_mounts]
     if spec.stages.policy.reward_placement == "remote" and STAGES[stage].reward_token:
         env.append({"name": "RLHF_REWARD_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/{TOKEN_KEY}"})
         if spec.stages.reward_model.serving.tls is not None:
@@ -271,6 +292,7 @@ def pod_spec(
         # A crash before the program writes its result still tells the operator something.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    env += _token_env(spec, stage)
     judge_key = judge_api_key_secret(spec) if stage is StageName.RANKING else None
     if judge_key is not None:
         ref = {"name": judge_key.name, "key": judge_key.key}
@@ -300,7 +322,40 @@ def pod_spec(
     service_account = settings.service_account_name or config.stage_service_account
     if service_account:
         pod["serviceAccountName"] = service_account
+    pod.update(_scheduling_extras(settings))
     return pod
+
+
+def _scheduling_extras(settings: PodSettings) -> Manifest:
+    """`pod.affinity`, `priorityClassName` and `imagePullSecrets`, as the pod spec takes them."""
+    out: Manifest = {}
+    if settings.affinity is not None:
+        out["affinity"] = core_v1(settings.affinity)
+    if settings.priority_class_name:
+        out["priorityClassName"] = settings.priority_class_name
+    if settings.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": ref.name} for ref in settings.image_pull_secrets]
+    return out
+
+
+def core_v1(model: BaseModel) -> Manifest:
+    """A pod-settings model as core/v1 writes it: camelCase, unset fields and empty lists left out
+    (an empty object stays: `emptyDir: {}` is a volume)."""
+
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: prune(v) for k, v in value.items() if v != []}
+        if isinstance(value, list):
+            return [prune(v) for v in value]
+        return value
+
+    dumped: Manifest = prune(model.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    return dumped
+
+
+def pod_labels(settings: PodSettings, own: Manifest) -> Manifest:
+    """`pod.labels` and the operator's own labels (which the API keeps apart from the user's)."""
+    return {**settings.labels, **own}
 
 
 def _pod_failure_policy(group: bool = False) -> Manifest:
@@ -336,7 +391,7 @@ def stage_job(
     metadata = job.metadata(name, stage)
     shape = STAGES[stage].job_shape(name, job.namespace, spec)
     command = list(shape.command or STAGES[stage].workload_command())
-    template_labels = dict(metadata["labels"])
+    template_labels = pod_labels(settings, metadata["labels"])
     if spec.queue_name:
         metadata["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
     pod = pod_spec(job, spec, stage, config, command=command, extra_env=list(shape.extra_env))
@@ -425,7 +480,10 @@ def reward_server_deployment(
                 }
             },
             "template": {
-                "metadata": {"labels": template_labels, "annotations": dict(settings.annotations)},
+                "metadata": {
+                    "labels": pod_labels(settings, template_labels),
+                    "annotations": dict(settings.annotations),
+                },
                 "spec": pod,
             },
         },
@@ -477,7 +535,8 @@ def cleanup_job(job: JobIdentity, spec: RLHFJobSpec, config: OperatorConfig, art
         "metadata": metadata,
         "spec": {
             "backoffLimit": settings.backoff_limit,
-            "template": {"metadata": {"labels": dict(metadata["labels"]), "annotations": dict(settings.annotations)},
+            "template": {"metadata": {"labels": pod_labels(settings, metadata["labels"]),
+                                      "annotations": dict(settings.annotations)},
                          "spec": pod},
         },
     }  # fmt: skip

@@ -8,6 +8,8 @@ so a trainer that does not check (an older image, a hang between steps) is stopp
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -35,15 +37,26 @@ def _fmt(value: float) -> str:
 
 
 class GuardrailMonitor:
-    """Watches the steps of one run in order; `observe` returns the trip at the step it happens."""
+    """Watches the steps of one run in order; `observe` returns the trip at the step it happens.
 
-    def __init__(self, spec: Guardrails) -> None:
+    The reward check tells a stall from a plateau: after `rewardPatienceSteps` steps without a new
+    best mean reward it compares the mean of the last that-many steps with the mean of the first
+    that-many it saw. No higher is a stall (trip); higher is a run that learned and levelled off,
+    which goes on. `judge_stalls=False` leaves that check out, for a replay that did not see the
+    run's first steps (its "first" steps would be a plateau's).
+    """
+
+    def __init__(self, spec: Guardrails, judge_stalls: bool = True) -> None:
         self.spec = spec
+        self.judge_stalls = judge_stalls
         self.kl_run = 0  # consecutive steps over maxKL, ending at the last step seen
         self.best_reward = -math.inf
         self.best_step: int | None = None
         self.last_step: int | None = None
         self.tripped: Trip | None = None
+        patience = spec.reward_patience_steps
+        self.opening: list[float] = []  # the first `patience` mean rewards seen
+        self.recent: deque[float] = deque(maxlen=max(1, patience))
 
     def observe(
         self,
@@ -89,16 +102,29 @@ class GuardrailMonitor:
         patience = self.spec.reward_patience_steps
         if reward is None or "meanReward" in bad:
             return None
+        if len(self.opening) < patience:
+            self.opening.append(reward)
+        self.recent.append(reward)
         if reward > self.best_reward:
             self.best_reward, self.best_step = reward, step
             return None
-        if patience == 0 or self.best_step is None or step - self.best_step < patience:
+        if (
+            not self.judge_stalls
+            or patience == 0
+            or self.best_step is None
+            or step - self.best_step < patience
+        ):
             return None
+        first, last = statistics.fmean(self.opening), statistics.fmean(self.recent)
+        if last > first:
+            return None  # a plateau above where the run started: it learned and levelled off
         return Trip(
             "rewardPatienceSteps",
             step,
-            f"mean reward has not improved on {_fmt(self.best_reward)} (step {self.best_step}) "
-            f"for {step - self.best_step} steps (rewardPatienceSteps {patience}) at step {step}",
+            f"mean reward stalled: {_fmt(last)} over the last {patience} steps is no higher than "
+            f"{_fmt(first)} over the first {len(self.opening)}, and its best {_fmt(self.best_reward)} "
+            f"(step {self.best_step}) stood for {step - self.best_step} steps "
+            f"(rewardPatienceSteps {patience}) at step {step}",
         )
 
 
@@ -108,8 +134,10 @@ def check_progress(spec: Guardrails, records: Iterable[ProgressRecord]) -> Trip 
     The operator sees only the log's tail: a window shorter than `klSteps` or the reward patience
     cannot trip those guardrails here, and the trainer remains their first line.
     """
-    monitor = GuardrailMonitor(spec)
-    for record in records:
+    seen = list(records)
+    # A tail that starts after step 1 cannot say where the run started: no stall verdict from it.
+    monitor = GuardrailMonitor(spec, judge_stalls=bool(seen) and seen[0].step <= 1)
+    for record in seen:
         trip = monitor.observe(
             record.step, record.mean_reward, record.kl, record.loss, record.non_finite or ()
         )

@@ -26,8 +26,9 @@ _MARKERS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.
 def sources(spec: RLHFJobSpec) -> list[str]:
     """The model sources the memory estimate reads: the base model and the reward model's own."""
     out = [spec.base_model.source]
-    if spec.stages.reward_model.model:
-        out.append(spec.stages.reward_model.model)
+    reward = spec.stages.reward_model
+    if own := reward.pretrained or reward.model:
+        out.append(own)
     return out
 
 

@@ -131,15 +131,37 @@ NOT_NEEDED_BY_DPO = (
 )
 
 
+#: The reward is not a model trained here: a rule, a pretrained model or one served elsewhere.
+RULE_REWARD = "Not needed: the policy optimises stages.policy.rewardRule."
+PRETRAINED_REWARD = "Not trained: stages.rewardModel.pretrained is the reward model."
+ENDPOINT_REWARD = "Not needed: the reward comes from stages.rewardModel.endpoint."
+NO_PAIRS_NEEDED = (
+    "Not needed: no reward model is trained and the policy is not dpo, so nothing reads preference pairs."
+)
+
+
 def _precompute_skipped(spec: RLHFJobSpec) -> str | None:
-    return GIVEN_IN_DATASET if spec.dataset.responses or spec.dataset.rankings else None
+    if spec.dataset.responses or spec.dataset.rankings:
+        return GIVEN_IN_DATASET
+    # Responses only feed the ranking (the prompt split is recomputed where it is needed).
+    return NO_PAIRS_NEEDED if _ranking_skipped(spec) else None
 
 
 def _ranking_skipped(spec: RLHFJobSpec) -> str | None:
-    return GIVEN_IN_DATASET if spec.dataset.rankings else None
+    if spec.dataset.rankings:
+        return GIVEN_IN_DATASET
+    needs_pairs = spec.stages.policy.algorithm is Algorithm.DPO or _reward_model_skipped(spec) is None
+    return None if needs_pairs else NO_PAIRS_NEEDED
 
 
 def _reward_model_skipped(spec: RLHFJobSpec) -> str | None:
+    reward_model = spec.stages.reward_model
+    if spec.stages.policy.reward_rule is not None:
+        return RULE_REWARD
+    if reward_model.pretrained is not None:
+        return PRETRAINED_REWARD
+    if reward_model.endpoint is not None:
+        return ENDPOINT_REWARD
     dpo = spec.stages.policy.algorithm is Algorithm.DPO
     return NOT_NEEDED_BY_DPO if dpo and spec.stages.evaluation.true_rule is not None else None
 

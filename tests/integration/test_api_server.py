@@ -80,6 +80,15 @@ def test_example_is_accepted_with_the_models_defaults(crd_installed: Kube, ns: s
     assert RLHFJob.model_validate(stored).spec == expected
 
 
+def test_the_staging_job_example_is_a_valid_job(crd_installed: Kube, ns: str) -> None:
+    """examples/staging/: the Job that puts a model and a dataset on the volume (docs/eks.md)."""
+    example = EXAMPLES[0].parent / "staging" / "stage-model-and-data-job.yaml"
+    result = crd_installed.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(example), check=False)
+    assert result.returncode == 0 and "job.batch/stage-llama created (server dry run)" in result.stdout, (
+        result.stderr
+    )
+
+
 def test_empty_stages_with_ready_rankings(crd_installed: Kube, ns: str) -> None:
     manifest = merged(
         BASE, {"spec": {"stages": None, "dataset": {"rankings": {"source": "/data/pairs.jsonl"}}}}

@@ -50,7 +50,7 @@ def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
                     "learningRate": 1e-4,
                     "batchSize": 32,
                     "numGenerations": 4,
-                    "responseLength": 16,
+                    "maxNewTokens": 16,
                     "checkpointInterval": 10,
                     **policy,
                 },

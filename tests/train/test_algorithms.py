@@ -23,7 +23,7 @@ DPO_SETTINGS: dict[str, Any] = {
     "steps": 24,
     "batchSize": 16,
     "learningRate": 3e-3,
-    "klCoef": 0.1,
+    "beta": 0.1,
     "checkpointInterval": 0,
 }
 

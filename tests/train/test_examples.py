@@ -15,7 +15,18 @@ from tests.train.conftest import KEYWORDS, REPO, run_cli
 
 pytestmark = pytest.mark.train
 EXAMPLES = REPO / "examples"
-RUN_HERE = ["ai-judge-rlhfjob.yaml", "dpo-rlhfjob.yaml", "human-rankings-rlhfjob.yaml"]
+RUN_HERE = [
+    "ai-judge-rlhfjob.yaml",
+    "dpo-rlhfjob.yaml",
+    "grpo-rule-rlhfjob.yaml",
+    "human-rankings-rlhfjob.yaml",
+]
+#: What an example shows besides beating the base: lines of its run, and the judge of its evaluation.
+SHOWS: dict[str, tuple[list[str], str]] = {
+    # No reward model at all: the stages that only fed one are skipped, the rule judges.
+    "grpo-rule-rlhfjob.yaml": (["stages.policy.trainerArgs passed to GRPOConfig"], "rewardRule"),
+    "dpo-rlhfjob.yaml": ([], "trueRule"),
+}
 #: Run elsewhere: the tiny job by the pipeline fixture and `make demo`; the EKS job names S3 buckets
 #: and an 8B model, so the API, chart and memory-fit tests check it instead.
 RUN_ELSEWHERE = ["eks-remote-reward-rlhfjob.yaml", "tiny-rlhfjob.yaml"]
@@ -46,5 +57,10 @@ def test_example_runs_locally_and_beats_the_base(name: str, tmp_path: Path) -> N
     report = json.loads((root / "evaluation" / "report.json").read_text())
     assert report["trueRuleWinRate"] >= 0.8, report
     assert report["winRate"] >= 0.8, report
+    lines, judge = SHOWS.get(name, ([], "rewardModel"))
+    assert [line for line in lines if line not in proc.stdout] == []
+    assert report["judge"] == judge, report
+    if judge == "rewardRule":
+        assert not (root / "reward-model").exists() and not (root / "precompute").exists()
     if mlflow is not None:
         assert any((tmp_path / "mlflow").rglob("meta.yaml")), "no MLflow run was recorded"

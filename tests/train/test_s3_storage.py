@@ -141,3 +141,54 @@ def test_four_processes_localize_one_model_with_one_download(s3: Any, tmp_path: 
     assert sum(out.count("downloaded ") for out, _ in outputs) == 1, outputs
     places = {out.split("at ", 1)[1].strip() for out, _ in outputs}
     assert len(places) == 1 and (Path(places.pop()) / "config.json").exists()
+
+
+def test_prompts_from_an_s3_prefix_and_an_empty_prefix_that_names_none(s3: Any, tmp_path: Path) -> None:
+    """The EKS example's `s3://.../prompts/` with parquet parts and no `format`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlhf_operator.workloads.data import read_prompts
+    from rlhf_operator.workloads.errors import StageConfigError
+
+    for part, prompts in enumerate([["a ", "b "], ["c "]]):
+        pq.write_table(
+            pa.Table.from_pylist([{"prompt": p} for p in prompts]), tmp_path / f"part-{part}.parquet"
+        )
+        s3.put(str(tmp_path / f"part-{part}.parquet"), f"{BUCKET}/prompts/part-{part}.parquet")
+    s3.pipe(f"{BUCKET}/prompts/_SUCCESS", b"")
+    s3.pipe(f"{BUCKET}/empty/_SUCCESS", b"")
+    s3.invalidate_cache()
+    assert read_prompts(f"s3://{BUCKET}/prompts/", None, "prompt") == ["a ", "b ", "c "]
+    assert read_prompts(f"s3://{BUCKET}/prompts/*-1.parquet", None, "prompt") == ["c "]
+    with pytest.raises(StageConfigError) as empty:
+        read_prompts(f"s3://{BUCKET}/empty/", None, "prompt")
+    assert (
+        empty.value.reason == "DatasetNotFound"
+        and f"s3://{BUCKET}/empty/ names no data files" in empty.value.message
+    )
+
+
+def test_an_hf_model_is_fetched_once_into_s3_storage_and_other_nodes_read_it_there(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlhf_operator.workloads import hub
+    from tests.support.hub_server import FakeHub, Repo
+
+    server = FakeHub()
+    server.repos[("model", "org/tiny")] = Repo(
+        {"config.json": b"{}", "w.bin": b"\0" * 4096}, {"main": "3" * 40}
+    )
+    server.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    hub.configure(f"s3://{BUCKET}/runs/rlhf-jobs/ns/.hub", None)
+    try:
+        for node in ("first", "second"):
+            monkeypatch.setenv("RLHF_CACHE_DIR", str(tmp_path / node))
+            local = Path(hub.localize("hf://org/tiny"))
+            assert (local / "w.bin").read_bytes() == b"\0" * 4096 and str(tmp_path / node) in str(local)
+    finally:
+        server.stop()
+        hub.configure(None, None)
+    assert s3.exists(f"{BUCKET}/runs/rlhf-jobs/ns/.hub/models/org/tiny/{'3' * 40}/_SUCCESS")
+    assert set(server.downloads.values()) == {1}, server.downloads  # the second node read S3

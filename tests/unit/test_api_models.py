@@ -88,13 +88,15 @@ def test_defaults_are_filled() -> None:
     spec = RLHFJob.model_validate(BASE).spec
     assert spec.suspend is False
     assert spec.dataset.held_out.fraction == 0.2 and spec.dataset.held_out.source is None
-    assert spec.dataset.prompts.format == "jsonl" and spec.dataset.prompts.prompt_field == "prompt"
+    assert (
+        spec.dataset.prompts.format is None and spec.dataset.prompts.prompt_field == "prompt"
+    )  # by extension
     assert spec.storage.volume is not None and spec.storage.volume.mount_path == "/data"
     stages = spec.stages
     assert stages.precompute.responses_per_prompt == 4 and stages.precompute.shards == 1
     assert stages.precompute.pod.resources.gpus == 0 and stages.precompute.pod.backoff_limit == 3
     assert stages.reward_model.pod.resources.gpus == 1 and stages.reward_model.serving.port == 8080
-    assert stages.policy.algorithm is Algorithm.PPO and stages.policy.kl_coef == 0.05
+    assert stages.policy.algorithm is Algorithm.PPO and stages.policy.kl_weight() == 0.05
     assert stages.policy.pod.resources.gpus == 1 and stages.policy.steps == 60
     assert stages.evaluation.prompts == 32 and stages.evaluation.pod.resources.gpus == 0
 

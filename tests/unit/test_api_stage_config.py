@@ -43,7 +43,7 @@ def test_dump_and_load(tmp_path: Path) -> None:
 
 def test_dump_writes_every_default() -> None:
     text = dump_stage_config(_config())
-    assert '"responsesPerPrompt": 4' in text and '"klCoef": 0.05' in text
+    assert '"responsesPerPrompt": 4' in text and '"maxNewTokens": 16' in text
     assert "rewardEndpoint" not in text
 
 

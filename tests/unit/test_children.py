@@ -107,3 +107,71 @@ def test_a_served_judge_gets_its_api_key_from_the_secret_and_the_secret_is_a_dep
     }
     assert ("Secret", "judge-key") in dependencies(job, CONFIG)
     assert ("Secret", "judge-key") not in dependencies(rlhfjob(), CONFIG)
+
+
+def test_pod_settings_real_clusters_need_reach_the_pod() -> None:
+    extras = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "priorityClassName": "training-high",
+        "imagePullSecrets": [{"name": "registry"}],
+        "labels": {"team": "nlp", "cost-center": "42"},
+        "volumes": [
+            {"name": "certs", "secret": {"secretName": "ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+        ],
+        "volumeMounts": [{"name": "certs", "mountPath": "/etc/ssl/extra", "readOnly": True}],
+        "env": [
+            {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "PLAIN", "value": "1"},
+        ],
+    }
+    job = rlhfjob(stages={"policy": {"pod": extras}})
+    manifest = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.POLICY, CONFIG)
+    template = manifest["spec"]["template"]
+    pod, container = template["spec"], template["spec"]["containers"][0]
+    assert pod["affinity"] == extras["affinity"]
+    assert pod["priorityClassName"] == "training-high" and pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert template["metadata"]["labels"]["team"] == "nlp"
+    assert template["metadata"]["labels"]["rlhf-operator.dev/job-uid"] == "u-1"  # the operator's stay
+    assert {
+        "name": "certs",
+        "secret": {"secretName": "ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+    } in pod["volumes"]
+    assert {"name": "certs", "mountPath": "/etc/ssl/extra", "readOnly": True} in container["volumeMounts"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["WANDB_API_KEY"] == {
+        "name": "WANDB_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}},
+    }
+    assert env["POD"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["PLAIN"] == {"name": "PLAIN", "value": "1"}
+    # Other stages keep their own settings.
+    other = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, StageName.EVALUATION, CONFIG)["spec"][
+        "template"
+    ]
+    assert "affinity" not in other["spec"] and "team" not in other["metadata"]["labels"]
+
+
+def test_the_hub_token_reaches_every_stage_from_its_secret() -> None:
+    job = rlhfjob(hub={"endpoint": "https://hub.internal", "tokenSecret": {"name": "hf"}})
+    for stage in (StageName.PRECOMPUTE, StageName.REWARD_MODEL, StageName.POLICY, StageName.EVALUATION):
+        container = stage_job(JobIdentity("ml", "tiny", "u-1"), job.spec, stage, CONFIG)["spec"]["template"][
+            "spec"
+        ]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RLHF_HUB_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+        assert env["HF_HUB_OFFLINE"]["value"] == "1"  # only the fetch process goes online
+    plain = stage_job(JobIdentity("ml", "tiny", "u-1"), rlhfjob().spec, StageName.POLICY, CONFIG)
+    assert "RLHF_HUB_TOKEN" not in str(plain)

@@ -45,12 +45,35 @@ def test_non_finite_reward_kl_or_loss_trips_at_once() -> None:
     assert run(Guardrails(stop_on_non_finite=False), [(NAN, 0.5)]) is None
 
 
-def test_reward_patience_counts_steps_since_the_best_reward() -> None:
+def test_reward_patience_trips_a_stall_and_lets_a_plateau_go_on() -> None:
     spec = Guardrails(reward_patience_steps=3)
-    assert run(spec, [(1, 0), (2, 0), (1.5, 0), (1.9, 0), (2.1, 0), (2, 0), (2, 0)]) is None
-    trip = run(spec, [(1, 0), (2, 0), (1.5, 0), (1.9, 0), (2.0, 0)])
-    assert trip is not None and trip[0] == 5 and "not improved on 2 (step 2) for 3 steps" in trip[1]
+    # Noise around where it started: no best for 3 steps and the last 3 no higher than the first 3.
+    trip = run(spec, [(1, 0), (2, 0), (1, 0), (1.5, 0), (1, 0), (1.2, 0)])
+    assert trip is not None and trip[0] == 5, trip
+    assert "stalled: 1.167 over the last 3 steps is no higher than 1.333 over the first 3" in trip[1]
+    assert "best 2 (step 2) stood for 3 steps (rewardPatienceSteps 3) at step 5" in trip[1]
+    # A run that learned and levelled off at a good reward: a plateau, however long, goes on.
+    converged: list[tuple[float | None, float | None]] = [(min(step, 10) / 10, 0.0) for step in range(1, 500)]
+    assert run(Guardrails(reward_patience_steps=20), converged) is None
+    # ... but falling back to where it started is a stall again.
+    collapsed = converged[:60] + [(0.1, 0.0)] * 40
+    trip = run(Guardrails(reward_patience_steps=20), collapsed)
+    assert trip is not None and 60 < trip[0] <= 100, trip
     assert run(Guardrails(reward_patience_steps=0), [(1, 0)] * 500) is None
+
+
+def test_a_replay_that_missed_the_first_steps_gives_no_stall_verdict() -> None:
+    """The operator's log tail of a run that plateaued would look like a stall from its own start."""
+    spec = Guardrails(reward_patience_steps=3)
+    plateau = [(9, 1.0), (9, 1.0), (8.9, 1.0), (9, 1.0), (8.9, 1.0)]
+    tail = [
+        ProgressRecord(step=s, total_steps=99, mean_reward=r, kl=kl) for s, (r, kl) in enumerate(plateau, 50)
+    ]
+    assert check_progress(spec, tail) is None
+    whole = [
+        ProgressRecord(step=s, total_steps=99, mean_reward=r, kl=kl) for s, (r, kl) in enumerate(plateau, 1)
+    ]
+    assert check_progress(spec, whole) is not None  # from step 1 the same numbers are a stall
 
 
 def test_disabled_guardrails_never_trip_and_a_repeated_step_is_ignored() -> None:
@@ -99,8 +122,8 @@ def test_a_trip_keeps_the_newest_checkpoint_before_its_step() -> None:
     [
         ({"minWinRate": 0.9}, {"winRate": 0.95}, True, "win rate 0.95 meets >= 0.9"),
         ({"minWinRate": 0.9}, {"winRate": 0.85}, False, "win rate 0.85 misses >= 0.9"),
-        ({"minRewardGain": 1, "maxKL": 5}, {"rewardGain": 2, "evaluationKl": 6}, False, "KL 6 misses <= 5"),
-        ({"minRewardGain": 1, "maxKL": 5}, {"rewardGain": 2, "evaluationKl": 4}, True, "reward gain 2 meets"),
+        ({"minRewardGain": 1, "maxKL": 5}, {"rewardGain": 2, "evaluationKL": 6}, False, "KL 6 misses <= 5"),
+        ({"minRewardGain": 1, "maxKL": 5}, {"rewardGain": 2, "evaluationKL": 4}, True, "reward gain 2 meets"),
         ({"minWinRate": 0.5}, {}, False, "win rate not measured misses >= 0.5"),
     ],
 )

@@ -135,7 +135,7 @@ def test_the_eks_example_by_hand() -> None:
 def test_a_13b_multi_head_job_is_refused_on_80_gb_with_the_fix() -> None:
     spec = rlhfjob(
         baseModel={"source": "/models/llama-2-13b", "dtype": "bfloat16"},
-        stages={"policy": {"batchSize": 512, "responseLength": 512, "microBatchSize": 4, "rewardPlacement": "remote",
+        stages={"policy": {"batchSize": 512, "maxNewTokens": 512, "microBatchSize": 4, "rewardPlacement": "remote",
                            "activationCheckpointing": True, "distributed": {"strategy": "fsdp"},
                            "pod": {"nodeGroup": "policy-gpu", "resources": {"gpus": 8}}}},
     ).spec  # fmt: skip

@@ -78,7 +78,7 @@ def _evaluated(win_rate: float, **spec: Any) -> Manifest:
     stored = {"stages": [*DONE_BEFORE_POLICY, {"name": "policy", "state": "Succeeded"},
                          {"name": "evaluation", "state": "Running"}]}  # fmt: skip
     result = {
-        "metrics": {"winRate": win_rate, "rewardGain": 1.5, "evaluationKl": 4.0},
+        "metrics": {"winRate": win_rate, "rewardGain": 1.5, "evaluationKL": 4.0},
         "message": "Evaluated.",
     }
     observed = Observed(

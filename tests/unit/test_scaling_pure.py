@@ -186,7 +186,7 @@ def test_eks_example_schedules_and_fits() -> None:
         activation_checkpointing=policy.activation_checkpointing,
         micro_batch=policy.micro_batch_size or policy.batch_size,
         prompt_length=512,
-        response_length=policy.response_length,
+        response_length=policy.max_new_tokens,
     )
     assert fits(shape, policy_setup, int(INSTANCES["p4d.24xlarge"].gpu_gib * GIB))
     rm = stages.reward_model

@@ -18,8 +18,14 @@ from rlhf_operator.stages import STAGES, pod_settings
 from tests.chart_support import CHART
 from tests.support.builders import TOKEN, rlhfjob
 from tests.support.fake_kube import FakeKube
+from tests.support.merge import merged
 
 KEY = ("ml", "tiny")
+POD_SECRETS: dict[str, Any] = {
+    "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "k"}}}],
+    "volumes": [{"name": "ca", "secret": {"secretName": "ca-certs"}}],
+    "imagePullSecrets": [{"name": "registry"}],
+}
 EVERY_SECRET: dict[str, Any] = {
     "storage": {"credentials": {"secretRef": {"name": "s3-keys"}}},
     "stages": {
@@ -29,6 +35,14 @@ EVERY_SECRET: dict[str, Any] = {
         "rewardModel": {"serving": {"tls": {"secretName": "reward-tls"}}},
     },
 }  # fmt: skip
+#: EVERY_SECRET with the Hub token and a pod's Secrets too.
+WITH_HUB_AND_POD = merged(
+    EVERY_SECRET, {"hub": {"tokenSecret": {"name": "hf"}}, "stages": {"policy": {"pod": POD_SECRETS}}}
+)
+#: The one reference EVERY_SECRET cannot hold with the others: a reward served elsewhere.
+REWARD_ENDPOINT: dict[str, Any] = {
+    "stages": {"rewardModel": {"endpoint": {"url": "http://rm:8080", "tokenSecret": {"name": "rm-token"}}}},
+}
 
 
 def _job(**spec: Any) -> RLHFJob:
@@ -36,13 +50,19 @@ def _job(**spec: Any) -> RLHFJob:
 
 
 def test_every_reference_names_its_secret_and_nothing_else() -> None:
-    found = secret_names(_job().spec)
+    found = secret_names(_job(**WITH_HUB_AND_POD).spec)
     assert found == [
         ("spec.storage.credentials.secretRef.name", "s3-keys"),
         ("spec.stages.ranking.aiJudge.endpoint.apiKeySecret.name", "judge-key"),
         ("spec.stages.rewardModel.serving.tls.secretName", "reward-tls"),
+        ("spec.hub.tokenSecret.name", "hf"),
+        ("spec.stages.*.pod.env[].valueFrom.secretKeyRef.name", "wandb"),
+        ("spec.stages.*.pod.volumes[].secret.secretName", "ca-certs"),
+        ("spec.stages.*.pod.imagePullSecrets[].name", "registry"),
     ]
-    assert len(found) == len(SECRET_REFERENCES), "each reference is exercised here"
+    endpoint = secret_names(_job(**REWARD_ENDPOINT).spec)
+    assert endpoint == [("spec.stages.rewardModel.endpoint.tokenSecret.name", "rm-token")]
+    assert len(found) + len(endpoint) == len(SECRET_REFERENCES), "each reference is exercised here"
     assert secret_names(rlhfjob().spec) == []
 
 

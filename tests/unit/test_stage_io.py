@@ -84,7 +84,7 @@ def test_evaluation_reports_its_kl_apart_from_the_policys() -> None:
         missing=(),
     )
     metrics = reconcile(job, status, observed, OperatorConfig(), NOW, new_token=TOKEN).status["metrics"]
-    assert metrics["kl"] == 3.25 and metrics["evaluationKl"] == 0.125 and metrics["winRate"] == 0.75
+    assert metrics["kl"] == 3.25 and metrics["evaluationKL"] == 0.125 and metrics["winRate"] == 0.75
 
 
 def test_reward_model_uses_the_base_models_tokenizer_when_it_starts_from_the_base_model() -> None:

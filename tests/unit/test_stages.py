@@ -33,16 +33,23 @@ def test_every_stage_has_one_definition_and_every_program_a_command() -> None:
         assert definition.workload_command()[3] == command
 
 
+RULE = {"algorithm": "grpo", "klCoef": None, "rewardRule": {"name": "regex", "pattern": "good"}}
+
+
 @pytest.mark.parametrize(
-    ("dataset", "runs"),
+    ("dataset", "stages", "runs"),
     [
-        ({}, ["precompute", "ranking", "rewardModel", "policy", "evaluation"]),
-        ({"responses": {"source": "/data/r.jsonl"}}, ["ranking", "rewardModel", "policy", "evaluation"]),
-        ({"rankings": {"source": "/data/p.jsonl"}}, ["rewardModel", "policy", "evaluation"]),
+        ({}, {}, ["precompute", "ranking", "rewardModel", "policy", "evaluation"]),
+        ({"responses": {"source": "/data/r.jsonl"}}, {}, ["ranking", "rewardModel", "policy", "evaluation"]),
+        ({"rankings": {"source": "/data/p.jsonl"}}, {}, ["rewardModel", "policy", "evaluation"]),
+        ({}, {"policy": RULE}, ["policy", "evaluation"]),
+        ({}, {"rewardModel": {"pretrained": "hf://org/rm"}}, ["policy", "evaluation"]),
     ],
 )
-def test_run_local_and_the_operator_skip_the_same_stages(dataset: dict[str, object], runs: list[str]) -> None:
-    job = rlhfjob(dataset=dataset)
+def test_run_local_and_the_operator_skip_the_same_stages(
+    dataset: dict[str, object], stages: dict[str, object], runs: list[str]
+) -> None:
+    job = rlhfjob(dataset=dataset, stages=stages)
     assert [s.value for s in local_plan(job.spec)] == runs
     assert [s.value for s in PIPELINE_STAGES if not skipped(job.spec, s)] == runs
     status = reconcile(job, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).status
@@ -56,7 +63,7 @@ def test_run_local_and_the_operator_skip_the_same_stages(dataset: dict[str, obje
 def test_dpo_trains_the_reward_model_only_when_evaluation_needs_it(
     evaluation: dict[str, object], runs_reward_model: bool
 ) -> None:
-    job = rlhfjob(stages={"policy": {"algorithm": "dpo"}, "evaluation": evaluation})
+    job = rlhfjob(stages={"policy": {"algorithm": "dpo", "klCoef": None}, "evaluation": evaluation})
     assert (not skipped(job.spec, StageName.REWARD_MODEL)) is runs_reward_model
     status = reconcile(job, {}, Observed(missing=()), CONFIG, NOW, new_token=TOKEN).status
     record = next(r for r in status["stages"] if r["name"] == "rewardModel")

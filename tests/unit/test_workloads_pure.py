@@ -184,3 +184,12 @@ def test_tiny_labelers_rank_by_the_hidden_rule_in_the_rankings_format() -> None:
         pairs = validate_human_row(row, set(prompts))  # what the ranking stage accepts
         assert len(pairs) == 6
         assert all(count_positive(p["chosen"]) > count_positive(p["rejected"]) for p in pairs)
+
+
+def test_trl_kl_is_reported_per_response_like_ppo_and_evaluation() -> None:
+    from rlhf_operator.workloads.trl_policy import sequence_kl
+
+    # Two completions of 3 and 5 tokens with per-token KL 0.5: TRL logs 4 / 8 tokens = 0.5 and a mean
+    # length of 4; the per-response KL is 8 / 2 completions = 2.0.
+    assert sequence_kl({"kl": 0.5, "completions/mean_length": 4.0}) == 2.0
+    assert sequence_kl({"reward": 1.0}) is None  # klCoef 0: TRL computes no KL

@@ -22,15 +22,23 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def storage_base(storage: StorageSpec) -> str:
+    """The volume's mount path, else the S3 prefix: what every job on that storage shares."""
+    if storage.volume is not None:
+        return storage.volume.mount_path
+    if storage.s3 is not None:
+        return storage.s3.prefix
+    raise ValueError("storage must set `volume` or `s3`")  # the API refuses this; hand-built specs may not
+
+
 def job_root(storage: StorageSpec, namespace: str, name: str, uid: str) -> str:
     """The artifact root of one RLHFJob; the uid keeps a re-created job of the same name apart."""
-    if storage.volume is not None:
-        base = storage.volume.mount_path
-    elif storage.s3 is not None:
-        base = storage.s3.prefix
-    else:  # the API refuses this, but callers may build specs by hand
-        raise ValueError("storage must set `volume` or `s3`")
-    return join(base, JOBS_DIR, namespace, name, uid)
+    return join(storage_base(storage), JOBS_DIR, namespace, name, uid)
+
+
+def hub_cache(storage: StorageSpec, namespace: str) -> str:
+    """Where hf:// sources fetched for the namespace's jobs are kept (`workloads/hub.py`)."""
+    return join(storage_base(storage), JOBS_DIR, namespace, ".hub")
 
 
 def precompute_shard(root: str, index: int, count: int) -> str:

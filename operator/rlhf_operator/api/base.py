@@ -28,6 +28,14 @@ class CelRule:
     check: Callable[[Any], bool]
 
 
+def renamed(old: str, new: str, absent: Callable[[Any], bool]) -> CelRule:
+    """Refuses a field that was renamed, naming the new one (at `kubectl apply` and in Python).
+
+    The old name stays in the schema only for this rule: without it the API server would prune the
+    field silently or call it unknown, and a user could not tell what to write instead."""
+    return CelRule(f"!has(self.{old})", f"`{old}` was renamed: it must be written `{new}`", absent)
+
+
 class ApiModel(BaseModel):
     """camelCase on the wire, unknown fields refused (the API server prunes or refuses them too)."""
 

@@ -226,6 +226,24 @@ def crd() -> dict[str, Any]:
     }
 
 
+def _trl_fields_changed() -> bool:
+    """Regenerates the TRL field lists behind `trainerArgs` when TRL is installed (the dev venv); True
+    when they changed, since the models were already built from the old lists."""
+    from rlhf_operator.api import trainer_args, trl_fields
+
+    try:
+        source = trainer_args.generate()
+    except ImportError:
+        print("trl is not installed: kept the TRL field lists as they are", file=sys.stderr)
+        return False
+    path = Path(trl_fields.__file__)
+    if path.read_text(encoding="utf-8") == source:
+        return False
+    path.write_text(source, encoding="utf-8")
+    print(f"wrote {path}: run `rlhf-operator crd --write` again to render the CRD with it", file=sys.stderr)
+    return True
+
+
 class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True  # no YAML anchors: readers (and kubectl diffs) should see every value in place
@@ -244,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = render()
     if args.write:
+        if _trl_fields_changed():
+            return 1
         args.path.parent.mkdir(parents=True, exist_ok=True)
         args.path.write_text(text, encoding="utf-8")
         print(f"wrote {args.path}", file=sys.stderr)

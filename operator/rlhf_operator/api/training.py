@@ -7,7 +7,7 @@ has (every process holds the whole model, no adapter, one forward pass per updat
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
@@ -78,6 +78,12 @@ class GenerationSpec(ApiModel):
     )
 
 
+def _any_json_map(schema: dict[str, Any]) -> None:
+    """A map of any JSON values, kept by the API server as given (checked by the models only)."""
+    schema["additionalProperties"] = {"x-kubernetes-preserve-unknown-fields": True}
+    schema["maxProperties"] = 64
+
+
 class TrainingFields(ApiModel):
     """The fields both training stages share (mixed into their models)."""
 
@@ -99,6 +105,13 @@ class TrainingFields(ApiModel):
         ge=1,
         le=4096,
         description="Forward/backward passes per optimizer step (instead of microBatchSize).",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further fields of the stage's TRL config (GRPOConfig, RLOOConfig, DPOConfig, "
+        "RewardConfig), passed through as given, e.g. {warmup_steps: 0.1, weight_decay: 0.01}; unknown "
+        "fields and those set from the spec are refused by name when the operator reads the job. Not for ppo.",
+        json_schema_extra=_any_json_map,
     )
 
 

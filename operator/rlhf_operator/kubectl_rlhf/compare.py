@@ -20,7 +20,7 @@ from rlhf_operator.kubectl_rlhf.pull import TENSORBOARD, pull
 Manifest = dict[str, Any]
 DEFAULT_TAGS = ("train/reward", "train/kl")
 #: Status metrics in the table, in order (absent ones show as -).
-COLUMNS = ("policyStep", "meanReward", "kl", "winRate", "rewardGain", "evaluationKl")
+COLUMNS = ("policyStep", "meanReward", "kl", "winRate", "rewardGain", "evaluationKL")
 
 
 @dataclass

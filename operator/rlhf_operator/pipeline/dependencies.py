@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rlhf_operator.api.secret_references import SECRET_OPT_IN_LABEL, secret_names
+from rlhf_operator.api.secret_references import SECRET_OPT_IN_LABEL, required_secret_names, secret_names
 from rlhf_operator.api.v1alpha1 import RLHFJob
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.stages import STAGES, pod_settings
@@ -15,12 +15,13 @@ SecretLabels = Callable[[str], dict[str, str] | None]
 
 
 def dependencies(job: RLHFJob, config: OperatorConfig) -> list[tuple[str, str]]:
-    """(kind, name) of the claim, the Secrets and the service accounts the pods use."""
+    """(kind, name) of the claim, the Secrets the stages that run need (`api/secret_references.py`;
+    not those marked optional) and the service accounts the pods use."""
     spec = job.spec
     needed: list[tuple[str, str]] = []
     if spec.storage.volume is not None:
         needed.append(("PersistentVolumeClaim", spec.storage.volume.claim_name))
-    needed.extend(("Secret", secret) for secret in dict.fromkeys(n for _, n in secret_names(spec)))
+    needed.extend(("Secret", name) for name in required_secret_names(spec))
     accounts = {name for stage in STAGES if (name := pod_settings(spec, stage).service_account_name)}
     if config.stage_service_account:
         accounts.add(config.stage_service_account)

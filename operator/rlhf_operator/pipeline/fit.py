@@ -94,11 +94,14 @@ def base_shape(spec: RLHFJobSpec, lookups: Mapping[str, ConfigLookup]) -> ModelS
 
 
 def reward_shape(spec: RLHFJobSpec, base: ModelShape, lookups: Mapping[str, ConfigLookup]) -> ModelShape:
-    """The reward model's shape: its own source's config.json, else the base model's."""
-    source = spec.stages.reward_model.model
+    """The reward model's shape: its own source's config.json (a pretrained one, or the one it is
+    trained from), else the base model's."""
+    reward = spec.stages.reward_model
+    source = reward.pretrained or reward.model
     if source is None:
         return base
-    found = _from_lookup(lookups.get(source), "stages.rewardModel.model")
+    field = "stages.rewardModel.pretrained" if reward.pretrained else "stages.rewardModel.model"
+    found = _from_lookup(lookups.get(source), field)
     return found or replace(base, origin=f"assumed the base model's ({source} was not read)")
 
 
@@ -133,10 +136,10 @@ def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
             # dpo: a chosen and a rejected sequence per pair.
             micro_batch=(2 if policy.algorithm == Algorithm.DPO else 1)
             * micro_batch(per_update, policy.micro_batch_size, policy.gradient_accumulation_steps),
-            prompt_length=policy.response_length,  # prompts are unknown here: assume as long as replies
-            response_length=policy.response_length,
+            prompt_length=policy.max_new_tokens,  # prompts are unknown here: assume as long as replies
+            response_length=policy.max_new_tokens,
             generation_batch=per_gpu,
-            kl=ppo or policy.kl_coef > 0,
+            kl=ppo or policy.kl_weight() > 0,
             reward_colocated=policy.reward_placement == "colocated",
             checkpoints=policy.checkpoint_interval > 0,
             trl=not ppo,

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return EX_OK
     try:
         ctx = load_config(args.config, stage=args.stage)
+        from rlhf_operator.workloads import hub
+
+        hub.configure_for(ctx.typed_spec, str(ctx.job.get("namespace", "default")))
         module = importlib.import_module(str(BY_COMMAND[args.stage].module))
         serves = BY_COMMAND[args.stage].name is StageName.REWARD_SERVER
         payload = module.run(ctx, args) if serves else module.run(ctx)

@@ -1,92 +1,56 @@
-"""Reading prompt, response and ranking files (jsonl, parquet, csv) with errors naming the row."""
+"""Reading prompt, response and ranking data (files, prefixes, globs, Hub datasets: `sources`) with
+errors naming the file and row."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import random
 from typing import Any
 
-from rlhf_operator.workloads import storage
+from rlhf_operator.workloads import sources
 from rlhf_operator.workloads.errors import Defects, StageConfigError
 
-FORMATS = ("jsonl", "parquet", "csv")
-#: A row and where it is in its file, as a user finds it: "line 7" (jsonl, csv) or "row 3" (parquet).
-LocatedRow = tuple[str, dict[str, Any]]
+#: A row and where it is in its source, as a user finds it: "line 7" (jsonl, csv), "row 3"
+#: (parquet), "item 2" (a JSON array); prefixed with the file's name when the source has several.
+LocatedRow = sources.LocatedRow
 
 
-def _guess_format(source: str, declared: str | None) -> str:
-    if declared:
-        return declared
-    for fmt in FORMATS:
-        if source.endswith("." + fmt):
-            return fmt
-    return "jsonl"
-
-
-def read_rows(source: str, fmt: str | None = None, what: str = "dataset") -> list[dict[str, Any]]:
-    """All rows of a file as dicts; a missing file or malformed rows are a configuration error."""
-    return [row for _, row in read_located_rows(source, fmt, what)]
+def read_rows(
+    source: str, fmt: str | None = None, what: str = "dataset", split: str | None = None
+) -> list[dict[str, Any]]:
+    """All rows of a source as dicts; a missing source or malformed rows are a configuration error."""
+    return [row for _, row in read_located_rows(source, fmt, what, split=split)]
 
 
 def read_located_rows(
-    source: str, fmt: str | None = None, what: str = "dataset", defects: Defects | None = None
+    source: str,
+    fmt: str | None = None,
+    what: str = "dataset",
+    defects: Defects | None = None,
+    split: str | None = None,
 ) -> list[LocatedRow]:
-    """Rows with their true place in the file (blank lines counted), every malformed one reported:
-    raised here, or added to `defects` for a caller that goes on to check the rows' content."""
-    if not storage.exists(source):
-        raise StageConfigError(f"the {what} file {source} does not exist; check the path.", "DatasetNotFound")
-    fmt = _guess_format(source, fmt)
-    data = storage.read_bytes(source)
-    if fmt == "jsonl":
-        return _jsonl_rows(data, defects or Defects(f"{what} {source}"), raise_now=defects is None)
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
-        # line_num after a record is the file line it ended on (the header is line 1).
-        return [(f"line {reader.line_num}", dict(r)) for r in reader]
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(io.BytesIO(data))
-        except Exception as exc:
-            raise StageConfigError(
-                f"{what} {source} is not a parquet file: {exc}", "MalformedDataset"
-            ) from exc
-        return [(f"row {number}", dict(r)) for number, r in enumerate(table.to_pylist(), start=1)]
-    raise StageConfigError(f"dataset format must be one of {FORMATS}, not {fmt!r}.", "InvalidFormat")
+    """Rows of a file, prefix, glob or Hub dataset (`sources`) with their true place (blank lines
+    counted), every malformed one reported: raised here, or added to `defects` for a caller that
+    goes on to check the rows' content."""
+    found = defects or Defects(f"{what} {source}")
+    rows = sources.located_rows(source, fmt, what, found, split)
+    if defects is None:
+        found.raise_if_any()
+    return rows
 
 
 def parse_jsonl(data: bytes, what: str) -> list[dict[str, Any]]:
     """The rows of JSON-lines bytes already read (and checked, e.g. against a hash)."""
-    return [row for _, row in _jsonl_rows(data, Defects(what), raise_now=True)]
+    defects = Defects(what)
+    rows = sources.json_lines(data.decode("utf-8"), defects, lambda unit, number: f"{unit} {number}")
+    defects.raise_if_any()
+    return [row for _, row in rows]
 
 
-def _jsonl_rows(data: bytes, defects: Defects, raise_now: bool) -> list[LocatedRow]:
-    rows: list[LocatedRow] = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            defects.add(f"line {number}", f"not valid JSON: {exc.msg}.", "MalformedRow")
-            continue
-        if not isinstance(row, dict):
-            defects.add(f"line {number}", "must be a JSON object.", "MalformedRow")
-            continue
-        rows.append((f"line {number}", row))
-    if raise_now:
-        defects.raise_if_any()
-    return rows
-
-
-def read_prompts(source: str, fmt: str | None, field: str) -> list[str]:
+def read_prompts(source: str, fmt: str | None, field: str, split: str | None = None) -> list[str]:
     prompts: list[str] = []
     defects = Defects(f"prompts dataset {source}")
-    for where, row in read_located_rows(source, fmt, "prompts dataset", defects):
+    for where, row in read_located_rows(source, fmt, "prompts dataset", defects, split):
         value = row.get(field)
         if not isinstance(value, str) or not value.strip():
             defects.add(

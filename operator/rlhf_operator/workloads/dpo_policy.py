@@ -1,6 +1,6 @@
 """`dpo` policy optimisation: TRL's DPOTrainer on the ranking stage's preference pairs.
 
-No reward is called while training: the pairs (or `dataset.rankings`) are the signal, `klCoef` is
+No reward is called while training: the pairs (or `dataset.rankings`) are the signal, `beta` is
 DPO's beta and the reference is the base model (TRL loads it from the same path; under LoRA the
 adapter switched off). The progress lines carry DPO's implicit reward margin as the mean reward.
 """
@@ -22,7 +22,7 @@ from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_model import load_pairs
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
-from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 
 def dpo_rows(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, str]]:
@@ -50,11 +50,11 @@ def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_d
             f"stages.policy.batchSize ({policy.batch_size}) must split evenly over {world} processes.",
             "InvalidBatchSize",
         )
-    return DPOConfig(
+    arguments = dict(
         output_dir=out_dir,
         max_steps=policy.steps,
         learning_rate=policy.learning_rate,
-        beta=policy.kl_coef,
+        beta=policy.dpo_beta(),
         logging_steps=1,
         save_strategy="no",
         seed=ctx.seed,
@@ -70,6 +70,7 @@ def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_d
             transformer_layers=layer_classes(model_path),
         ),
     )
+    return trl_config(DPOConfig, arguments, policy.trainer_args, "stages.policy")
 
 
 def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str, float]]:
@@ -79,12 +80,10 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
 
     spec = ctx.typed_spec
     steps = spec.stages.policy.steps
-    if spec.stages.policy.kl_coef <= 0:
-        raise StageConfigError(
-            "stages.policy.klCoef is dpo's beta and must be greater than 0 (e.g. 0.1).", "InvalidKlCoef"
-        )
     pairs = load_pairs(ctx)
-    model_path = resolve_model_path(spec.base_model.source, "the base model")
+    model_path = resolve_model_path(
+        spec.base_model.source, "the base model", revision=spec.base_model.revision
+    )
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     last: dict[str, float] = {}
 
@@ -115,7 +114,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
             peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,
         )
         trainer.remove_callback(PrinterCallback)
-        print(f"dpo: {len(pairs)} preference pairs, beta {spec.stages.policy.kl_coef}", flush=True)
+        print(f"dpo: {len(pairs)} preference pairs, beta {spec.stages.policy.dpo_beta()}", flush=True)
         trainer.train()
         publish_trained(
             trainer, str(spec.base_model.dtype), tokenizer, layout.policy_dir(ctx.artifact_root),

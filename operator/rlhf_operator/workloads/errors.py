@@ -26,6 +26,18 @@ class StageConfigError(Exception):
         self.artifacts = artifacts
 
 
+class Where(str):
+    """Where a row is ("line 7", "part-2.jsonl row 3"), and its place in the whole source for
+    sorting defects: (file index, line or row). A str, so callers print and compare it as before."""
+
+    order: tuple[int, int]
+
+    def __new__(cls, text: str, order: tuple[int, int]) -> Where:
+        where = super().__new__(cls, text)
+        where.order = order
+        return where
+
+
 class Defects:
     """Collects the defects of one input file, so a user fixes them all in one round.
 
@@ -48,13 +60,17 @@ class Defects:
         if not self.found:
             return
         # In file order: a row's JSON error is found while reading, its content errors later.
-        self.found.sort(key=lambda defect: _position(defect[0]))
+        self.found.sort(key=lambda defect: _order(defect[0]))
         listed = [f"{where}: {message}" for where, message, _ in self.found[: self.cap]]
         if len(self.found) > self.cap:
             listed.append(f"... and {len(self.found) - self.cap} more")
         count = len(self.found)
         header = f"{self.what} has {count} defect{'s' if count > 1 else ''}"
         raise StageConfigError(f"{header}: " + " | ".join(listed), self.found[0][2])
+
+
+def _order(where: str) -> tuple[int, int]:
+    return where.order if isinstance(where, Where) else (0, _position(where))
 
 
 def _position(where: str) -> int:

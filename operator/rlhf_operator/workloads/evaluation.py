@@ -21,13 +21,17 @@ from rlhf_operator.stages import skipped
 from rlhf_operator.workloads import layout, lineage, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.judges import Scorer, rule_from_spec
+from rlhf_operator.workloads.judges import Scorer
 from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer, stage_device
 from rlhf_operator.workloads.ppo import position_ids, token_logprobs
 from rlhf_operator.workloads.ppo_core import response_mask
 from rlhf_operator.workloads.precompute import held_out_prompts
 from rlhf_operator.workloads.reward_source import make_reward
+from rlhf_operator.workloads.rule_rewards import rule_scorer
 from rlhf_operator.workloads.tracking import StageMetrics, trainer_tracking
+
+#: What the mean is of, by the report's `judge`.
+JUDGED_BY = {"rewardModel": "reward", "rewardRule": "rule reward", "trueRule": "true-rule score"}
 
 
 def win_rate(policy: list[float], base: list[float]) -> float:
@@ -129,7 +133,7 @@ def run(ctx: StageContext) -> StageResult:
         .eval()
         .to(stage_device())
     )
-    length = spec.stages.policy.response_length
+    length = spec.stages.policy.max_new_tokens
     temperature = spec.stages.policy.temperature
     sampling: dict[str, Any] = {
         "samples": samples,
@@ -163,7 +167,7 @@ def run(ctx: StageContext) -> StageResult:
     }
     true_rule = settings.true_rule
     if true_rule is not None:
-        rule = rule_from_spec(true_rule, where="stages.evaluation.trueRule")
+        rule = rule_scorer(true_rule, ctx, "stages.evaluation.trueRule")
         base_t, pol_t = rule(full_prompts, base_out), rule(full_prompts, pol_out)
         report.update(
             trueRuleBase=statistics.fmean(base_t),
@@ -180,7 +184,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     summary = (
         f"On {len(prompts)} held-out prompts the policy wins {report['winRate']:.0%} against the base model "
-        f"(mean {'reward' if judge == 'rewardModel' else 'true-rule score'} {pol_mean:.2f} vs {base_mean:.2f}"
+        f"(mean {JUDGED_BY[judge]} {pol_mean:.2f} vs {base_mean:.2f}"
     )
     if true_rule:
         summary += f"; true rule {report['trueRulePolicy']:.2f} vs {report['trueRuleBase']:.2f}"
@@ -211,10 +215,15 @@ def promote(result: StageResult, gate: EvaluationGate, policy_uri: str, root: st
 
 
 def _judge(ctx: StageContext) -> tuple[Scorer, str]:
-    """The reward model, or the true rule when no reward model was trained (dpo with a trueRule)."""
-    true_rule = ctx.typed_spec.stages.evaluation.true_rule
-    if skipped(ctx.typed_spec, StageName.REWARD_MODEL) and true_rule is not None:
-        return rule_from_spec(true_rule, where="stages.evaluation.trueRule"), "trueRule"
+    """The policy's reward (its rule, or the reward model: trained, pretrained or served elsewhere),
+    or the true rule when there is no reward at all (dpo with a trueRule)."""
+    spec = ctx.typed_spec
+    if spec.stages.policy.reward_rule is not None:
+        return make_reward(ctx), "rewardRule"
+    true_rule = spec.stages.evaluation.true_rule
+    no_model = spec.stages.reward_model.pretrained is None and spec.stages.reward_model.endpoint is None
+    if no_model and skipped(spec, StageName.REWARD_MODEL) and true_rule is not None:
+        return rule_scorer(true_rule, ctx, "stages.evaluation.trueRule"), "trueRule"
     # The reward model always scores evaluation locally unless a reward server is configured.
     return make_reward(ctx, "remote" if ctx.reward_endpoint else "colocated"), "rewardModel"
 
@@ -228,7 +237,7 @@ def track_evaluation(ctx: StageContext, report: dict[str, Any]) -> None:
 
 
 def evaluation_result(report: dict[str, Any], root: str, summary: str) -> StageResult:
-    """The status metrics of an evaluation report; its KL is `evaluationKl`, not the policy's `kl`."""
+    """The status metrics of an evaluation report; its KL is `evaluationKL`, not the policy's `kl`."""
     return StageResult(
         metrics=Metrics(
             win_rate=round(report["winRate"], 4),

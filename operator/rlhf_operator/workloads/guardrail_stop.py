@@ -14,7 +14,8 @@ from rlhf_operator.workloads.errors import StageConfigError
 FIXES = {
     "maxKL": "Lower the learning rate or raise klCoef.",
     "stopOnNonFinite": "Check that the reward model (or server) gives finite scores, and lower the learning rate.",
-    "rewardPatienceSteps": "The reward stopped improving: fewer steps may do, or a plateau may be expected.",
+    "rewardPatienceSteps": "The reward is no better than at the start: check the reward (or its "
+    "model's accuracy) and the learning rate.",
 }
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from rlhf_operator.api import artifacts
 from rlhf_operator.api.lineage import LINEAGE_FILE, REUSE_INDEX_DIR, Lineage, ReuseEntry, digest_of
 from rlhf_operator.api.stage_config import JobRef
-from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName, StorageSpec
-from rlhf_operator.workloads import storage
+from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName
+from rlhf_operator.workloads import hub, storage
 from rlhf_operator.workloads.config import StageContext
 
 #: Each stage's artifact directory under the job root; its lineage.json goes there.
@@ -81,7 +81,11 @@ def tree_digest(uri: str) -> str:
 
 
 def model_digest(source: str, revision: str | None) -> str:
-    """Files by content when they are on a volume or in S3; a hub model by name and revision."""
+    """Files by content when they are on a volume or in S3; a hub model by id and the commit its
+    revision resolves to (a commit pins the content)."""
+    if hub.is_hub(source):
+        ref = hub.parse(source, revision)
+        return digest_of({"hub": ref.repo_id, "type": ref.repo_type, "commit": hub.resolve_commit(ref)})
     if storage.exists(source):
         return tree_digest(source)
     return digest_of({"hub": source, "revision": revision or "main"})
@@ -138,25 +142,25 @@ def record_stage(ctx: StageContext, stage: StageName) -> None:
     inputs: dict[str, str] = {}
     if stage in (StageName.POLICY, StageName.EVALUATION):
         inputs.update(base_model_inputs(ctx.typed_spec))
-    if stage is StageName.REWARD_MODEL and ctx.typed_spec.stages.reward_model.model:
-        inputs["initialModel"] = model_digest(ctx.typed_spec.stages.reward_model.model, None)
+    reward_model = ctx.typed_spec.stages.reward_model
+    if stage is StageName.REWARD_MODEL and reward_model.model:
+        inputs["initialModel"] = model_digest(reward_model.model, None)
+    if stage in (StageName.POLICY, StageName.EVALUATION):
+        # A reward that is not this job's trained model: by its files, or by its URL.
+        if reward_model.pretrained:
+            inputs["rewardModel"] = model_digest(reward_model.pretrained, None)
+        elif reward_model.endpoint:
+            inputs["rewardEndpoint"] = digest_of({"url": reward_model.endpoint.url})
     rankings = ctx.typed_spec.dataset.rankings
     if rankings is not None and stage in (StageName.REWARD_MODEL, StageName.POLICY):
         inputs["rankings"] = tree_digest(rankings.source)
     write_lineage(ctx, stage_lineage(ctx, stage, inputs))
 
 
-def storage_base(spec: StorageSpec) -> str:
-    if spec.volume is not None:
-        return spec.volume.mount_path
-    assert spec.s3 is not None, "the API requires volume or s3"
-    return spec.s3.prefix
-
-
 def namespace_dir(ctx: StageContext) -> str:
     """`<mountPath or prefix>/rlhf-jobs/<namespace>`: every job root of the namespace is under it."""
     namespace = JobRef.model_validate(ctx.job).namespace
-    return artifacts.join(storage_base(ctx.typed_spec.storage), artifacts.JOBS_DIR, namespace)
+    return artifacts.join(artifacts.storage_base(ctx.typed_spec.storage), artifacts.JOBS_DIR, namespace)
 
 
 def index_uri(ctx: StageContext, stage: StageName, digest: str) -> str:

@@ -15,14 +15,20 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlhf_operator.workloads import storage
+from rlhf_operator.workloads import hub, storage
 from rlhf_operator.workloads.errors import StageConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def resolve_model_path(source: str, what: str, marker: tuple[str, ...] = ("config.json",)) -> str:
-    """A local directory for `source` (a path, an s3:// prefix, or a hub id when the hub is reachable)."""
+def resolve_model_path(
+    source: str, what: str, marker: tuple[str, ...] = ("config.json",), revision: str | None = None
+) -> str:
+    """A local directory for `source`: a path, an s3:// prefix (downloaded once per node), an
+    hf://org/name[@revision] (fetched once into the job's storage, `hub`), or a bare hub id when the
+    hub is reachable. `revision` applies to an hf:// source that names none."""
+    if hub.is_hub(source):
+        return hub.localize(source, revision)
     if storage.is_remote(source):
         if not storage.exists(source):
             raise StageConfigError(f"{what} {source} does not exist; check the URI.", "ModelNotFound")
@@ -63,7 +69,9 @@ def _dtype(name: str | None) -> Any:
 def load_tokenizer(
     source: str, revision: str | None = None, padding_side: str = "left"
 ) -> PreTrainedTokenizerBase:
-    path = resolve_model_path(source, "tokenizer", ("tokenizer_config.json", "tokenizer.json", "config.json"))
+    path = resolve_model_path(
+        source, "tokenizer", ("tokenizer_config.json", "tokenizer.json", "config.json"), revision
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
@@ -93,7 +101,7 @@ def load_causal_lm(
     tokenizer: PreTrainedTokenizerBase | None = None,
     what: str = "the model",
 ) -> PreTrainedModel:
-    path = resolve_model_path(source, what)
+    path = resolve_model_path(source, what, revision=revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=_dtype(dtype))
     except (OSError, ValueError) as exc:

@@ -35,10 +35,10 @@ def _settings(ctx: StageContext, world_size: int) -> Any:
         mini_batch_size=mini,
         ppo_epochs=p.ppo_epochs,
         num_generations=p.num_generations,
-        response_length=p.response_length,
+        response_length=p.max_new_tokens,
         temperature=p.temperature,
         learning_rate=p.learning_rate,
-        kl_coef=p.kl_coef,
+        kl_coef=p.kl_weight(),
         kl_target=p.kl_target,
         seed=ctx.seed,
         micro_batch_size=micro_batch(

@@ -26,10 +26,10 @@ def split_prompts(ctx: StageContext) -> tuple[list[str], list[str], str]:
     """(train, held_out, prompts_hash) for the job, the same in every shard."""
     dataset = ctx.typed_spec.dataset
     source = dataset.prompts
-    prompts = data.read_prompts(source.source, source.format.value, source.prompt_field)
+    prompts = data.read_prompts(source.source, source.format, source.prompt_field, source.split)
     held_out = dataset.held_out
     if held_out.source:
-        held = data.read_prompts(held_out.source, held_out.format.value, held_out.prompt_field)
+        held = data.read_prompts(held_out.source, held_out.format, held_out.prompt_field, held_out.split)
         train = prompts
     else:
         # The API requires a fraction when there is no held-out source.
@@ -118,7 +118,7 @@ def _imported_responses(responses: FileSource, prompts: list[str], offset: int) 
     from rlhf_operator.workloads.ranking import read_responses_file
 
     by_prompt: dict[str, list[str]] = {}
-    for row in read_responses_file(responses.source, responses.format.value):
+    for row in read_responses_file(responses.source, responses.format, responses.split):
         by_prompt.setdefault(row["prompt"], []).extend(row["responses"])
     return [
         {"promptIndex": offset + i, "prompt": p, "responses": by_prompt[p]}

@@ -7,11 +7,12 @@ from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, RankingMethod, RuleName, RuleSpec
-from rlhf_operator.workloads import data, labelstudio, layout, storage
+from rlhf_operator.workloads import data, labelstudio, layout, sources, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.endpoint_judge import EndpointJudge
 from rlhf_operator.workloads.errors import Defects, StageConfigError
-from rlhf_operator.workloads.judges import DEFAULT_KEYWORDS, Ask, LogProbJudge, rank_group, rule_from_spec
+from rlhf_operator.workloads.judges import DEFAULT_KEYWORDS, Ask, LogProbJudge, rank_group
+from rlhf_operator.workloads.rule_rewards import rule_scorer
 
 Pair = dict[str, Any]
 
@@ -21,7 +22,7 @@ def load_responses(ctx: StageContext) -> list[dict[str, Any]]:
     else the precompute artifact (all shards, in input order)."""
     responses = ctx.typed_spec.dataset.responses
     if responses is not None:
-        return read_responses_file(responses.source, responses.format.value)
+        return read_responses_file(responses.source, responses.format, responses.split)
     manifest_uri = layout.responses_manifest(ctx.artifact_root)
     if not storage.exists(manifest_uri):
         raise StageConfigError(
@@ -35,10 +36,10 @@ def load_responses(ctx: StageContext) -> list[dict[str, Any]]:
     return rows
 
 
-def read_responses_file(source: str, fmt: str | None) -> list[dict[str, Any]]:
+def read_responses_file(source: str, fmt: str | None, split: str | None = None) -> list[dict[str, Any]]:
     defects = Defects(f"responses dataset {source}")
     rows: list[dict[str, Any]] = []
-    for where, row in data.read_located_rows(source, fmt, "responses dataset", defects):
+    for where, row in data.read_located_rows(source, fmt, "responses dataset", defects, split):
         responses = row.get("responses")
         if (
             not isinstance(row.get("prompt"), str)
@@ -83,7 +84,7 @@ def _known_prompts(ctx: StageContext) -> set[str] | None:
     prompts = ctx.typed_spec.dataset.prompts
     if not storage.exists(prompts.source):
         return None
-    return set(data.read_prompts(prompts.source, prompts.format.value, prompts.prompt_field))
+    return set(data.read_prompts(prompts.source, prompts.format, prompts.prompt_field, prompts.split))
 
 
 def validate_human_row(row: dict[str, Any], known: set[str] | None) -> list[Pair]:
@@ -148,10 +149,15 @@ def human_pairs(ctx: StageContext) -> list[Pair]:
     return read_rankings_file(ctx, human.source, None)
 
 
-def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[Pair]:
-    """Validated pairs from a human rankings file (also `dataset.rankings`, which skips this stage)."""
-    if labelstudio.looks_like_export(storage.read_bytes(source).decode("utf-8", errors="replace")[:4096]):
-        pairs = labelstudio.pairs_from_export(storage.read_bytes(source).decode("utf-8"), source)
+def read_rankings_file(
+    ctx: StageContext, source: str, fmt: str | None, split: str | None = None
+) -> list[Pair]:
+    """Validated pairs from human rankings (also `dataset.rankings`, which skips this stage): a Label
+    Studio export file, or rows of a file, prefix, glob or Hub dataset."""
+    files, _ = sources.data_files(source, fmt, "rankings file", split)
+    text = storage.read_bytes(files[0]).decode("utf-8", errors="replace") if len(files) == 1 else ""
+    if labelstudio.looks_like_export(text[:4096]):
+        pairs = labelstudio.pairs_from_export(text, source)
         known = _known_prompts(ctx)
         unknown = [p["prompt"] for p in pairs if known is not None and p["prompt"] not in known]
         if unknown:
@@ -164,7 +170,7 @@ def read_rankings_file(ctx: StageContext, source: str, fmt: str | None) -> list[
     known = _known_prompts(ctx)
     pairs = []
     defects = Defects(f"rankings file {source}")
-    for where, row in data.read_located_rows(source, fmt, "rankings file", defects):
+    for where, row in data.read_located_rows(source, fmt, "rankings file", defects, split):
         try:
             pairs.extend(validate_human_row(row, known))
         except StageConfigError as error:
@@ -181,7 +187,7 @@ def scored_pairs(ctx: StageContext, method: RankingMethod) -> list[Pair]:
     pairs: list[Pair] = []
     if method is RankingMethod.RULE:
         rule = ranking.rule or RuleSpec(name=RuleName.KEYWORDS, keywords=list(DEFAULT_KEYWORDS))
-        scorer = rule_from_spec(rule, where="stages.ranking.rule")
+        scorer = rule_scorer(rule, ctx, "stages.ranking.rule")
         label = f"rule:{rule.name.value}"
         for row in rows:
             scores = scorer([row["prompt"]] * len(row["responses"]), row["responses"])

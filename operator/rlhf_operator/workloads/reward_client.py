@@ -55,6 +55,7 @@ class RemoteRewardClient:
         retries: int = 5,
         backoff_s: float = 0.5,
         in_flight: int = 2,
+        token_hint: str = "mount the same token Secret in the policy and the server",
     ) -> None:
         self.url = endpoint.rstrip("/") + ("" if endpoint.rstrip("/").endswith("/score") else "/score")
         self.token = token
@@ -65,6 +66,7 @@ class RemoteRewardClient:
         # https (serving.tls): verified against the certificate the operator mounted.
         self.tls = reward_tls.client_context() if self.url.startswith("https://") else None
         self.in_flight = max(1, in_flight)
+        self.token_hint = token_hint
 
     def _post(self, body: dict[str, list[str]]) -> list[float]:
         data = json.dumps(body).encode()
@@ -82,7 +84,7 @@ class RemoteRewardClient:
                 if exc.code in {401, 403}:
                     raise StageConfigError(
                         f"the reward server at {self.url} refused the token (HTTP {exc.code}); "
-                        "mount the same token Secret in the policy and the server.",
+                        f"{self.token_hint}.",
                         "RewardUnauthorized",
                     ) from exc
                 if exc.code not in RETRYABLE_STATUS or attempt == self.retries:

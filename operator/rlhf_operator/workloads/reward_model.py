@@ -19,7 +19,7 @@ from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
-from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 
 def split_pairs_by_prompt(
@@ -44,12 +44,11 @@ def pair_accuracy(scorer: LocalRewardScorer, pairs: list[dict[str, Any]]) -> flo
 
 def load_pairs(ctx: StageContext) -> list[dict[str, Any]]:
     rankings = ctx.typed_spec.dataset.rankings
-    ready = rankings.source if rankings is not None else None
-    if ready:
+    if rankings is not None:
         from rlhf_operator.workloads.ranking import read_rankings_file
 
         # Ranked pairs supplied with the dataset: precompute and ranking were skipped.
-        return read_rankings_file(ctx, ready, rankings.format.value if rankings is not None else None)
+        return read_rankings_file(ctx, rankings.source, rankings.format, rankings.split)
     uri = layout.pairs_file(ctx.artifact_root)
     if not storage.exists(layout.ranking_manifest(ctx.artifact_root)):
         raise StageConfigError(
@@ -106,7 +105,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
     pairs = load_pairs(ctx)
     train, held = split_pairs_by_prompt(pairs, rm.eval_fraction, ctx.seed)
     source = rm.model or spec.base_model.source
-    path = resolve_model_path(source, "the reward model's initial weights")
+    revision = spec.base_model.revision if rm.model is None else None
+    path = resolve_model_path(source, "the reward model's initial weights", revision=revision)
     tokenizer = load_tokenizer(tokenizer_source(spec, path), padding_side="right")
     seed_everything(ctx.seed)
     adapter = lora_settings(rm)
@@ -123,7 +123,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
     with tempfile.TemporaryDirectory(prefix="rlhf-rm-") as work:
         # The config first: under fsdp it tells transformers to read the weights on (local) rank 0
         # only (cpu_ram_efficient_loading), and accelerate broadcasts them when it shards the model.
-        config = RewardConfig(
+        arguments = dict(
             output_dir=f"{work}/trainer",
             num_train_epochs=float(rm.epochs),
             learning_rate=rm.learning_rate,
@@ -136,6 +136,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
             use_cpu=not torch.cuda.is_available(),
             **args,
         )
+        config = trl_config(RewardConfig, arguments, rm.trainer_args, "stages.rewardModel")
         model = _load(path, source, load_dtype)
         check_compatible(model, tokenizer, "the reward model")
         model.config.pad_token_id = tokenizer.pad_token_id  # a None pad id breaks batched seq-cls (gotcha 5)

@@ -1,4 +1,6 @@
-"""The reward a policy stage optimises: the reward model in process, or the reward server."""
+"""The reward a policy stage optimises (and evaluation judges by): a rule, a reward model served
+elsewhere (`rewardModel.endpoint`), the operator's reward server (remote placement), or a reward
+model in process (the trained one, or `rewardModel.pretrained`)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,34 @@ def reward_model_uri(ctx: StageContext) -> str:
     return uri
 
 
+def reward_model_path(ctx: StageContext) -> str:
+    """A local directory of the reward model: `rewardModel.pretrained` (any model source), else the
+    one the reward-model stage trained."""
+    pretrained = ctx.typed_spec.stages.reward_model.pretrained
+    if pretrained is not None:
+        from rlhf_operator.workloads.modeling import resolve_model_path
+
+        return resolve_model_path(pretrained, "the pretrained reward model (stages.rewardModel.pretrained)")
+    return storage.localize_dir(reward_model_uri(ctx))
+
+
 def make_reward(ctx: StageContext, placement: str | None = None) -> Scorer:
-    placement = placement or ctx.typed_spec.stages.policy.reward_placement.value
+    spec = ctx.typed_spec
+    rule = spec.stages.policy.reward_rule
+    if rule is not None:
+        from rlhf_operator.workloads.rule_rewards import rule_scorer
+
+        return rule_scorer(rule, ctx, "stages.policy.rewardRule")
+    endpoint = spec.stages.reward_model.endpoint
+    if endpoint is not None:
+        return RemoteRewardClient(
+            endpoint.url,
+            read_token(),
+            timeout_s=endpoint.timeout_seconds,
+            retries=endpoint.max_retries,
+            token_hint="check the Secret of stages.rewardModel.endpoint.tokenSecret",
+        ).score
+    placement = placement or spec.stages.policy.reward_placement.value
     if placement == "remote":
         if not ctx.reward_endpoint:
             raise StageConfigError(
@@ -29,4 +57,4 @@ def make_reward(ctx: StageContext, placement: str | None = None) -> Scorer:
                 "MissingRewardEndpoint",
             )
         return RemoteRewardClient(ctx.reward_endpoint, read_token()).score
-    return LocalRewardScorer.from_path(storage.localize_dir(reward_model_uri(ctx))).score
+    return LocalRewardScorer.from_path(reward_model_path(ctx)).score

@@ -141,9 +141,8 @@ async def serve(
 
 
 def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
-    from rlhf_operator.workloads import storage
     from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
-    from rlhf_operator.workloads.reward_source import reward_model_uri
+    from rlhf_operator.workloads.reward_source import reward_model_path, reward_model_uri
 
     token = read_token()
     if token is None and not args.insecure_no_auth:
@@ -152,12 +151,13 @@ def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, Any] | None:
             "RLHF_REWARD_TOKEN, or pass --insecure-no-auth for a local experiment.",
             "RewardTokenMissing",
         )
-    uri = reward_model_uri(ctx)
+    if ctx.typed_spec.stages.reward_model.pretrained is None:
+        reward_model_uri(ctx)  # a missing trained model fails before the server starts
     port = args.port or ctx.typed_spec.stages.reward_model.serving.port
 
     def load() -> LocalRewardScorer:
         return LocalRewardScorer.from_path(
-            storage.localize_dir(uri), batch_size=args.max_batch, token_budget=args.max_batch_tokens
+            reward_model_path(ctx), batch_size=args.max_batch, token_budget=args.max_batch_tokens
         )
 
     app = make_app(

@@ -37,9 +37,13 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def _fs(uri: str) -> tuple[Any, str]:
+def fs_of(uri: str) -> tuple[Any, str]:
+    """fsspec's filesystem of a URI and the path in it."""
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, path
+
+
+_fs = fs_of
 
 
 def exists(uri: str) -> bool:

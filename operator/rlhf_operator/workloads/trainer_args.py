@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlhf_operator.workloads.errors import StageConfigError
+
 
 def trainer_arguments(
     training: Any, dtype: str, *, per_process: int, cuda: bool, lora: bool, transformer_layers: list[str]
@@ -54,3 +56,26 @@ def layer_classes(model_path: str) -> list[str]:
     config = AutoConfig.from_pretrained(model_path)
     cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
     return list(getattr(cls, "_no_split_modules", None) or [])
+
+
+def trl_config(config_class: Any, arguments: dict[str, Any], trainer_args: dict[str, Any], where: str) -> Any:
+    """`config_class(**arguments, **trainer_args)`: the spec's own settings and its `trainerArgs`.
+
+    The API refused unknown and reserved keys already; a key the stage sets that the API's reserved
+    list misses, or a value TRL refuses, is still a configuration error that names `where`."""
+    overlap = sorted(set(arguments) & set(trainer_args))
+    if overlap:
+        raise StageConfigError(
+            f"{where}.trainerArgs sets {', '.join(overlap)}, which the stage sets from the spec; remove them.",
+            "InvalidTrainerArgs",
+        )
+    if trainer_args:
+        print(f"{where}.trainerArgs passed to {config_class.__name__}: {trainer_args}", flush=True)
+    try:
+        return config_class(**arguments, **trainer_args)
+    except (TypeError, ValueError) as exc:
+        if not trainer_args:
+            raise
+        raise StageConfigError(
+            f"{config_class.__name__} refused {where}.trainerArgs {trainer_args}: {exc}", "InvalidTrainerArgs"
+        ) from exc

@@ -19,7 +19,7 @@ from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_source import make_reward
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
-from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments
+from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 KEEP_CHECKPOINTS = 2
@@ -75,6 +75,15 @@ def latest_checkpoint(out_dir: str, remote: str | None) -> str | None:
     return storage.localize_dir(storage.join(remote, f"checkpoint-{steps[-1]}")) if steps else None
 
 
+def sequence_kl(logs: dict[str, Any]) -> float | None:
+    """TRL's logged KL in the API's unit, nats per response: TRL logs the mean over every completion
+    token of the step (sum / tokens), so times the mean completion length it is sum / completions."""
+    kl, length = logs.get("kl"), logs.get("completions/mean_length")
+    if kl is None:
+        return None
+    return float(kl) * float(length) if length is not None else float(kl)
+
+
 def trl_arguments(
     policy: Any, dtype: str, *, world: int, cuda: bool, lora: bool, transformer_layers: list[str]
 ) -> dict[str, Any]:
@@ -120,9 +129,11 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
             "InvalidBatchSize",
         )
     if policy.kl_target is not None:
-        print(f"note: klTarget is used by ppo only; {algorithm} keeps beta = klCoef fixed", flush=True)
+        print(f"note: klTarget is used by ppo only; {algorithm} keeps its KL weight klCoef fixed", flush=True)
     # TRL reloads the reference from the model's path (trl-facts gotcha 4): pass the path itself.
-    model_path = resolve_model_path(spec.base_model.source, "the base model")
+    model_path = resolve_model_path(
+        spec.base_model.source, "the base model", revision=spec.base_model.revision
+    )
     if str(policy.generation.engine) == "vllm":  # fail before loading anything, not in TRL's init
         from rlhf_operator.workloads.vllm_engine import check_engine
         from rlhf_operator.workloads.vllm_rollout import architectures
@@ -147,7 +158,7 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
             step = int(state.global_step)
             # TRL logs None when no reward function gave a number (e.g. all NaN): not finite.
             reward = float("nan") if logs["reward"] is None else float(logs["reward"])
-            kl, loss = logs.get("kl"), logs.get("loss")
+            kl, loss = sequence_kl(logs), logs.get("loss")
             # TRL gathers these over processes, so every process trips at the same step.
             trip = guard.observe(step, reward, kl, loss)
             if trip is not None and not tripped:
@@ -182,9 +193,9 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         max_steps=steps,
         learning_rate=policy.learning_rate,
         num_generations=generations,
-        max_completion_length=policy.response_length,
+        max_completion_length=policy.max_new_tokens,
         temperature=policy.temperature,
-        beta=policy.kl_coef,
+        beta=policy.kl_weight(),
         logging_steps=1,
         save_strategy="steps" if interval else "no",
         save_steps=interval or 500,
@@ -201,13 +212,10 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
             transformer_layers=layer_classes(model_path),
         ),
     )
+    config_cls: Any
     trainer_cls: Any
-    if algorithm == "rloo":
-        config: Any = RLOOConfig(**common)
-        trainer_cls = RLOOTrainer
-    else:
-        config = GRPOConfig(**common)
-        trainer_cls = GRPOTrainer
+    config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    config = trl_config(config_cls, common, policy.trainer_args, "stages.policy")
     dataset = Dataset.from_list([{"prompt": p} for p in training_prompts(ctx)])
     trainer = trainer_cls(
         model=model_path,

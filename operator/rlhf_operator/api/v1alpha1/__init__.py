@@ -58,6 +58,7 @@ from rlhf_operator.api.v1alpha1.enums import (
 )
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
+from rlhf_operator.api.v1alpha1.hub import HF_SCHEME, HubSpec, TokenSecretRef
 from rlhf_operator.api.v1alpha1.job import NAME_PATTERN, ObjectMeta, RLHFJob
 from rlhf_operator.api.v1alpha1.pods import (
     GPU_STAGE_MESSAGE,
@@ -69,6 +70,7 @@ from rlhf_operator.api.v1alpha1.pods import (
     Toleration,
 )
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
+from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.spec import (
     IMMUTABLE_FIELDS,
     QUEUE_NAME_MESSAGE,
@@ -87,7 +89,6 @@ from rlhf_operator.api.v1alpha1.stages import (
     PrecomputeStage,
     RankingStage,
     RewardModelStage,
-    RuleSpec,
     Serving,
     ServingTls,
     Stages,
@@ -115,6 +116,7 @@ __all__ = [
     "ENV_NAME_PATTERN",
     "GPU_STAGE_MESSAGE",
     "GROUP",
+    "HF_SCHEME",
     "IMMUTABLE_FIELDS",
     "KIND",
     "LABEL_VALUE_PATTERN",
@@ -148,6 +150,7 @@ __all__ = [
     "GpuUsage",
     "Guardrails",
     "HeldOut",
+    "HubSpec",
     "HumanRanking",
     "JudgeEndpoint",
     "JudgeMode",
@@ -171,6 +174,7 @@ __all__ = [
     "RankingStage",
     "Resources",
     "ReusePolicy",
+    "RewardEndpoint",
     "RewardModelStage",
     "RewardPlacement",
     "RuleName",
@@ -187,6 +191,7 @@ __all__ = [
     "Stages",
     "StorageSpec",
     "TaintEffect",
+    "TokenSecretRef",
     "Toleration",
     "TolerationOperator",
     "TrackingSpec",

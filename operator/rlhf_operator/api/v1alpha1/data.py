@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from rlhf_operator.api.base import ApiModel, CelRule
@@ -30,10 +32,13 @@ class ModelShapeSpec(ApiModel):
 
 class BaseModelSpec(ApiModel):
     source: Location = Field(
-        description="The model to start from: a path (/data/models/x), an s3:// URI or a name in the model cache."
+        description="The model to start from: a path (/data/models/x), an s3:// URI, or "
+        "hf://org/name[@revision] on the Hub (fetched once into the storage, see `hub`)."
     )
     revision: ShortText | None = Field(
-        None, description="Revision (branch, tag or commit) of the model, if versioned."
+        None,
+        description="Revision (branch, tag or commit) of an hf:// model that names none after @; the commit it "
+        "resolves to is recorded in the lineage.",
     )
     dtype: Dtype = Field(Dtype.AUTO, description="Weight precision: auto, float32, bfloat16 or float16.")
     size_billions: float | None = Field(
@@ -53,14 +58,46 @@ class BaseModelSpec(ApiModel):
     )
 
 
+SOURCE_DESCRIPTION = (
+    "a file, a prefix (a directory, or an s3:// prefix) or a glob (*, **) of .jsonl, .json, .csv or "
+    ".parquet files, local or s3://; or a Hub dataset hf://datasets/org/name[@revision] (see `split`)"
+)
+
+
+def _split_rule(source_required: bool) -> CelRule:
+    hub = "self.source.startsWith('hf://datasets/')"
+    return CelRule(
+        f"!has(self.split) || {hub if source_required else f'(has(self.source) && {hub})'}",
+        "`split` must be used with an hf://datasets/ source (files and prefixes have no splits)",
+        lambda s: s.split is None or (s.source or "").startswith("hf://datasets/"),
+    )
+
+
+def _format_field() -> Any:
+    return Field(
+        None, description="jsonl, json, csv or parquet for every file; unset: each file by its extension."
+    )
+
+
+def _split_field() -> Any:
+    return Field(
+        None,
+        description="Split of an hf://datasets/ source (train, test, ...: found by the datasets library's "
+        "file-name conventions); unset: train.",
+    )
+
+
 class PromptSource(ApiModel):
-    source: Location = Field(description="File or prefix of the prompts: a path or an s3:// URI.")
-    format: DataFormat = Field(DataFormat.JSONL, description="File format: jsonl, parquet or csv.")
+    cel_rules = (_split_rule(True),)
+
+    source: Location = Field(description=f"The prompts: {SOURCE_DESCRIPTION}.")
+    format: DataFormat | None = _format_field()
+    split: ShortText | None = _split_field()
     prompt_field: ShortText = Field("prompt", description="Field (column) that holds the prompt text.")
 
 
 class HeldOut(ApiModel):
-    """Prompts kept out of training for evaluation: a fraction of the prompts, or a file of its own."""
+    """Prompts kept out of training for evaluation: a fraction of the prompts, or a source of its own."""
 
     cel_rules = (
         CelRule(
@@ -68,23 +105,26 @@ class HeldOut(ApiModel):
             "exactly one of `fraction` or `source` must be set",
             lambda h: (h.fraction is None) != (h.source is None),
         ),
+        _split_rule(False),
     )
 
     fraction: float | None = Field(
         None, gt=0, le=0.9, description="Fraction of the prompts held out for evaluation."
     )
-    source: Location | None = Field(None, description="File of held-out prompts: a path or an s3:// URI.")
-    format: DataFormat = Field(
-        DataFormat.JSONL, description="File format of `source`: jsonl, parquet or csv."
-    )
+    source: Location | None = Field(None, description=f"Held-out prompts: {SOURCE_DESCRIPTION}.")
+    format: DataFormat | None = _format_field()
+    split: ShortText | None = _split_field()
     prompt_field: ShortText = Field(
         "prompt", description="Field (column) of `source` that holds the prompt text."
     )
 
 
 class FileSource(ApiModel):
-    source: Location = Field(description="File or prefix: a path or an s3:// URI.")
-    format: DataFormat = Field(DataFormat.JSONL, description="File format: jsonl, parquet or csv.")
+    cel_rules = (_split_rule(True),)
+
+    source: Location = Field(description=f"The data: {SOURCE_DESCRIPTION}.")
+    format: DataFormat | None = _format_field()
+    split: ShortText | None = _split_field()
 
 
 class DatasetSpec(ApiModel):

@@ -14,6 +14,7 @@ class Dtype(StrEnum):
 
 class DataFormat(StrEnum):
     JSONL = "jsonl"
+    JSON = "json"
     PARQUET = "parquet"
     CSV = "csv"
 
@@ -33,6 +34,11 @@ class RuleName(StrEnum):
     KEYWORDS = "keywords"
     LENGTH = "length"
     CLASSIFIER = "classifier"
+    # Verifiers: a response is right (1) or wrong (0).
+    EXACT_MATCH = "exactMatch"
+    REGEX = "regex"
+    NUMERIC = "numeric"
+    PYTHON = "python"
 
 
 class Pairing(StrEnum):

@@ -34,5 +34,6 @@ class EvaluationGate(ApiModel):
         gt=0,
         le=1_000_000,
         alias="maxKL",
-        description="Highest KL of the policy from the base model on the evaluation prompts.",
+        description="Highest KL of the policy from the base model on the evaluation prompts (nats per "
+        "response, as `metrics.evaluationKL`).",
     )

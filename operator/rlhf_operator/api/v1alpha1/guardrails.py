@@ -27,8 +27,8 @@ class Guardrails(ApiModel):
         gt=0,
         le=1_000_000,
         alias="maxKL",
-        description="KL from the base model (as the algorithm reports it: ppo per sequence, rloo and grpo "
-        "per token) that must not be exceeded for `klSteps` steps in a row; null turns it off.",
+        description="KL from the base model in nats per response (summed over its tokens, for every "
+        "algorithm) that must not be exceeded for `klSteps` steps in a row; null turns it off.",
     )
     kl_steps: int = Field(
         DEFAULT_KL_STEPS, ge=1, le=100_000, description="Consecutive steps over `maxKL` that trip it."
@@ -40,5 +40,7 @@ class Guardrails(ApiModel):
         DEFAULT_REWARD_PATIENCE_STEPS,
         ge=0,
         le=1_000_000,
-        description="Trip when the mean reward has not beaten its best for this many steps; 0 turns it off.",
+        description="Stall check: after this many steps without a new best mean reward, trip if the "
+        "mean reward of the last this-many steps is no higher than that of the run's first this-many "
+        "steps (a stall); a run that improved and levelled off (a plateau) goes on. 0 turns it off.",
     )

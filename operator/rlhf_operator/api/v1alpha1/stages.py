@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Self
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, model_validator
 
-from rlhf_operator.api.base import ApiModel, CelRule
+from rlhf_operator.api import trainer_args
+from rlhf_operator.api.base import ApiModel, CelRule, renamed
 from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
 from rlhf_operator.api.v1alpha1.common import Location, ObjectName, ShortText
 from rlhf_operator.api.v1alpha1.enums import (
@@ -15,48 +16,17 @@ from rlhf_operator.api.v1alpha1.enums import (
     Pairing,
     RankingMethod,
     RewardPlacement,
-    RuleName,
 )
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
+from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
 
-
-class RuleSpec(ApiModel):
-    """A programmatic preference ("any kind of digital signal")."""
-
-    cel_rules = (
-        CelRule(
-            "self.name != 'keywords' || (has(self.keywords) && size(self.keywords) > 0)",
-            "`keywords` must list at least one keyword when `name` is keywords",
-            lambda r: r.name != RuleName.KEYWORDS or bool(r.keywords),
-        ),
-        CelRule(
-            "self.name != 'length' || has(self.targetLength)",
-            "`targetLength` must be set when `name` is length",
-            lambda r: r.name != RuleName.LENGTH or r.target_length is not None,
-        ),
-        CelRule(
-            "self.name != 'classifier' || has(self.model)",
-            "`model` must be set when `name` is classifier",
-            lambda r: r.name != RuleName.CLASSIFIER or r.model is not None,
-        ),
-    )
-
-    name: RuleName = Field(
-        description="keywords (count of wanted words), length (closeness to a length) or classifier."
-    )
-    keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
-        None, max_length=256, description="Words that make a response better (rule keywords)."
-    )
-    target_length: int | None = Field(
-        None, ge=1, le=32_768, description="Preferred response length in tokens (rule length)."
-    )
-    model: Location | None = Field(
-        None, description="Classifier model whose positive score is preferred (rule classifier)."
-    )
+#: The KL weights when unset: klCoef of ppo, rloo and grpo, and dpo's beta (TRL's DPOConfig default).
+DEFAULT_KL_COEF = 0.05
+DEFAULT_DPO_BETA = 0.1
 
 
 class HumanRanking(ApiModel):
@@ -192,10 +162,30 @@ class RewardModelStage(TrainingFields):
             "`distributed.hybridShard` must not be set for the reward model (its trainer shards over every GPU)",
             lambda r: not r.distributed.hybrid_shard,
         ),
+        CelRule(
+            "!has(self.pretrained) || !has(self.endpoint)",
+            "`pretrained` and `endpoint` must not both be set: one reward model is used",
+            lambda r: r.pretrained is None or r.endpoint is None,
+        ),
     )
+
+    @model_validator(mode="after")
+    def _trainer_args(self) -> Self:
+        trainer_args.check(self.trainer_args, trainer_args.REWARD_CONFIG, "stages.rewardModel")
+        return self
 
     model: Location | None = Field(
         None, description="Model the reward model starts from; defaults to the base model."
+    )
+    pretrained: Location | None = Field(
+        None,
+        description="A trained reward model to use as it is (a sequence-classification model with one "
+        "label: a path, an s3:// URI or hf://org/name[@revision]); no reward model is trained.",
+    )
+    endpoint: RewardEndpoint | None = Field(
+        None,
+        description="A reward model served elsewhere, speaking the reward server's protocol; no reward "
+        "model is trained or served here.",
     )
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the preference pairs.")
     learning_rate: float = Field(1e-4, gt=0, le=1, description="Optimizer learning rate.")
@@ -239,19 +229,67 @@ class PolicyStage(TrainingFields):
             lambda p: p.mini_batch_size is None or p.mini_batch_size <= p.batch_size,
         ),
         CelRule(
-            "!has(self.klTarget) || self.klCoef > 0.0",
+            "!has(self.klTarget) || !has(self.klCoef) || self.klCoef > 0.0",
             "`klCoef` must be greater than 0 when `klTarget` is set (adaptive KL scales it)",
-            lambda p: p.kl_target is None or p.kl_coef > 0,
+            lambda p: p.kl_target is None or p.kl_coef is None or p.kl_coef > 0,
+        ),
+        # dpo's beta is no KL weight of a penalty: it has a name of its own, and neither is silently
+        # ignored by the algorithms that do not read it.
+        CelRule(
+            "self.algorithm != 'dpo' || !has(self.klCoef)",
+            "`klCoef` must not be set with algorithm dpo: dpo's KL strength is `beta` (rename klCoef to beta)",
+            lambda p: p.algorithm != Algorithm.DPO or p.kl_coef is None,
+        ),
+        CelRule(
+            "self.algorithm == 'dpo' || !has(self.beta)",
+            "`beta` must be set only with algorithm dpo: ppo, rloo and grpo weigh the KL with `klCoef`",
+            lambda p: p.algorithm == Algorithm.DPO or p.beta is None,
+        ),
+        renamed("responseLength", "maxNewTokens", lambda p: p.renamed_response_length is None),
+        CelRule(
+            "!has(self.rewardRule) || self.algorithm != 'dpo'",
+            "`rewardRule` must not be used with algorithm dpo: dpo trains on the rankings and calls no reward",
+            lambda p: p.reward_rule is None or p.algorithm != Algorithm.DPO,
+        ),
+        CelRule(
+            "!has(self.rewardRule) || self.rewardPlacement != 'remote'",
+            "`rewardPlacement: remote` must not be used with `rewardRule`: a rule is computed in the policy pods",
+            lambda p: p.reward_rule is None or p.reward_placement != RewardPlacement.REMOTE,
         ),
     )
+
+    @model_validator(mode="after")
+    def _trainer_args(self) -> Self:
+        config = trainer_args.POLICY_CONFIGS.get(str(self.algorithm))
+        trainer_args.check(self.trainer_args, config, "stages.policy")
+        return self
+
+    def kl_weight(self) -> float:
+        """`klCoef`, or its default when unset (ppo, rloo, grpo)."""
+        return DEFAULT_KL_COEF if self.kl_coef is None else self.kl_coef
+
+    def dpo_beta(self) -> float:
+        """`beta`, or its default when unset (dpo)."""
+        return DEFAULT_DPO_BETA if self.beta is None else self.beta
 
     algorithm: Algorithm = Field(
         Algorithm.PPO,
         description="ppo, rloo or grpo (against the reward), or dpo (TRL's DPOTrainer on the rankings; "
-        "klCoef is its beta).",
+        "its KL strength is `beta`).",
     )
-    kl_coef: float = Field(
-        0.05, ge=0, le=10, description="Weight of the KL penalty that keeps the policy near the base."
+    kl_coef: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description=f"Weight of the KL penalty that keeps the policy near the base (ppo, rloo, grpo); "
+        f"unset: {DEFAULT_KL_COEF}. Not with dpo: use `beta`.",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description=f"dpo's beta, the strength of its implicit KL constraint to the base; unset: "
+        f"{DEFAULT_DPO_BETA}. Only with dpo.",
     )
     kl_target: float | None = Field(
         None, gt=0, le=100, description="Target KL; when set the KL weight adapts."
@@ -264,11 +302,18 @@ class PolicyStage(TrainingFields):
     num_generations: int = Field(
         4, ge=2, le=256, description="Completions per prompt, the group size (rloo, grpo)."
     )
-    response_length: int = Field(16, ge=1, le=32_768, description="Longest completion, in tokens.")
+    max_new_tokens: int = Field(
+        16, ge=1, le=32_768, description="Longest rollout response, in tokens (and in evaluation)."
+    )
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of the rollouts.")
     reward_placement: RewardPlacement = Field(
         RewardPlacement.COLOCATED,
         description="colocated (reward model in the policy pods) or remote (served on the small-GPU node group).",
+    )
+    reward_rule: RuleSpec | None = Field(
+        None,
+        description="Optimise a rule instead of a reward model (rloo, grpo, ppo): keywords, length, "
+        "exactMatch, regex, numeric or a python entry point; no reward model is trained.",
     )
     nodes: int = Field(1, ge=1, le=64, description="Policy pods (nodes) training together.")
     generation: GenerationSpec = Field(
@@ -284,6 +329,9 @@ class PolicyStage(TrainingFields):
     )
     pod: GpuPodSettings = Field(
         default_factory=GpuPodSettings, description="Pods of the stage (large-GPU node group by default)."
+    )
+    renamed_response_length: int | None = Field(
+        None, ge=0, le=32_768, alias="responseLength", description="Renamed `maxNewTokens`; refused."
     )
 
 

@@ -59,10 +59,15 @@ class Metrics(ApiModel):
     policy_total_steps: int | None = Field(None, ge=0, description="Policy optimisation steps planned.")
     mean_reward: float | None = Field(None, description="Mean reward of the latest policy step.")
     kl: float | None = Field(
-        None, description="KL divergence of the policy from the base model at the latest policy step."
+        None,
+        description="KL divergence of the policy from the base model at the latest policy step, in nats "
+        "per response (summed over its tokens).",
     )
     evaluation_kl: float | None = Field(
-        None, description="KL divergence of the policy from the base model on the evaluation prompts."
+        None,
+        alias="evaluationKL",
+        description="KL divergence of the policy from the base model on the evaluation prompts, in nats "
+        "per response.",
     )
     win_rate: float | None = Field(
         None, description="Share of evaluation prompts where the policy beats the base model."
