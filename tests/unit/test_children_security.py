@@ -6,15 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf_operator.api.v1alpha1 import StageName
-from rlhf_operator.children import (
-    JobIdentity,
+from rlhf_operator.children import JobIdentity, stage_job
+from rlhf_operator.config import OperatorConfig
+from rlhf_operator.network import network_policy
+from rlhf_operator.reward_server_manifests import (
     reward_server_deployment,
     reward_server_disruption_budget,
     reward_server_endpoint,
-    stage_job,
 )
-from rlhf_operator.config import OperatorConfig
-from rlhf_operator.network import network_policy
 from tests.support.builders import rlhfjob
 
 JOB = JobIdentity("ml", "tiny", "u-1")

@@ -23,8 +23,9 @@ import msgspec, yaml
 from lightkube import codecs
 from lightkube.models.meta_v1 import Status
 from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES, RLHFJob
-from rlhf_operator.children import (JobIdentity, config_map, reward_server_deployment,
-    reward_server_service, reward_token_secret, stage_config, stage_job)
+from rlhf_operator.children import JobIdentity, config_map, stage_config, stage_job
+from rlhf_operator.reward_server_manifests import (reward_server_deployment, reward_server_service,
+    reward_token_secret)
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.kube import build_type_info
 

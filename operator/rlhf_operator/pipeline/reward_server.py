@@ -4,18 +4,18 @@ scales to zero while the job is suspended, and goes once the policy or the job i
 from __future__ import annotations
 
 from rlhf_operator.api.v1alpha1 import StageName, StageState, StageStatus
-from rlhf_operator.children import (
-    JobIdentity,
+from rlhf_operator.children import JobIdentity
+from rlhf_operator.naming import child_name, token_secret_name
+from rlhf_operator.pipeline.context import PlanningPass
+from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
+from rlhf_operator.plan import Observed
+from rlhf_operator.reward_server_manifests import (
     reward_server_deployment,
     reward_server_disruption_budget,
     reward_server_endpoint,
     reward_server_service,
     reward_token_secret,
 )
-from rlhf_operator.naming import child_name, token_secret_name
-from rlhf_operator.pipeline.context import PlanningPass
-from rlhf_operator.pipeline.ensure import ensure_config, ensure_service
-from rlhf_operator.plan import Observed
 
 FINISHED = {StageState.SUCCEEDED, StageState.FAILED}
 
