@@ -51,7 +51,7 @@ from kubernetes import client  # noqa: E402
 from kubernetes import config as kube_config  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from localcluster import LocalCluster, load_shape, node_manifests  # noqa: E402
+from localcluster import LocalCluster, load_shape, node_manifests, wait_established  # noqa: E402
 from rlhf_operator.api.v1alpha1 import PIPELINE_STAGES  # noqa: E402
 from tests.conftest import Kube  # noqa: E402
 from tests.integration.operator_harness import SIM, create_pvc, rlhfjob  # noqa: E402
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.stock_nodes:
             add_gpu_capacity(cluster)
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        wait_established(cluster.kubectl, "crd", "--all")
         kube_config.load_kube_config(str(cluster.kubeconfig))
         kube = Kube(cluster.kubeconfig)
         idle = idle_request_rate(cluster)

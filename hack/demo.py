@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from kubernetes import config as kube_config
 
-from localcluster import LocalCluster, tools_dir
+from localcluster import LocalCluster, tools_dir, wait_established
 from podexecutor import PodExecutor
 from rlhf_operator.local_runner import free_port
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting the local cluster {args.name} ...")
     cluster.up()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/rlhfjobs.rlhf-operator.dev", "--timeout=60s")
+    wait_established(cluster.kubectl, "crd/rlhfjobs.rlhf-operator.dev")
     workdir = cluster.home / "demo"
     data_dir = workdir / "data"
     prepare_storage(cluster, NAMESPACE, data_dir)

@@ -23,6 +23,7 @@ import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,24 @@ APISERVER_ARGS = {"enable-admission-plugins": "OwnerReferencesPermissionEnforcem
 
 class ClusterError(RuntimeError):
     """The local cluster could not be brought to the asked state; the message says why."""
+
+
+def wait_established(
+    kubectl: Callable[..., subprocess.CompletedProcess[str]], *crds: str, timeout_s: float = 60
+) -> None:
+    """`kubectl wait --for=condition=Established` on CRDs just applied. kubectl errs at once instead of
+    waiting while a new CRD has no status yet (".status.conditions accessor error"): ask again until
+    `timeout_s`. `kubectl` is a cluster handle's `kubectl(*args, check=...)`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = kubectl("wait", "--for=condition=Established", *crds, "--timeout=10s", check=False)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"{' '.join(crds)} not Established after {timeout_s:.0f}s: {result.stderr.strip()}"
+            )
+        time.sleep(1)
 
 
 def cache_root() -> Path:

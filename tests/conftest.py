@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from localcluster import LocalCluster, tools_dir
+from localcluster import LocalCluster, tools_dir, wait_established
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -108,5 +108,5 @@ def namespace(cluster: Kube) -> Iterator[str]:
 def crd_installed(cluster: Kube) -> Kube:
     """The RLHFJob CRD from crds/, applied and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    wait_established(cluster.kubectl, "crd", "--all")
     return cluster

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from demo import follow, make_tiny_assets, prepare_storage, running_pipeline
-from localcluster import LocalCluster
+from localcluster import LocalCluster, wait_established
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "human-rankings-rlhfjob.yaml"
@@ -43,9 +43,7 @@ def test_human_rankings_wait_is_visible_and_the_job_finishes_once_labels_arrive(
     cluster.up()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/rlhfjobs.rlhf-operator.dev", "--timeout=60s"
-        )
+        wait_established(cluster.kubectl, "crd/rlhfjobs.rlhf-operator.dev")
         namespace, data = "rlhf-e2e-human", tmp_path / "data"
         prepare_storage(cluster, namespace, data)
         make_tiny_assets(data)

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from demo import EXAMPLE, follow, make_tiny_assets, prepare_storage, running_pipeline
-from localcluster import LocalCluster
+from localcluster import LocalCluster, wait_established
 from rlhf_operator.local_runner import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,17 +44,7 @@ def executed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
     cluster.up()
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        for _ in range(30):  # `kubectl wait` errs instead of waiting while the new CRD has no status
-            waited = cluster.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "crd/rlhfjobs.rlhf-operator.dev",
-                "--timeout=60s",
-                check=False,
-            )
-            if waited.returncode == 0:
-                break
-            time.sleep(1)
+        wait_established(cluster.kubectl, "crd/rlhfjobs.rlhf-operator.dev")
         yield cluster
     finally:
         cluster.down()

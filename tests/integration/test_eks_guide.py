@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import tools_dir
+from localcluster import tools_dir, wait_established
 from tests.chart_support import CHART, helm
 from tests.conftest import ROOT, Kube
 
@@ -110,11 +110,8 @@ def kueue_crds(cluster: Kube) -> Kube:
     crds = tools_dir() / "kueue" / "crds"
     assert crds.exists(), f"{crds} is missing: run `make tools` (hack/install-tools.sh kueue)"
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    for _ in range(60):  # `kubectl wait` errs while a new CRD has no status yet
-        if cluster.kubectl("wait", "--for=condition=Established", "crd/clusterqueues.kueue.x-k8s.io",
-                           "crd/localqueues.kueue.x-k8s.io", "crd/resourceflavors.kueue.x-k8s.io",
-                           "--timeout=10s", check=False).returncode == 0:  # fmt: skip
-            break
+    wait_established(cluster.kubectl, "crd/clusterqueues.kueue.x-k8s.io", "crd/localqueues.kueue.x-k8s.io",
+                     "crd/resourceflavors.kueue.x-k8s.io")  # fmt: skip
     return cluster
 
 

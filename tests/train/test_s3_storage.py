@@ -70,7 +70,8 @@ def test_whole_pipeline_with_artifacts_on_s3(s3: Any, s3_pipeline: dict[str, Any
     # Lineage (model files hashed by their objects' ETags), the reuse index and the event files on S3.
     made = json.loads(s3.cat_file(f"{root}/precompute/lineage.json"))
     assert len(made["inputs"]["baseModel"]) == 64, made
-    assert s3.exists(f"s3://{BUCKET}/runs/rlhf-jobs/.reuse/precompute/{made['digest']}.json")
+    # The reuse index is the namespace's own (rlhf-jobs/<namespace>/.reuse).
+    assert s3.exists(f"s3://{BUCKET}/runs/rlhf-jobs/default/.reuse/precompute/{made['digest']}.json")
     assert any("tfevents" in p for p in s3.ls(f"{root}/tensorboard/policy")), s3.ls(f"{root}/tensorboard")
 
 
