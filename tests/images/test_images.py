@@ -165,18 +165,22 @@ def test_operator_starts_as_nonroot_on_a_read_only_root_and_reconciles(
 
 def test_helm_test_script_runs_in_the_operator_image(crd_installed: Kube, tmp_path: Path) -> None:
     """The chart's `helm test` hook runs files/tests/check_operator.py in the operator image: only the
-    operator's packages are there. A dead liveness URL must fail it, and the CRD check must pass."""
+    operator's packages are there. A dead liveness URL must fail it; the CRD and dry-run checks must pass."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(crd_installed.kubectl("config", "view", "--raw", "--minify", "--flatten").stdout)
     kubeconfig.chmod(0o644)
-    script = ROOT / "charts" / "rlhf-operator" / "files" / "tests" / "check_operator.py"
+    tests_dir = ROOT / "charts" / "rlhf-operator" / "files" / "tests"
+    sample = json.dumps(yaml.safe_load((tests_dir / "rlhfjob.yaml").read_text()))
     result = podman(
         *restricted(
             "--network", "host", "--volume", f"{kubeconfig}:/etc/rlhf/kubeconfig:ro",
             "--env", "KUBECONFIG=/etc/rlhf/kubeconfig", "--env", f"HEALTH_URL=http://127.0.0.1:{free_port()}/healthz",
-            "--env", "TIMEOUT_SECONDS=1", "--entrypoint", "python", image("operator"), "-c", script.read_text(),
+            "--env", "TIMEOUT_SECONDS=1", "--env", f"SAMPLE_RLHFJOB={sample}", "--env", "NAMESPACE=default",
+            "--entrypoint", "python", image("operator"), "-c", (tests_dir / "check_operator.py").read_text(),
         ),
         check=False,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAILED liveness" in result.stderr and "FAILED crd" not in result.stderr, result.stderr
+    assert "FAILED liveness" in result.stderr, result.stderr
+    # The CRD is served and a server-side dry run accepts the sample and refuses it without baseModel.
+    assert "FAILED crd" not in result.stderr and "FAILED dry-run" not in result.stderr, result.stderr
