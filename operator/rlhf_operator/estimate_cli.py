@@ -26,7 +26,7 @@ from rlhf_operator.config import OperatorConfig
 from rlhf_operator.memory_estimate import GIB, HEADROOM, INSTANCES
 from rlhf_operator.model_shape import ModelShape
 from rlhf_operator.model_sources import lookup, sources
-from rlhf_operator.pipeline.fit import FitReport, StageFit, does_not_fit_message, fit_report
+from rlhf_operator.pipeline.fit import FitReport, StageFit, does_not_fit_message, fit_report, rollout_gather
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -90,6 +90,9 @@ def _print_stage(fit: StageFit, out: TextIO) -> None:
         f"of {fit.host_bytes / GIB:.0f} GiB ({fit.host_from})" if fit.host_bytes else "(no pod memory known)"
     )
     out.write(f"  Host per pod: {est.host_per_node / GIB:.1f} GiB {limit}: {_verdict(fit.host_fits)}\n")
+    gather = rollout_gather(fit)
+    if gather is not None:
+        out.write(f"  Rollouts (hf engine): {gather}\n")
     if not fit.fits:
         out.write(f"  {does_not_fit_message(fit)}\n")
 

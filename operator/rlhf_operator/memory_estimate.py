@@ -43,6 +43,10 @@ HOST_BASELINE = 3 * GIB
 PUBLISH_FILE_BYTES = 4 * GIB
 #: How much of a GPU the estimate may fill: the rest is the CUDA context and fragmentation.
 HEADROOM = 0.9
+#: Tokens (rows x sequence width) per forward over a rollout (the policy's log-probs, the reference's,
+#: the critic's values): PPO scores a rollout in chunks of this many tokens, so one chunk's logits are
+#: what the scoring phase holds, not the whole batch's. The workloads' rollout engine uses this value.
+ROLLOUT_TOKEN_BUDGET = 16_384
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,9 @@ def _phases(shape: ModelShape, setup: Setup, critic: ModelShape | None) -> dict[
             "kv cache": 2 * setup.generation_batch * seq * shape.layers * shape.kv_dim * c
         }
     if setup.algorithm == "ppo":
+        rows = max(1, min(setup.generation_batch, ROLLOUT_TOKEN_BUDGET // seq))
         phases["rollout scoring"] = {
-            "rollout logits (whole batch)": setup.generation_batch * (r + 1) * v * c + 4 * (r + 1) * v * 4
+            f"rollout logits ({rows} rows per chunk)": rows * (r + 1) * v * c + 4 * (r + 1) * v * 4
         }
     return phases
 

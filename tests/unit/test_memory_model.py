@@ -93,7 +93,8 @@ def test_llama_2_13b_at_generation_batch_64_by_hand() -> None:
     activations = layers * tokens * h * 2 + 34 * tokens * h * 2 // 2
     logits = 2 * 4 * 512 * v * 2 + 8 * 512 * v * 4
     assert sum(est.phases["training"].values()) == 2 * activations + logits
-    assert sum(est.phases["rollout scoring"].values()) == 64 * 513 * v * 2 + 4 * 513 * v * 4
+    # The rollout is scored in chunks of 16,384 tokens: 16 rows of 1024, not the 64 generated.
+    assert sum(est.phases["rollout scoring"].values()) == 16 * 513 * v * 2 + 4 * 513 * v * 4
 
 
 def test_the_eks_example_by_hand() -> None:
@@ -193,6 +194,19 @@ def test_whether_the_whole_model_fits_gathered_beside_training() -> None:
     assert fits_gathered(shape, lora, 80 * GIB)
     full = Setup(strategy="fsdp", gpus=8, gpus_per_node=8, activation_checkpointing=True, micro_batch=2)
     assert fits_gathered(shape, full, 80 * GIB) and not fits_gathered(shape, full, 40 * GIB)
+
+
+@pytest.mark.parametrize(("gpu_gib", "expected"), [(80, "once per rollout"), (40, "block by block")])
+def test_estimate_says_how_ppo_rollouts_will_gather(tmp_path: Path, gpu_gib: int, expected: str) -> None:
+    """The EKS example's full 8B PPO over 16 GPUs holds ~28.6 GiB each: a whole bf16 copy (15 GiB)
+    fits beside it on 80 GB GPUs, not on 40 GB ones (the run measures free memory and agrees)."""
+    model = tmp_path / "llama-3.1-8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA_31_8B))
+    spec = yaml.safe_load((ROOT / "examples" / "eks-remote-reward-rlhfjob.yaml").read_text())["spec"]
+    spec["baseModel"]["source"] = str(model)
+    _, text = _run_estimate(tmp_path, spec, "--gpu-memory-gib", f"policy-gpu={gpu_gib}")
+    assert f"Rollouts (hf engine): the policy is gathered {expected}" in text, text
 
 
 def _run_estimate(tmp_path: Path, spec: dict[str, Any], *args: str) -> tuple[int, str]:

@@ -22,7 +22,15 @@ from typing import Any
 from rlhf_operator.api.training import micro_batch
 from rlhf_operator.api.v1alpha1 import Algorithm, RLHFJobSpec, StageName
 from rlhf_operator.config import OperatorConfig, Role
-from rlhf_operator.memory_estimate import GIB, HEADROOM, INSTANCES, Estimate, Setup, estimate
+from rlhf_operator.memory_estimate import (
+    GIB,
+    HEADROOM,
+    INSTANCES,
+    Estimate,
+    Setup,
+    estimate,
+    whole_model_fits_beside_training,
+)
 from rlhf_operator.model_shape import ModelShape, ShapeError, nearest_llama, shape_from_config
 
 #: The reason in the failed stage's message, the Failed condition's message and the event.
@@ -246,6 +254,19 @@ def stage_fit(
         stage, "policy" if policy else "rewardModel", group, setup, estimate(shape, setup, **extra),
         config.gpu_memory_gib.get(group), host, host_from, models,
     )  # fmt: skip
+
+
+def rollout_gather(fit: StageFit) -> str | None:
+    """How PPO's hf engine is expected to generate on this stage's GPUs (None: not a sharded PPO
+    policy, or no GPU size known); the run measures free memory and decides the same way."""
+    s = fit.setup
+    if s.algorithm != "ppo" or s.strategy != "fsdp" or fit.gpu_gib is None:
+        return None
+    extra = {"reward": fit.models["rewardModel"], "critic": fit.models["critic"]}
+    whole = whole_model_fits_beside_training(fit.models["policy"], s, int(fit.gpu_gib * GIB), **extra)
+    if whole:
+        return "the policy is gathered once per rollout (it fits beside the training state)"
+    return "the policy is gathered block by block per decode step (it does not fit whole): consider vLLM"
 
 
 def fit_report(

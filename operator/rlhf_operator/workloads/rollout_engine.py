@@ -4,8 +4,10 @@ Before issue 21 generation ran on the sharded policy with reshard-after-forward,
 step all-gathered every block (across nodes, over the network, once per token). Now, when the
 whole LM fits beside the training state, it is gathered once per rollout (FSDP2's `unshard()` on
 every FSDP module, reshard-after-forward off), generates the whole rollout batch with its KV
-cache, and is resharded; otherwise today's per-block gather is the fallback. `decide` is pure: its
-memory inputs are measured here today and will come from the memory model (`memory_estimate`).
+cache, and is resharded; otherwise today's per-block gather is the fallback. `decide` is pure: at
+run time its inputs are measured (the device's free memory beside what training now holds: the
+truth, fragmentation included); at planning time the memory model predicts the same decision from
+config.json (`memory_estimate.whole_model_fits_beside_training`, printed by `rlhf-operator estimate`).
 
 The logprob/reference/value forwards over a rollout run in row chunks of at most a token budget
 (`chunk_count`, `row_slices`, `chunked`), so a 512-row rollout never materialises the logits of every row at once.
@@ -22,11 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlhf_operator.memory_estimate import ROLLOUT_TOKEN_BUDGET
+
 #: Modes: `whole` (the LM is not sharded: ddp or one process), `gathered`, `per-block`.
 MODES = ("whole", "gathered", "per-block")
 #: Tokens (rows x sequence width) per forward over a rollout; the logits of one chunk are
-#: rows x response x vocab in the compute dtype, so this bounds them too.
-DEFAULT_TOKEN_BUDGET = 16_384
+#: rows x response x vocab in the compute dtype, so this bounds them too. The memory model counts
+#: the same chunk (one definition, in the operator's torch-free memory_estimate).
+DEFAULT_TOKEN_BUDGET = ROLLOUT_TOKEN_BUDGET
 
 
 @dataclass(frozen=True)
