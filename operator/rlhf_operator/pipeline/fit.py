@@ -262,8 +262,10 @@ def rollout_gather(fit: StageFit) -> str | None:
     s = fit.setup
     if s.algorithm != "ppo" or s.strategy != "fsdp" or fit.gpu_gib is None:
         return None
-    extra = {"reward": fit.models["rewardModel"], "critic": fit.models["critic"]}
-    whole = whole_model_fits_beside_training(fit.models["policy"], s, int(fit.gpu_gib * GIB), **extra)
+    models = fit.models
+    whole = whole_model_fits_beside_training(
+        models["policy"], s, int(fit.gpu_gib * GIB), reward=models["rewardModel"], critic=models["critic"]
+    )
     if whole:
         return "the policy is gathered once per rollout (it fits beside the training state)"
     return "the policy is gathered block by block per decode step (it does not fit whole): consider vLLM"
