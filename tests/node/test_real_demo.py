@@ -75,9 +75,12 @@ def writes_outside_mounts(cluster: LocalCluster, pod: dict[str, Any]) -> list[st
 
 
 def test_operator_runs_in_its_image_on_the_real_node(demo_cluster: LocalCluster) -> None:
-    (operator,) = [p for p in pods(demo_cluster, OPERATOR_NAMESPACE) if "test" not in p["metadata"]["name"]]
-    assert_runs_restricted_on_the_node(demo_cluster, operator, "operator")
-    assert operator["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    operators = [p for p in pods(demo_cluster, OPERATOR_NAMESPACE) if "test" not in p["metadata"]["name"]]
+    # The chart's two replicas (one leads through its Lease, the other waits to take over).
+    assert len(operators) == 2, [p["metadata"]["name"] for p in operators]
+    for operator in operators:
+        assert_runs_restricted_on_the_node(demo_cluster, operator, "operator")
+        assert operator["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     labels = json.loads(demo_cluster.kubectl("get", "namespace", NAMESPACE, "-o", "json").stdout)["metadata"]
     assert labels["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
