@@ -155,10 +155,13 @@ def fitted_pairs(
     """The pairs fitted to `<stage>.maxLength` (or the model's context), reported and checked."""
     context = model_context(model_dir)
     length = max_length or default_max_length(context)
-    if context and length > context:
-        print(f"note: {stage}.maxLength {length} is longer than the model's context {context}", flush=True)
     fit = fit_pairs(tokenizer, pairs, length)
-    print(f"{stage}: {fit.summary('maxLength')}", flush=True)
+    if os.environ.get("RANK", "0") == "0":  # every process fits the same pairs: one says so
+        if context and length > context:
+            print(
+                f"note: {stage}.maxLength {length} is longer than the model's context {context}", flush=True
+            )
+        print(f"{stage}: {fit.summary('maxLength')}", flush=True)
     check_dropped(fit, limit, stage, context)
     return fit
 
