@@ -18,6 +18,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
 REPO = Path(__file__).resolve().parents[2]
 KEYWORDS = ["good", "great", "nice", "happy"]
 BUCKET = "rlhf-test"
+#: No warm-up, no decay: the tiny task's step counts and thresholds were set at a constant rate.
+TINY_SCHEDULE: dict[str, Any] = {"lrSchedule": "constant", "warmupRatio": 0.0}
 
 
 def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
@@ -40,6 +42,8 @@ def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
                     "model": "/data/models/tiny-rm",
                     "epochs": 15,
                     "learningRate": 3e-3,
+                    # The calibrated tiny runs keep a constant rate; the examples run the defaults.
+                    **TINY_SCHEDULE,
                     "batchSize": 32,
                     "maxLength": 64,
                     "evalFraction": 0.2,
@@ -48,6 +52,7 @@ def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
                     "algorithm": "ppo",
                     "steps": 20,
                     "learningRate": 1e-4,
+                    **TINY_SCHEDULE,
                     "batchSize": 32,
                     "numGenerations": 4,
                     "maxNewTokens": 16,

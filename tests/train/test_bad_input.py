@@ -164,3 +164,28 @@ def test_invalid_stage_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("RLHF_TERMINATION_MESSAGE_PATH", str(tmp_path / "t"))
     assert main(["policy", "--config", str(config)]) == 78
     assert main(["policy", "--config", str(tmp_path / "missing.json")]) == 78
+
+
+def test_pairs_too_long_for_the_reward_model(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair that does not fit loses prompt tokens from the left; one whose response alone is too long
+    is dropped, counted, and more of them than maxDroppedFraction fails the stage naming both fields."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(pipeline["root"] / "ranking", root / "ranking")
+    spec = _spec(pipeline)
+    # The tiny policy's responses mostly run to maxNewTokens (16) without EOS: 17 tokens with it.
+    spec["stages"]["rewardModel"].update(maxLength=16, maxDroppedFraction=0.5, epochs=1)
+    code, term = _run("reward-model", spec, root, tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "PairsTooLong", term
+    assert "stages.rewardModel.maxLength (16 tokens)" in term["error"]
+    assert "stages.rewardModel.maxDroppedFraction (0.5)" in term["error"]
+    assert not (root / "reward-model").exists()
+    # Allowed to drop nearly all: it trains on the rest and says how many were cut and dropped.
+    spec["stages"]["rewardModel"]["maxDroppedFraction"] = 0.99
+    code, term = _run("reward-model", spec, root, tmp_path, monkeypatch)
+    metrics = term["metrics"]
+    assert code == 0 and metrics["rewardModelTruncatedPairs"] > 0 and metrics["rewardModelDroppedPairs"] > 0
+    assert "maxLength 16:" in term["message"], term

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rlhf_operator.api.optimizer_defaults import MAX_DEFAULT_PAIR_LENGTH
 from rlhf_operator.api.training import micro_batch
 from rlhf_operator.api.v1alpha1 import Algorithm, RLHFJobSpec, StageName
 from rlhf_operator.config import OperatorConfig, Role
@@ -154,13 +155,15 @@ def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
         )
     rm = spec.stages.reward_model
     per_gpu = max(1, rm.batch_size // gpus)
+    # Unset: the model's context up to the cap; the cap bounds it without reading config.json here.
+    length = rm.max_length or MAX_DEFAULT_PAIR_LENGTH
     return Setup(
         algorithm="reward",
         **common,  # type: ignore[arg-type]
         # Two sequences (chosen and rejected) per pair.
         micro_batch=2 * micro_batch(per_gpu, rm.micro_batch_size, rm.gradient_accumulation_steps),
-        prompt_length=rm.max_length // 2,
-        response_length=rm.max_length - rm.max_length // 2,
+        prompt_length=length // 2,
+        response_length=length - length // 2,
         checkpoints=False,
         trl=True,
     )

@@ -37,7 +37,10 @@ def _settings(ctx: StageContext, world_size: int) -> Any:
         num_generations=p.num_generations,
         response_length=p.max_new_tokens,
         temperature=p.temperature,
-        learning_rate=p.learning_rate,
+        learning_rate=p.learning_rate_or_default(),
+        weight_decay=p.weight_decay,
+        warmup_ratio=p.warmup_ratio,
+        lr_schedule=str(p.lr_schedule),
         kl_coef=p.kl_weight(),
         kl_target=p.kl_target,
         seed=ctx.seed,
@@ -113,6 +116,7 @@ def run_ppo(ctx: StageContext) -> StageResult:
         saved = checkpoint.load(resume[1], trainer.train_state(), info)
         trainer.restore_scalars(saved["scalars"])
         start = int(saved["step"])
+        trainer.resume_schedule(start)
         print(f"resumed from checkpoint step {start} ({resume[1]})", flush=True)
         if trainer.vllm is not None:  # the engine loaded the base: it samples from the resumed weights
             trainer.vllm.sync(policy.lm, plan.compute_dtype)
@@ -229,6 +233,13 @@ def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResu
         metrics = metrics.model_copy(
             update={"mean_reward": round(stats["meanReward"], 4)}
             | ({"kl": round(stats["kl"], 4)} if "kl" in stats else {})
+            # dpo's preference pairs fitted to policy.maxLength (reward_pairs.py)
+            | (
+                {"dpo_truncated_pairs": int(stats["dpoTruncatedPairs"])}
+                if "dpoTruncatedPairs" in stats
+                else {}
+            )
+            | ({"dpo_dropped_pairs": int(stats["dpoDroppedPairs"])} if "dpoDroppedPairs" in stats else {})
         )
     algorithm = ctx.typed_spec.stages.policy.algorithm
     what = "reward margin of the pairs" if algorithm == "dpo" else "mean reward"

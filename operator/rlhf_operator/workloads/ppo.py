@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_operator.workloads import ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads import optimizers, ppo_core, rollout_engine, sharding
 from rlhf_operator.workloads.checkpoint import TrainState
 from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
@@ -53,6 +53,10 @@ class PPOSettings:
     max_grad_norm: float = 1.0
     micro_batch_size: int | None = None  # completions per forward/backward on one process
     rollout_token_budget: int = rollout_engine.DEFAULT_TOKEN_BUDGET  # tokens per rollout forward
+    # The optimizer's schedule and decay (workloads/optimizers.py); the defaults keep a constant rate.
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    lr_schedule: str = "constant"
 
 
 class PolicyWithValueHead(nn.Module):
@@ -130,14 +134,33 @@ class PPOTrainerLite:
         self.plan = plan or sharding.TrainPlan()
         # Under ddp the training forward goes through DDP (gradient all-reduce); fsdp syncs by itself.
         self.train_model = sharding.wrap_ddp(policy, dist_info) if self.plan.strategy == "ddp" else policy
-        trainable = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
+        self.optimizer, self.schedule = optimizers.build_optimizer_and_schedule(
+            policy, self._optimizer_settings()
+        )
         self.kl_ctl = ppo_core.AdaptiveKLController(settings.kl_coef, settings.kl_target)
         self.eos = int(tokenizer.eos_token_id)
         self.generation_seconds = 0.0
         # How the hf engine generates (rollout_engine.decide), decided at the first rollout.
         self.generation_mode: rollout_engine.Decision | None = None
         self.vllm: Any = None  # vllm_rollout.VllmRollout under generation.engine: vllm
+
+    def _optimizer_settings(self) -> optimizers.OptimizerSettings:
+        """The schedule runs over every optimizer step: ppoEpochs x mini-batches per PPO step."""
+        rows = max(1, self.s.batch_size // self.dist.world_size)
+        mini = max(1, min(rows, self.s.mini_batch_size // self.dist.world_size))
+        self.updates_per_step = self.s.ppo_epochs * -(-rows // mini)
+        return optimizers.OptimizerSettings(
+            learning_rate=self.s.learning_rate,
+            total_steps=self.s.steps * self.updates_per_step,
+            weight_decay=self.s.weight_decay,
+            warmup_ratio=self.s.warmup_ratio,
+            schedule=self.s.lr_schedule,
+            eps=1e-5,
+        )
+
+    def resume_schedule(self, step: int) -> None:
+        """The learning rate where it stood after PPO step `step` (a resumed run)."""
+        optimizers.resume_schedule(self.schedule, step * self.updates_per_step)
 
     def prompts_for_step(self, step: int) -> list[tuple[int, str]]:
         """This process's (global index, prompt) pairs at `step`: a pure function of (seed, step), so
@@ -334,6 +357,7 @@ class PPOTrainerLite:
             [p for p in self.policy.parameters() if p.requires_grad], self.s.max_grad_norm
         )
         self.optimizer.step()
+        self.schedule.step()
         return ppo_core.LossStats(
             policy_loss=sum(s.policy_loss for s in stats),
             value_loss=sum(s.value_loss for s in stats),

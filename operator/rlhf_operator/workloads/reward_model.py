@@ -15,7 +15,9 @@ from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.optimizers import schedule_arguments
 from rlhf_operator.workloads.publish import publish_trained
+from rlhf_operator.workloads.reward_pairs import fitted_pairs, length_note
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
@@ -102,12 +104,20 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
 
     spec = ctx.typed_spec
     rm = spec.stages.reward_model
-    pairs = load_pairs(ctx)
-    train, held = split_pairs_by_prompt(pairs, rm.eval_fraction, ctx.seed)
     source = rm.model or spec.base_model.source
     revision = spec.base_model.revision if rm.model is None else None
     path = resolve_model_path(source, "the reward model's initial weights", revision=revision)
     tokenizer = load_tokenizer(tokenizer_source(spec, path), padding_side="right")
+    # Fitted to maxLength here, so TRL's own length filter finds nothing to drop silently.
+    fit = fitted_pairs(
+        tokenizer,
+        load_pairs(ctx),
+        path,
+        max_length=rm.max_length,
+        limit=rm.max_dropped_fraction,
+        stage="stages.rewardModel",
+    )
+    train, held = split_pairs_by_prompt(fit.rows, rm.eval_fraction, ctx.seed)
     seed_everything(ctx.seed)
     adapter = lora_settings(rm)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -126,8 +136,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
         arguments = dict(
             output_dir=f"{work}/trainer",
             num_train_epochs=float(rm.epochs),
-            learning_rate=rm.learning_rate,
-            max_length=rm.max_length,
+            **schedule_arguments(rm, rm.learning_rate_or_default()),
+            max_length=fit.max_length,
             save_strategy="no",
             **tracking.arguments(),
             logging_steps=10,
@@ -172,7 +182,12 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
         flush=True,
     )
     return StageResult(
-        metrics=Metrics(reward_model_accuracy=None if math.isnan(accuracy) else round(accuracy, 4)),
+        metrics=Metrics(
+            reward_model_accuracy=None if math.isnan(accuracy) else round(accuracy, 4),
+            reward_model_truncated_pairs=fit.truncated,
+            reward_model_dropped_pairs=fit.dropped,
+        ),
         artifacts=Artifacts(reward_model=layout.reward_model_dir(ctx.artifact_root)),
-        message=f"Reward model trained on {len(train)} pairs; held-out pair accuracy {accuracy:.3f}.",
+        message=f"Reward model trained on {len(train)} pairs; held-out pair accuracy {accuracy:.3f}; "
+        f"{length_note(fit)}.",
     )

@@ -14,6 +14,7 @@ from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.guardrail_stop import GuardrailTrippedError, newest_before
 from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.optimizers import schedule_arguments
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.publish import publish_trained
@@ -191,7 +192,7 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         **tracking.arguments(),
         output_dir=out_dir,
         max_steps=steps,
-        learning_rate=policy.learning_rate,
+        **schedule_arguments(policy, policy.learning_rate_or_default()),
         num_generations=generations,
         max_completion_length=policy.max_new_tokens,
         temperature=policy.temperature,

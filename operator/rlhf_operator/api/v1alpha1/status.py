@@ -55,6 +55,26 @@ class StageStatus(ApiModel):
 
 class Metrics(ApiModel):
     reward_model_accuracy: float | None = Field(None, description="Reward-model accuracy on held-out pairs.")
+    reward_model_truncated_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs whose prompt lost tokens from the left to fit rewardModel.maxLength.",
+    )
+    reward_model_dropped_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs left out of reward-model training: a response alone is longer than rewardModel.maxLength.",
+    )
+    dpo_truncated_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs whose prompt lost tokens from the left to fit policy.maxLength (dpo).",
+    )
+    dpo_dropped_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs left out of dpo training: a response alone is longer than policy.maxLength.",
+    )
     policy_step: int | None = Field(None, ge=0, description="Policy optimisation steps done.")
     policy_total_steps: int | None = Field(None, ge=0, description="Policy optimisation steps planned.")
     mean_reward: float | None = Field(None, description="Mean reward of the latest policy step.")
