@@ -89,8 +89,9 @@ def _reward_trainer_ids(tokenizer: Any, rows: list[dict[str, list[int]]]) -> lis
     from datasets import Dataset
     from trl import RewardTrainer  # type: ignore[attr-defined]
 
-    args = SimpleNamespace(dataset_num_proc=None, max_length=None)
-    prepared = RewardTrainer._prepare_dataset(None, Dataset.from_list(rows), tokenizer, args, "train")
+    args: Any = SimpleNamespace(dataset_num_proc=None, max_length=None)
+    prepare: Any = RewardTrainer._prepare_dataset  # its own state is not read: called unbound
+    prepared = prepare(None, Dataset.from_list(rows), tokenizer, args, "train")
     return [list(row["chosen_ids"]) for row in prepared]
 
 
@@ -111,9 +112,9 @@ def test_reward_training_and_scoring_read_the_same_ids(tokenizer: Any, prompt: A
         assert trained[-1] == tokenizer.eos_token_id
     # The scorer feeds the model exactly these ids, alone or in a padded batch with another text.
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, num_labels=1)
-    config.pad_token_id = tokenizer.pad_token_id
-    model = GPT2ForSequenceClassification(config).eval()
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2)
+    config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
+    model = GPT2ForSequenceClassification(config).eval()  # type: ignore[no-untyped-call]
     scorer = LocalRewardScorer(model, tokenizer)
     with torch.no_grad():
         direct = float(model(input_ids=torch.tensor([trained])).logits[0, 0])
@@ -165,7 +166,10 @@ def test_prompt_keys_tell_chats_and_texts_apart() -> None:
 def test_the_reward_server_reads_chat_prompts_through_its_template() -> None:
     tokenizer = chat_tokenizer()
     body = json.dumps({"prompts": [CHAT, "hello"], "completions": ["good", "bad"]}).encode()
-    render = lambda p, c: chat_format.conversation_text(tokenizer, p, c)  # noqa: E731
+
+    def render(prompt: chat_format.Prompt, completion: str) -> str:
+        return chat_format.conversation_text(tokenizer, prompt, completion)
+
     texts = parse_score_request(body, max_items=8, render=render)
     assert texts == [chat_format.conversation_text(tokenizer, CHAT, "good"), render("hello", "bad")]
     bad = json.dumps({"prompts": [[{"role": "x", "content": "y"}]], "completions": ["a"]}).encode()
@@ -181,7 +185,7 @@ def test_stop_ids_take_every_eos_of_the_generation_config(tmp_path: Path) -> Non
     assert stop_token_ids(tokenizer, single) == [2, 5]  # type: ignore[arg-type]
     assert stop_token_ids(tokenizer, SimpleNamespace()) == [2]  # type: ignore[arg-type]
     # A saved model: generation_config.json's list (Llama-3-Instruct's two ends) and config.json's id.
-    GenerationConfig(eos_token_id=[128001, 128009]).save_pretrained(tmp_path)
+    GenerationConfig(eos_token_id=[128001, 128009]).save_pretrained(tmp_path)  # type: ignore[no-untyped-call]
     GPT2Config(eos_token_id=128001, bos_token_id=128000).save_pretrained(tmp_path)
     turn_end = SimpleNamespace(eos_token_id=128009)
     assert stop_token_ids(turn_end, str(tmp_path)) == [128009, 128001]  # type: ignore[arg-type]

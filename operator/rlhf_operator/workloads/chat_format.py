@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from rlhf_operator.workloads.errors import StageConfigError
+
+if TYPE_CHECKING:  # read by the data path too, which must not import transformers (torch)
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
 #: A prompt: plain text or a chat (a list of messages).
