@@ -132,6 +132,7 @@ def test_reward_training_and_scoring_read_the_same_ids(tokenizer: Any, prompt: A
         ({"messages": [{"role": "bot", "content": "x"}]}, "`messages[0]` has role 'bot'"),
         ({"messages": ["x"]}, "`messages[0]` must be an object"),
         ({"text": "x"}, "no non-empty string field 'prompt' and no `messages`"),
+        ({"prompt": "x", "messages": [{"role": "bot", "content": "x"}]}, "has role 'bot'"),
     ],
 )
 def test_malformed_prompt_rows_say_what_to_fix(row: dict[str, Any], message: str) -> None:
@@ -153,6 +154,13 @@ def test_a_prompts_file_mixes_text_and_chats_and_names_bad_lines(tmp_path: Path)
     assert error.reason == "MalformedRow" and str(source) in error.message
     assert "line 3: `messages[0]` has role 'robot'" in error.message
     assert "line 4: `messages` must be a non-empty list" in error.message
+
+
+def test_a_row_with_text_and_messages_is_read_as_its_text() -> None:
+    # As in chat datasets whose `messages` hold the whole conversation, answer included.
+    row = {"prompt": "hello", "messages": [*CHAT, {"role": "assistant", "content": "good"}]}
+    assert chat_format.prompt_of_row(row, "prompt") == "hello"
+    assert chat_format.prompt_of_row({"messages": CHAT}, "prompt") == CHAT
 
 
 def test_prompt_keys_tell_chats_and_texts_apart() -> None:

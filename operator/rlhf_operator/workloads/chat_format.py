@@ -57,20 +57,24 @@ def message_defect(value: Any, name: str = "messages") -> str | None:
 
 
 def prompt_of_row(row: dict[str, Any], field: str) -> Prompt:
-    """The prompt of a dataset row: its `messages` (a chat) when it has them, else its text in
-    `field`; `InvalidPromptError` says what to fix when the row has neither well-formed."""
-    if "messages" in row:
-        defect = message_defect(row["messages"])
+    """The prompt of a dataset row: its text in `field` when it has one, else its `messages` (a
+    chat). The text wins because many datasets carry both, with `messages` holding the whole
+    conversation, answer included. A `messages` that is there is checked either way;
+    `InvalidPromptError` says what to fix."""
+    chat = row.get("messages")
+    if chat is not None:
+        defect = message_defect(chat)
         if defect is not None:
             raise InvalidPromptError(defect)
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
     value = row.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidPromptError(
-            f"no non-empty string field {field!r} and no `messages`; fix the row or set "
-            "dataset.prompts.promptField."
-        )
-    return value
+    if isinstance(value, str) and value.strip():
+        return value
+    if chat is not None:
+        return [{"role": m["role"], "content": m["content"]} for m in chat]
+    raise InvalidPromptError(
+        f"no non-empty string field {field!r} and no `messages`; fix the row or set "
+        "dataset.prompts.promptField."
+    )
 
 
 def is_chat(prompt: Prompt) -> bool:
