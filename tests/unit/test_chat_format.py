@@ -65,6 +65,11 @@ def test_a_plain_prompt_is_one_user_turn_on_a_template_tokenizer() -> None:
     assert chat_format.conversation_text(tokenizer, "hello", "good") == (
         "<s><|user|> hello <|end|><|assistant|> good <|end|>"
     )
+    assert chat_format.dpo_row(tokenizer, {"prompt": CHAT, "chosen": "good", "rejected": "bad"}) == {
+        "prompt": CHAT,
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
 
 
 def test_plain_text_without_a_template_keeps_todays_texts() -> None:
@@ -84,7 +89,7 @@ def test_plain_text_without_a_template_keeps_todays_texts() -> None:
     assert caught.value.reason == "NoChatTemplate" and "baseModel.tokenizer" in caught.value.message
 
 
-def _reward_trainer_ids(tokenizer: Any, rows: list[dict[str, list[int]]]) -> list[list[int]]:
+def _reward_trainer_ids(tokenizer: Any, rows: list[dict[str, Any]]) -> list[list[int]]:
     """The chosen ids RewardTrainer trains on, after its own dataset preparation."""
     from datasets import Dataset
     from trl import RewardTrainer  # type: ignore[attr-defined]
@@ -120,6 +125,22 @@ def test_reward_training_and_scoring_read_the_same_ids(tokenizer: Any, prompt: A
         direct = float(model(input_ids=torch.tensor([trained])).logits[0, 0])
     got = scorer.score([prompt, prompt], ["good answer", "bad"])[0]
     assert got == pytest.approx(direct, abs=1e-5)
+
+
+def test_the_tiny_task_trains_its_reward_model_on_the_ids_trl_made_before() -> None:
+    """Plain text, no template: the ids fed to RewardTrainer are those its own tokenising made
+    (text + EOS), so the tiny task is unchanged; on a tokenizer that adds BOS, TRL's own would not
+    be the scorer's."""
+    pair = {"prompt": "w01 w02 ", "chosen": "good great", "rejected": "w03"}
+    tiny = build_tiny_tokenizer()
+    assert _reward_trainer_ids(tiny, chat_format.reward_pair_ids(tiny, [pair])) == _reward_trainer_ids(
+        tiny, [pair]
+    )
+    bos_adding = chat_tokenizer()
+    bos_adding.chat_template = None
+    trl_own = _reward_trainer_ids(bos_adding, [{**pair, "prompt": "hello "}])[0]
+    assert trl_own[0] == bos_adding.bos_token_id
+    assert trl_own[1:] == chat_format.scoring_ids(bos_adding, "hello ", "good great")
 
 
 @pytest.mark.parametrize(

@@ -77,10 +77,6 @@ def prompt_of_row(row: dict[str, Any], field: str) -> Prompt:
     )
 
 
-def is_chat(prompt: Prompt) -> bool:
-    return isinstance(prompt, list)
-
-
 def prompt_key(prompt: Prompt) -> str:
     """A string that identifies a prompt (for hashing, sets and lookups): the text itself, or the
     chat as canonical JSON."""
@@ -198,9 +194,8 @@ def dpo_row(tokenizer: PreTrainedTokenizerBase, pair: dict[str, Any]) -> dict[st
     prompt = trl_prompt(tokenizer, pair["prompt"])
     if isinstance(prompt, str):
         return {"prompt": prompt, "chosen": str(pair["chosen"]), "rejected": str(pair["rejected"])}
-    turn = "assistant"
     return {
         "prompt": prompt,
-        "chosen": [{"role": turn, "content": str(pair["chosen"])}],
-        "rejected": [{"role": turn, "content": str(pair["rejected"])}],
+        "chosen": [{"role": "assistant", "content": str(pair["chosen"])}],
+        "rejected": [{"role": "assistant", "content": str(pair["rejected"])}],
     }
