@@ -67,7 +67,7 @@ def main() -> None:
         dist_info=info,
         plan=models.plan,
     )
-    stops = stop_token_ids(models.policy.lm, tokenizer)
+    stops = stop_token_ids(tokenizer, models.policy.lm)
     started = time.perf_counter()
     vllm_settings = VllmSettings(model=model_dir, max_model_len=64, dtype="float32")
     trainer.vllm = start(model_dir, tokenizer, stops, vllm_settings)

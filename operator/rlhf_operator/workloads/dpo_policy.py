@@ -13,7 +13,7 @@ import tempfile
 import time
 from typing import Any
 
-from rlhf_operator.workloads import layout
+from rlhf_operator.workloads import chat_format, layout
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.lora import lora_settings, peft_config
@@ -27,9 +27,10 @@ from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
 from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 
-def dpo_rows(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, str]]:
-    """The pairs as DPOTrainer's standard (non-conversational) preference rows, shuffled by seed."""
-    rows = [{k: str(p[k]) for k in ("prompt", "chosen", "rejected")} for p in pairs]
+def dpo_rows(tokenizer: Any, pairs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The pairs as DPOTrainer's preference rows (conversational whenever the tokenizer has a chat
+    template, `chat_format.dpo_row`), shuffled by seed."""
+    rows = [chat_format.dpo_row(tokenizer, p) for p in pairs]
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -123,7 +124,7 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
         trainer = DPOTrainer(
             model=model_path,
             args=_config(ctx, tracking, model_path, f"{work}/trainer", fit.max_length),
-            train_dataset=Dataset.from_list(dpo_rows(pairs, ctx.seed)),
+            train_dataset=Dataset.from_list(dpo_rows(tokenizer, pairs, ctx.seed)),
             processing_class=tokenizer,
             callbacks=[Progress()],
             peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,

@@ -165,7 +165,7 @@ def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) 
             dtype=str(spec.base_model.dtype or "auto"),
             seed=ctx.seed,
         )
-        return vllm_rollout.start(model_dir, tokenizer, stop_token_ids(lm, tokenizer), settings)
+        return vllm_rollout.start(model_dir, tokenizer, stop_token_ids(tokenizer, model_dir), settings)
 
     return start
 

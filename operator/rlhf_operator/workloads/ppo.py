@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +22,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_operator.workloads import optimizers, ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads import chat_format, optimizers, ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.checkpoint import TrainState
 from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
 from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
+from rlhf_operator.workloads.modeling import stop_token_ids
 from rlhf_operator.workloads.reward_client import reward_runs_elsewhere
 from rlhf_operator.workloads.sampling import GumbelSampler
 
@@ -118,7 +121,7 @@ class PPOTrainerLite:
         ref: nn.Module | None,
         tokenizer: PreTrainedTokenizerBase,
         reward: Scorer,
-        prompts: list[str],
+        prompts: Sequence[Prompt],
         *,
         settings: PPOSettings,
         dist_info: DistInfo,
@@ -138,7 +141,9 @@ class PPOTrainerLite:
             policy, self._optimizer_settings()
         )
         self.kl_ctl = ppo_core.AdaptiveKLController(settings.kl_coef, settings.kl_target)
-        self.eos = int(tokenizer.eos_token_id)
+        # Every id that ends a response (the generation config's list): generation stops at them
+        # and the response mask ends at the first of them.
+        self.stop_ids = stop_token_ids(tokenizer, policy.lm)
         self.generation_seconds = 0.0
         # How the hf engine generates (rollout_engine.decide), decided at the first rollout.
         self.generation_mode: rollout_engine.Decision | None = None
@@ -162,7 +167,7 @@ class PPOTrainerLite:
         """The learning rate where it stood after PPO step `step` (a resumed run)."""
         optimizers.resume_schedule(self.schedule, step * self.updates_per_step)
 
-    def prompts_for_step(self, step: int) -> list[tuple[int, str]]:
+    def prompts_for_step(self, step: int) -> list[tuple[int, Prompt]]:
         """This process's (global index, prompt) pairs at `step`: a pure function of (seed, step), so
         a resumed run sees exactly the prompts the interrupted one would have seen."""
         total_prompts = max(1, self.s.batch_size // self.s.num_generations)
@@ -174,7 +179,9 @@ class PPOTrainerLite:
         )
         return list(enumerate(chosen))[self.dist.rank :: self.dist.world_size]
 
-    def _generate(self, step: int, indexed: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _generate(
+        self, step: int, indexed: list[tuple[int, Prompt]]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.vllm is not None:
             started = time.perf_counter()
             out: tuple[torch.Tensor, torch.Tensor, int] = self.vllm.generate(
@@ -184,7 +191,12 @@ class PPOTrainerLite:
             return out
         self.tokenizer.padding_side = "left"
         prompts = [p for _, p in indexed]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = chat_format.encode(
+            self.tokenizer,
+            chat_format.prompt_texts(self.tokenizer, prompts),
+            return_tensors="pt",
+            padding=True,
+        )
         g = self.s.num_generations
         # Each prompt repeated g times (greedy decoding over Gumbel-perturbed logits samples).
         enc = {k: v.repeat_interleave(g, dim=0).to(self.dist.device) for k, v in enc.items()}
@@ -203,14 +215,14 @@ class PPOTrainerLite:
                 logits_processor=[sampler],
                 max_new_tokens=self.s.response_length,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.eos,
+                eos_token_id=self.stop_ids,
             )
         self.generation_seconds = time.perf_counter() - started
         response = generated[:, prompt_len:]
         if response.shape[1] < self.s.response_length:  # every row stopped early: pad to a fixed width
             pad = torch.full(
                 (response.shape[0], self.s.response_length - response.shape[1]),
-                self.eos,
+                self.stop_ids[0],
                 dtype=response.dtype,
                 device=response.device,
             )
@@ -276,7 +288,7 @@ class PPOTrainerLite:
         generated, prompt_mask, prompt_len = self._generate(step, indexed)
         response = generated[:, prompt_len:]
         keep = response.shape[1] + 1
-        mask = ppo_core.response_mask(response, self.eos).to(self.dist.device)
+        mask = ppo_core.response_mask(response, self.stop_ids).to(self.dist.device)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
         completions = self.tokenizer.batch_decode(response, skip_special_tokens=True)
         full_prompts = [p for _, p in indexed for _ in range(self.s.num_generations)]

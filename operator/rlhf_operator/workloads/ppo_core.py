@@ -1,7 +1,7 @@
 """The PPO maths, as pure tensor functions (unit-tested on their own).
 
 Conventions: tensors are [batch, response_len]; `mask` is 1 on response tokens up to and
-including the first EOS and 0 after it.
+including the first stop token (EOS, or any other id of the model's generation config) and 0 after it.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return whitened * mask
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 up to and including the first EOS, 0 after it (pad = eos, so padding is masked too)."""
-    is_eos = (response_ids == eos_token_id).long()
-    # Number of EOS seen strictly before each position: 0 means the token is still part of the reply.
-    before = torch.cumsum(is_eos, dim=1) - is_eos
+def response_mask(response_ids: torch.Tensor, stop_ids: int | list[int] | torch.Tensor) -> torch.Tensor:
+    """1 up to and including the first stop token (any of `stop_ids`, `modeling.stop_token_ids`),
+    0 after it. Generation pads a row only after it stopped, so padding is masked whether or not
+    pad is one of the stop ids; a row that never stops (truncated) is 1 throughout."""
+    stops = torch.as_tensor(stop_ids, device=response_ids.device).reshape(-1)
+    is_stop = torch.isin(response_ids, stops).long()
+    # Number of stops seen strictly before each position: 0 means the token is still part of the reply.
+    before = torch.cumsum(is_stop, dim=1) - is_stop
     return (before == 0).to(torch.float32)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, Metrics, RLHFJobSpec
-from rlhf_operator.workloads import data, layout, storage
+from rlhf_operator.workloads import chat_format, data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
@@ -28,12 +28,15 @@ def split_pairs_by_prompt(
     pairs: list[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out whole prompts, so the accuracy is measured on prompts the model never saw."""
-    prompts = sorted({p["prompt"] for p in pairs})
+    prompts = sorted({chat_format.prompt_key(p["prompt"]) for p in pairs})
     random.Random(seed).shuffle(prompts)
     held = (
         set(prompts[: max(1, round(len(prompts) * fraction))]) if fraction > 0 and len(prompts) > 1 else set()
     )
-    return [p for p in pairs if p["prompt"] not in held], [p for p in pairs if p["prompt"] in held]
+    is_held = [chat_format.prompt_key(p["prompt"]) in held for p in pairs]
+    return [p for p, h in zip(pairs, is_held, strict=True) if not h], [
+        p for p, h in zip(pairs, is_held, strict=True) if h
+    ]
 
 
 def pair_accuracy(scorer: LocalRewardScorer, pairs: list[dict[str, Any]]) -> float:
@@ -59,7 +62,10 @@ def load_pairs(ctx: StageContext) -> list[dict[str, Any]]:
         )
     pairs = data.read_rows(uri, "jsonl", "preference pairs")
     for number, row in enumerate(pairs, start=1):
-        if not all(isinstance(row.get(k), str) for k in ("prompt", "chosen", "rejected")):
+        prompt_ok = (
+            isinstance(row.get("prompt"), str) or chat_format.message_defect(row.get("prompt")) is None
+        )
+        if not (prompt_ok and all(isinstance(row.get(k), str) for k in ("chosen", "rejected"))):
             raise StageConfigError(
                 f"preference pairs {uri} row {number} needs string prompt/chosen/rejected.", "MalformedRow"
             )
@@ -154,9 +160,9 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
             model=model,
             args=config,
             processing_class=tokenizer,
-            train_dataset=Dataset.from_list(
-                [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train]
-            ),
+            # Already tokenised, as the scorer tokenises (chat template or text + EOS, no added BOS):
+            # TRL's own tokenising would add BOS where the scorer does not (chat_format).
+            train_dataset=Dataset.from_list(chat_format.reward_pair_ids(tokenizer, train)),
             # SEQ_CLS: PEFT trains the score head in full next to the adapters.
             peft_config=peft_config(adapter, "SEQ_CLS") if adapter else None,
         )
