@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from rlhf_operator.model_shape import context_length
-from rlhf_operator.tiny.model import build_tiny_tokenizer
-from rlhf_operator.workloads import reward_pairs
+from rlhf_operator.tiny.model import build_tiny_chat_tokenizer, build_tiny_tokenizer
+from rlhf_operator.workloads import chat_format, reward_pairs
 from rlhf_operator.workloads.errors import StageConfigError
 
 pytestmark = pytest.mark.unit
@@ -20,7 +20,7 @@ TOKENIZER = build_tiny_tokenizer()
 
 def _trl_length(prompt: str, response: str) -> int:
     """The length TRL's RewardTrainer and DPOTrainer measure: prompt + response + EOS, tokenised."""
-    return len(TOKENIZER(prompt + reward_pairs.with_eos(response, TOKENIZER.eos_token))["input_ids"])
+    return len(TOKENIZER(prompt + response + TOKENIZER.eos_token)["input_ids"])
 
 
 def test_long_prompts_lose_their_start_and_responses_are_kept() -> None:
@@ -84,3 +84,24 @@ def test_trl_reward_trainer_keeps_every_fitted_pair() -> None:
         if max(_trl_length(r["prompt"], r["chosen"]), _trl_length(r["prompt"], r["rejected"])) <= 8
     ]
     assert len(kept) == len(fit.rows) == fit.total - fit.dropped and fit.truncated > 0
+
+
+def test_a_chat_loses_its_earliest_messages_then_the_start_of_the_first_left() -> None:
+    """Measured as the reward model reads it (the template's turns); the ids the reward model is
+    trained on (chat_format.scoring_ids) fit too."""
+    chat = build_tiny_chat_tokenizer()
+    prompt = [
+        {"role": "system", "content": "w01 w02 w03"},
+        {"role": "user", "content": "w04 w05 w06 w07"},
+    ]
+    pair = {"prompt": prompt, "chosen": "good nice", "rejected": "w08"}
+    full = len(chat_format.scoring_ids(chat, prompt, "good nice"))
+    fit = reward_pairs.fit_pairs(chat, [pair], full - 4)  # the system turn (5 tokens) goes
+    assert fit.rows[0]["prompt"] == [prompt[1]] and fit.truncated == 1
+    fit = reward_pairs.fit_pairs(chat, [pair], full - 6)  # and the user's first word
+    assert fit.rows[0]["prompt"] == [{"role": "user", "content": "w05 w06 w07"}]
+    assert all(
+        len(chat_format.scoring_ids(chat, r["prompt"], r[k])) <= full - 6
+        for r in fit.rows
+        for k in ("chosen", "rejected")
+    )

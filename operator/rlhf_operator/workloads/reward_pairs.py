@@ -2,11 +2,11 @@
 
 TRL's RewardTrainer drops every pair whose chosen or rejected sequence is longer than `max_length`,
 and its DPOTrainer cuts the end of the response (and drops a pair whose prompt alone fills it),
-both silently. Here each pair is measured as TRL will tokenise it (plain text: the prompt, the
-response and EOS appended unless the response ends with it, tokenised with the tokenizer's special
-tokens) and, when too long, loses prompt tokens from the left: the response is what is judged, and
-the end of the prompt is what it answers. A pair is dropped only when a response alone (with its
-special tokens) does not fit. The counts go into the stage's result; more dropped than
+both silently. Here each pair is measured as the models read it (`chat_format.conversation_text`:
+the chat template when the tokenizer has one, else prompt + response + EOS; counted with the
+tokenizer's special tokens, as DPOTrainer counts) and, when too long, loses prompt tokens from the
+left (a chat its earliest messages first): the response is what is judged, and the end of the
+prompt is what it answers. A pair is dropped only when no cut of the prompt makes it fit. The counts go into the stage's result; more dropped than
 `maxDroppedFraction` allows fails the stage, naming both settings.
 """
 
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rlhf_operator.api.optimizer_defaults import MAX_DEFAULT_PAIR_LENGTH
 from rlhf_operator.model_shape import context_length
+from rlhf_operator.workloads import chat_format
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.errors import StageConfigError
 
 #: Re-measurements of a cut prompt: decoding and re-encoding may merge a token or two differently.
@@ -62,39 +64,56 @@ def default_max_length(context: int | None) -> int:
     return min(context, MAX_DEFAULT_PAIR_LENGTH) if context else MAX_DEFAULT_PAIR_LENGTH
 
 
-def with_eos(response: str, eos: str | None) -> str:
-    """The response as TRL tokenises it: EOS appended unless it already ends with it."""
-    return response if not eos or response.endswith(eos) else response + eos
-
-
 def _lengths(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Token counts with the tokenizer's special tokens: what DPOTrainer counts, and at most one
+    more than the reward model's ids (fed without them), so a pair that fits here fits there."""
     if not texts:
         return []
     return [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
 
 
-def _prompt_tails(tokenizer: Any, prompt: str) -> tuple[int, Any]:
-    """The prompt's token count and a function giving its text from token `cut` on: a slice of the
+def _sequences(tokenizer: Any, prompt: Prompt, responses: Sequence[str]) -> list[str]:
+    """Prompt + each response as the models read them (`chat_format.conversation_text`)."""
+    return [chat_format.conversation_text(tokenizer, prompt, r) for r in responses]
+
+
+def _text_tails(tokenizer: Any, text: str) -> tuple[int, Callable[[int], str]]:
+    """The text's token count and a function giving it from token `cut` on: a slice of the
     original text where the tokenizer maps tokens to characters (a fast tokenizer), so spacing is
     kept as written; else the decoded tokens."""
     if getattr(tokenizer, "is_fast", False):
-        offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return len(offsets), lambda cut: prompt[offsets[cut][0] :] if cut < len(offsets) else ""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return len(ids), lambda cut: tokenizer.decode(ids[cut:]) if cut < len(ids) else ""
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return len(offsets), lambda cut: text[offsets[cut][0] :] if cut < len(offsets) else ""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return len(ids), lambda cut: str(tokenizer.decode(ids[cut:])) if cut < len(ids) else ""
+
+
+def _with_first_text(prompt: Prompt, text: str) -> Prompt:
+    """The prompt with its (first message's) text replaced."""
+    if isinstance(prompt, str):
+        return text
+    return [{**prompt[0], "content": text}, *prompt[1:]]
 
 
 def _cut_prompt(
-    tokenizer: Any, prompt: str, responses: Sequence[str], max_length: int, over: int
-) -> str | None:
-    """The prompt without its first tokens, so that prompt + each response fits; None if none does."""
-    count, tail = _prompt_tails(tokenizer, prompt)
+    tokenizer: Any, prompt: Prompt, responses: Sequence[str], max_length: int, over: int
+) -> Prompt | None:
+    """The prompt without its earliest tokens, so that prompt + each response fits; None if none
+    does. A chat loses its earliest messages first (the last one stays), then the start of the
+    earliest one left."""
+    while isinstance(prompt, list) and len(prompt) > 1:
+        prompt = prompt[1:]
+        longest = max(_lengths(tokenizer, _sequences(tokenizer, prompt, responses)))
+        if longest <= max_length:
+            return prompt
+        over = longest - max_length
+    count, tail = _text_tails(tokenizer, prompt if isinstance(prompt, str) else prompt[0]["content"])
     cut = over
     for _ in range(_CUT_ATTEMPTS):
-        kept = tail(min(cut, count))
-        longest = max(_lengths(tokenizer, [kept + r for r in responses]))
+        kept = _with_first_text(prompt, tail(min(cut, count)))
+        longest = max(_lengths(tokenizer, _sequences(tokenizer, kept, responses)))
         if longest <= max_length:
-            return str(kept)
+            return kept
         if cut >= count:
             return None
         cut = min(count, cut + longest - max_length)
@@ -102,25 +121,22 @@ def _cut_prompt(
 
 
 def fit_pairs(tokenizer: Any, pairs: Sequence[dict[str, Any]], max_length: int) -> PairFit:
-    """`pairs` ({prompt, chosen, rejected, ...}) fitted to `max_length` tokens per sequence."""
-    eos = tokenizer.eos_token
-    responses = [(with_eos(p["chosen"], eos), with_eos(p["rejected"], eos)) for p in pairs]
+    """`pairs` ({prompt, chosen, rejected, ...}) fitted to `max_length` tokens per sequence,
+    measured as the models read them: the chat template when the tokenizer has one, else prompt +
+    response + EOS (`chat_format.conversation_text`)."""
     full = _lengths(
-        tokenizer, [p["prompt"] + r for p, pair in zip(pairs, responses, strict=True) for r in pair]
+        tokenizer,
+        [t for p in pairs for t in _sequences(tokenizer, p["prompt"], (p["chosen"], p["rejected"]))],
     )
     rows: list[dict[str, Any]] = []
     truncated = dropped = 0
-    for index, (pair, ends) in enumerate(zip(pairs, responses, strict=True)):
+    for index, pair in enumerate(pairs):
         longest = max(full[2 * index], full[2 * index + 1])
         if longest <= max_length:
             rows.append(dict(pair))
             continue
-        alone = max(_lengths(tokenizer, ends))
-        cut = (
-            None
-            if alone > max_length
-            else _cut_prompt(tokenizer, pair["prompt"], ends, max_length, longest - max_length)
-        )
+        ends = (pair["chosen"], pair["rejected"])
+        cut = _cut_prompt(tokenizer, pair["prompt"], ends, max_length, longest - max_length)
         if cut is None:
             dropped += 1
             continue
