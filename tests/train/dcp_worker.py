@@ -53,7 +53,7 @@ def trainer(
     )  # fmt: skip
     return PPOTrainerLite(
         models.policy, models.ref, tokenizer, keyword_rule(list(POSITIVE_WORDS)), make_prompts(16, seed=5),
-        settings=SETTINGS, dist_info=info, plan=models.plan,
+        settings=SETTINGS, dist_info=info, plan=models.plan, critic=models.critic,
     )  # fmt: skip
 
 
