@@ -1,9 +1,10 @@
 """The tiny task at real length: 48-token responses (the tiny GPT-2's context is 64 positions) where
 what is rewarded, positive words, counts only in the first `EARLY_WORDS` words of the response.
 
-The score lands on the last token, 40+ positions after the tokens that earned it: PPO must carry it
-back that far (`lam`, the critic), as it must on a real model's 500-token answers. The random-init
-model rarely samples EOS (1 of 66 tokens), so its responses run to the length limit.
+The score lands on the last token, up to 40 positions after the tokens that earned it: PPO must
+carry it back that far (`lam`, the critic), as it must on a real model's 500-token answers. The
+random-init model samples EOS once in 66 tokens: its responses are ~34 tokens long on average and
+half of them reach the 48-token limit.
 """
 
 from __future__ import annotations
