@@ -60,7 +60,7 @@ def test_new_defaults_learn_the_long_task(tiny_assets: Path) -> None:
     assert end >= max(1.5, 2.5 * start), [round(s["meanReward"], 2) for s in steps]
     last = steps[-1]
     for key in (
-        "approxKL",
+        "approxKl",
         "entropy",
         "policyGradNorm",
         "criticGradNorm",

@@ -101,3 +101,14 @@ def test_lam_one_carries_the_score_to_the_first_token() -> None:
     adv_old, _ = ppo_core.gae(rewards, torch.zeros(1, 48), mask, gamma=1.0, lam=0.95)
     assert float(adv_one[0, 0]) == pytest.approx(1.0)
     assert float(adv_old[0, 0]) == pytest.approx(0.95**47)
+
+
+def test_diagnostics_in_the_progress_line_name_what_is_not_finite() -> None:
+    from rlhf_operator.api.stage_io import format_progress, parse_progress
+
+    line = format_progress(
+        3, 10, 0.5, 0.1, approxKl=0.01, entropy=float("nan"), explainedVariance=0.4, truncationRate=0.25
+    )
+    record = parse_progress(line)
+    assert record is not None and record.approx_kl == 0.01 and record.truncation_rate == 0.25
+    assert record.entropy is None and record.non_finite == ["entropy"]

@@ -240,7 +240,7 @@ def _train(
 
 #: PPO's diagnostics in the progress line (ProgressRecord's fields), by their name in the step's stats.
 DIAGNOSTICS = (
-    "approxKL", "entropy", "explainedVariance", "policyGradNorm", "criticGradNorm", "clipFraction",
+    "approxKl", "entropy", "explainedVariance", "policyGradNorm", "criticGradNorm", "clipFraction",
     "valueClipFraction", "truncationRate", "shapedReward",
 )  # fmt: skip
 

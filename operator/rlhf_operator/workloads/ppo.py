@@ -471,7 +471,7 @@ class PPOTrainerLite:
             "valueLoss": mean.get("value_loss", 0.0),
             "clipFraction": mean.get("clip_fraction", 0.0),
             "valueClipFraction": mean.get("value_clip_fraction", 0.0),
-            "approxKL": mean.get("approx_kl", 0.0),
+            "approxKl": mean.get("approx_kl", 0.0),
             "entropy": float(self._global(ro.entropy.sum())) / tokens,
             "explainedVariance": self._explained_variance(ro, returns),
             "policyGradNorm": mean.get("policy_grad_norm", 0.0),

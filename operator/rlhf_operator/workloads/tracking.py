@@ -172,7 +172,7 @@ def ppo_scalars(stats: Mapping[str, float], learning_rate: float) -> dict[str, f
 #: PPO's diagnostics (issue 20) under TensorBoard/MLflow names; non-finite ones are dropped by
 #: `StageMetrics.log` (the progress line names them).
 PPO_DIAGNOSTICS = {
-    "approxKL": "approx_kl",
+    "approxKl": "approx_kl",
     "entropy": "entropy",
     "explainedVariance": "value_explained_variance",
     "policyGradNorm": "policy_grad_norm",
