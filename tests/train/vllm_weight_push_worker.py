@@ -66,6 +66,7 @@ def main() -> None:
         settings=settings,
         dist_info=info,
         plan=models.plan,
+        critic=models.critic,
     )
     stops = stop_token_ids(tokenizer, models.policy.lm)
     started = time.perf_counter()

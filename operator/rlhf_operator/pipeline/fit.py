@@ -115,8 +115,15 @@ def reward_shape(spec: RLHFJobSpec, base: ModelShape, lookups: Mapping[str, Conf
 
 
 def critic_shape(spec: RLHFJobSpec, base: ModelShape, reward: ModelShape) -> ModelShape:
-    """PPO's critic starts from the reward model (its value head learns on the reward's features)."""
-    return reward
+    """PPO's critic (`stages.policy.ppo.critic.init`, workloads/critic.py): the reward model's shape
+    when it starts from the reward model, the base model's when it starts from the base or no reward
+    model scores (a rule, an endpoint). A reward model with another tokenizer also falls back to the
+    base at run time; not knowable here, so the reward model's shape is assumed."""
+    policy = spec.stages.policy
+    scored_by_model = policy.reward_rule is None and spec.stages.reward_model.endpoint is None
+    if str(policy.ppo_settings().critic.init) == "rewardModel" and scored_by_model:
+        return reward
+    return base
 
 
 def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:

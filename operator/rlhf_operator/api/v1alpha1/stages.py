@@ -20,6 +20,7 @@ from rlhf_operator.api.v1alpha1.enums import (
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
+from rlhf_operator.api.v1alpha1.ppo_settings import PPOSpec
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
@@ -280,6 +281,11 @@ class PolicyStage(TrainingFields):
         ),
         renamed("responseLength", "maxNewTokens", lambda p: p.renamed_response_length is None),
         CelRule(
+            "!has(self.ppo) || self.algorithm == 'ppo'",
+            "`ppo` must be set only with algorithm ppo (rloo, grpo and dpo train no critic)",
+            lambda p: p.ppo is None or p.algorithm == Algorithm.PPO,
+        ),
+        CelRule(
             "!has(self.rewardRule) || self.algorithm != 'dpo'",
             "`rewardRule` must not be used with algorithm dpo: dpo trains on the rankings and calls no reward",
             lambda p: p.reward_rule is None or p.algorithm != Algorithm.DPO,
@@ -313,6 +319,10 @@ class PolicyStage(TrainingFields):
             return optimizer_defaults.DEFAULT_MAX_DROPPED_FRACTION
         return self.max_dropped_fraction
 
+    def ppo_settings(self) -> PPOSpec:
+        """`ppo`, or its defaults when unset."""
+        return self.ppo or PPOSpec()
+
     def dpo_beta(self) -> float:
         """`beta`, or its default when unset (dpo)."""
         return DEFAULT_DPO_BETA if self.beta is None else self.beta
@@ -338,6 +348,10 @@ class PolicyStage(TrainingFields):
     )
     kl_target: float | None = Field(
         None, gt=0, le=100, description="Target KL; when set the KL weight adapts."
+    )
+    ppo: PPOSpec | None = Field(
+        None,
+        description="ppo's critic, GAE and reward shaping (only with algorithm ppo); unset: their defaults.",
     )
     steps: int = Field(60, ge=1, le=1_000_000, description="Optimisation steps.")
     learning_rate: float | None = Field(
