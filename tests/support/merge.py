@@ -19,3 +19,16 @@ def merged(base: Manifest, patch: Manifest) -> Manifest:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def example_merged(example: Manifest, patch: Manifest) -> Manifest:
+    """An example RLHFJob (or its spec) with `patch` merged in; a patch that changes the policy's
+    algorithm away from ppo also drops the example's `ppo` settings (the API allows them only
+    with ppo), unless it sets them itself."""
+    out = merged(example, patch)
+    spec_of = (lambda m: m.get("spec", {})) if "spec" in example else (lambda m: m)
+    policy = spec_of(out).get("stages", {}).get("policy", {})
+    asked = spec_of(patch).get("stages", {}).get("policy", {})
+    if policy.get("algorithm", "ppo") != "ppo" and "ppo" not in asked:
+        policy.pop("ppo", None)
+    return out
