@@ -86,7 +86,9 @@ def local_state(t: Any) -> dict[str, torch.Tensor]:
         for param, state in optimizer.state.items():
             name = next(n for n, p in params if p is param)
             for key, value in state.items():
-                out[f"o:{tag}{name}:{key}"] = (value.to_local() if hasattr(value, "to_local") else value).clone()
+                out[f"o:{tag}{name}:{key}"] = (
+                    value.to_local() if hasattr(value, "to_local") else value
+                ).clone()
     return out
 
 
