@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ pytestmark = pytest.mark.train
 STEPS = 14
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: on 2 shared cores more threads oversubscribe them (75 s instead of 15 min
+    under a load average of 14)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_new_defaults_learn_the_long_task(tiny_assets: Path) -> None:
     torch.manual_seed(0)
     model_dir = str(tiny_assets / "models" / "tiny-gpt2")
