@@ -26,9 +26,9 @@ def example_merged(example: Manifest, patch: Manifest) -> Manifest:
     algorithm away from ppo also drops the example's `ppo` settings (the API allows them only
     with ppo), unless it sets them itself."""
     out = merged(example, patch)
-    spec_of = (lambda m: m.get("spec", {})) if "spec" in example else (lambda m: m)
-    policy = spec_of(out).get("stages", {}).get("policy", {})
-    asked = spec_of(patch).get("stages", {}).get("policy", {})
+    whole = "spec" in example
+    policy = (out.get("spec", {}) if whole else out).get("stages", {}).get("policy", {})
+    asked = (patch.get("spec", {}) if whole else patch).get("stages", {}).get("policy", {})
     if policy.get("algorithm", "ppo") != "ppo" and "ppo" not in asked:
         policy.pop("ppo", None)
     return out

@@ -27,7 +27,12 @@ def test_defaults_are_openrlhf_and_verl() -> None:
     ppo = _spec({}).stages.policy.ppo_settings()
     assert ppo == PPOSpec()
     assert (ppo.gamma, ppo.lam, ppo.value_clip) == (1.0, 1.0, 0.5)
-    assert ppo.critic.init is CriticInit.REWARD_MODEL and ppo.critic.learning_rate == 9e-6
+    assert ppo.critic.init is CriticInit.REWARD_MODEL and ppo.critic.learning_rate is None
+    assert _spec({}).stages.policy.critic_learning_rate_or_default() == 9e-6
+    lora = _spec({"lora": {"rank": 8}}).stages.policy
+    assert lora.critic_learning_rate_or_default() == 1e-4
+    set_here = _spec({"ppo": {"critic": {"learningRate": 3e-5}}, "lora": {"rank": 8}}).stages.policy
+    assert set_here.critic_learning_rate_or_default() == 3e-5
     assert ppo.reward_shaping.normalize and ppo.reward_shaping.clip == 10.0
     given = _spec({"ppo": {"critic": {"init": "base", "warmupSteps": 3}, "lam": 0.95}}).stages.policy
     assert given.ppo_settings().critic.warmup_steps == 3 and given.ppo_settings().lam == 0.95

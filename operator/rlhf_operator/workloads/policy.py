@@ -52,7 +52,7 @@ def _settings(ctx: StageContext, world_size: int) -> Any:
         gamma=ppo.gamma,
         lam=ppo.lam,
         clip_range_value=ppo.value_clip,
-        critic_learning_rate=ppo.critic.learning_rate,
+        critic_learning_rate=p.critic_learning_rate_or_default(),
         critic_warmup_steps=ppo.critic.warmup_steps,
         reward_normalize=ppo.reward_shaping.normalize,
         reward_clip=ppo.reward_shaping.clip,

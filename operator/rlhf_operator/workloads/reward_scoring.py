@@ -75,8 +75,10 @@ class LocalRewardScorer:
 
     @torch.no_grad()
     def score_ids(self, token_ids: list[list[int]]) -> list[float]:
-        """One score per row of ids, each cut to the model's position limit."""
-        ids = [row[: self.max_length] for row in token_ids]
+        """One score per row of ids; a row longer than the model's position limit keeps its end (the
+        score is read at the last token, and training fitted long pairs by cutting prompts from the
+        left, `reward_pairs`)."""
+        ids = [row[-self.max_length :] for row in token_ids]
         scores = [0.0] * len(ids)
         with self._lock:
             for rows in length_batches([len(x) for x in ids], self.token_budget, self.batch_size):

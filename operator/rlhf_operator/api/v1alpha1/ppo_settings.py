@@ -26,8 +26,12 @@ class CriticSpec(ApiModel):
         "head included, when it has the policy's tokenizer; else the base model) or base (the base "
         "model's trunk with a zero value head).",
     )
-    learning_rate: float = Field(
-        9e-6, gt=0, le=1, description="The critic's learning rate (OpenRLHF's critic_learning_rate 9e-6)."
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="The critic's learning rate; unset: 9e-6 for a full fine-tune (OpenRLHF's "
+        "critic_learning_rate), 1e-4 with LoRA.",
     )
     warmup_steps: int = Field(
         0,

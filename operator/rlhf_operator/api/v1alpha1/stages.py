@@ -319,6 +319,11 @@ class PolicyStage(TrainingFields):
             return optimizer_defaults.DEFAULT_MAX_DROPPED_FRACTION
         return self.max_dropped_fraction
 
+    def critic_learning_rate_or_default(self) -> float:
+        """`ppo.critic.learningRate`, or the critic's default for a full or a LoRA fine-tune."""
+        rate = self.ppo_settings().critic.learning_rate
+        return rate if rate is not None else optimizer_defaults.learning_rate("critic", self.lora is not None)
+
     def ppo_settings(self) -> PPOSpec:
         """`ppo`, or its defaults when unset."""
         return self.ppo or PPOSpec()
