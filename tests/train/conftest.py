@@ -24,6 +24,9 @@ TINY_SCHEDULE: dict[str, Any] = {"lrSchedule": "constant", "warmupRatio": 0.0}
 
 def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
     """An RLHFJob for the synthetic task, written as for EKS (paths under the /data volume)."""
+    if policy.get("algorithm", "ppo") == "ppo":
+        # The tiny critic learns at the tiny policy's rate (the 9e-6 default is sized for 7B).
+        policy = {"ppo": {"critic": {"learningRate": 1e-4}}, **policy}
     return {
         "apiVersion": "rlhf-operator.dev/v1alpha1",
         "kind": "RLHFJob",
