@@ -122,6 +122,12 @@ class ProgressRecord(ApiModel):
             policy_total_steps=self.total_steps,
             mean_reward=self.mean_reward,
             kl=self.kl,
+            entropy=self.entropy,
+            approx_kl=self.approx_kl,
+            clip_fraction=self.clip_fraction,
+            explained_variance=self.explained_variance,
+            response_length=self.response_length,
+            truncation_rate=self.truncation_rate,
         )
 
 

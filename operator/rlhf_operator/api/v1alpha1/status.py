@@ -83,6 +83,19 @@ class Metrics(ApiModel):
         description="KL divergence of the policy from the base model at the latest policy step, in nats "
         "per response (summed over its tokens).",
     )
+    # PPO's diagnostics of the latest step (issue 20; the progress line's, docs/ppo.md).
+    entropy: float | None = Field(None, description="Mean per-token entropy of the policy's samples, nats.")
+    approx_kl: float | None = Field(None, description="0.5 x mean squared log-ratio of the latest update.")
+    clip_fraction: float | None = Field(
+        None, ge=0, le=1, description="Share of tokens whose ratio was clipped."
+    )
+    explained_variance: float | None = Field(
+        None, description="How much of the returns' variance the critic's values explain (1 is all)."
+    )
+    response_length: float | None = Field(None, ge=0, description="Mean response length in tokens.")
+    truncation_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of responses that reached maxNewTokens without EOS."
+    )
     evaluation_kl: float | None = Field(
         None,
         alias="evaluationKL",
