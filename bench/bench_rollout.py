@@ -111,6 +111,7 @@ def build(
         settings=settings,
         dist_info=info,
         plan=models.plan,
+        critic=models.critic,
     )
     plain = load_causal_lm(model_dir, None, dtype, tokenizer).to(info.device)  # the unwrapped copy
     plain.eval()

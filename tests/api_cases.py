@@ -330,6 +330,26 @@ CASES: list[Case] = [
         ("`beta` must be set only with algorithm dpo",),
     ),
     Case(
+        "max-length-without-dpo",
+        stage("policy", {"algorithm": "ppo", "maxLength": 512}),
+        ("`maxLength` and `maxDroppedFraction` must be set only with algorithm dpo",),
+    ),
+    Case(
+        "warmup-ratio-above-half",
+        stage("rewardModel", {"warmupRatio": 0.6}),
+        ("spec.stages.rewardModel.warmupRatio", "less than or equal to 0.5"),
+    ),
+    Case(
+        "unknown-lr-schedule",
+        stage("policy", {"lrSchedule": "polynomial"}),
+        ("spec.stages.policy.lrSchedule", "cosine"),
+    ),
+    Case(
+        "dropped-fraction-above-one",
+        stage("rewardModel", {"maxDroppedFraction": 1.5}),
+        ("spec.stages.rewardModel.maxDroppedFraction", "less than or equal to 1"),
+    ),
+    Case(
         "parallelism-above-shards",
         stage("precompute", {"shards": 2, "parallelism": 4}),
         ("`parallelism` must not be greater than `shards`",),

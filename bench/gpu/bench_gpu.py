@@ -172,6 +172,7 @@ def run_ppo(model_dir: str, scenario: str, s: dict[str, int], steps: int) -> dic
         settings=settings,
         dist_info=info,
         plan=models.plan,
+        critic=models.critic,
     )
     per_step = [trainer.step(step) for step in range(1, steps + 1)]
     grads = local_bytes(p.grad for p in models.policy.parameters() if p.grad is not None)

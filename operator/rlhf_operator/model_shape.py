@@ -153,3 +153,17 @@ def nearest_llama(billions: float, origin: str) -> ModelShape:
     params = int(billions * 1e9)
     nearest = min(SHAPES.values(), key=lambda s: abs(s.params - params))
     return nearest.scaled_to(params, origin)
+
+
+#: config.json fields that hold a model's context length, in the order the families use them.
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    """The longest sequence the model's positions cover, from its config.json (a multimodal model's
+    `text_config` too); None when the config names none."""
+    for source in (config, config.get("text_config") or {}):
+        found = _first(source, *CONTEXT_FIELDS)
+        if isinstance(found, int) and found > 0:
+            return found
+    return None

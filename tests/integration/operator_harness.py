@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import ROOT, Kube
 from tests.support.launchers import OperatorLauncher
-from tests.support.merge import merged
+from tests.support.merge import example_merged
 
 SIM = "sim.rlhf-operator.dev"
 STAGE_RESULTS: dict[str, dict[str, Any]] = {
@@ -65,7 +65,7 @@ def rlhfjob(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
         set_stage_annotations(
             job, stage, {f"{SIM}/message": json.dumps(result), f"{SIM}/run-duration": "300ms"}
         )
-    return merged(job, overrides)
+    return example_merged(job, overrides)
 
 
 def set_stage_annotations(job: dict[str, Any], stage: str, annotations: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from rlhf_operator.api.v1alpha1 import RLHFJob
 from rlhf_operator.naming import LABEL_STAGE
-from tests.support.merge import merged
+from tests.support.merge import example_merged
 
 Manifest = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def rlhfjob(name: str = "tiny", namespace: str = "ml", uid: str = "u-1", **spec:
     """The tiny example RLHFJob with `spec` merged in, as the API server stores it."""
     manifest = yaml.safe_load((ROOT / "examples" / "tiny-rlhfjob.yaml").read_text())
     manifest["metadata"] = {"name": name, "namespace": namespace, "uid": uid, "generation": 1}
-    manifest["spec"] = merged(manifest["spec"], spec)
+    manifest["spec"] = example_merged(manifest["spec"], spec)
     return RLHFJob.model_validate(manifest)
 
 

@@ -18,10 +18,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for a model hub
 REPO = Path(__file__).resolve().parents[2]
 KEYWORDS = ["good", "great", "nice", "happy"]
 BUCKET = "rlhf-test"
+#: No warm-up, no decay: the tiny task's step counts and thresholds were set at a constant rate.
+TINY_SCHEDULE: dict[str, Any] = {"lrSchedule": "constant", "warmupRatio": 0.0}
 
 
 def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
     """An RLHFJob for the synthetic task, written as for EKS (paths under the /data volume)."""
+    if policy.get("algorithm", "ppo") == "ppo":
+        # The tiny critic learns at the tiny policy's rate (the 9e-6 default is sized for 7B).
+        policy = {"ppo": {"critic": {"learningRate": 1e-4}}, **policy}
     return {
         "apiVersion": "rlhf-operator.dev/v1alpha1",
         "kind": "RLHFJob",
@@ -40,6 +45,8 @@ def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
                     "model": "/data/models/tiny-rm",
                     "epochs": 15,
                     "learningRate": 3e-3,
+                    # The calibrated tiny runs keep a constant rate; the examples run the defaults.
+                    **TINY_SCHEDULE,
                     "batchSize": 32,
                     "maxLength": 64,
                     "evalFraction": 0.2,
@@ -48,6 +55,7 @@ def tiny_manifest(name: str = "tiny", **policy: Any) -> dict[str, Any]:
                     "algorithm": "ppo",
                     "steps": 20,
                     "learningRate": 1e-4,
+                    **TINY_SCHEDULE,
                     "batchSize": 32,
                     "numGenerations": 4,
                     "maxNewTokens": 16,

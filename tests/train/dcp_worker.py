@@ -53,7 +53,7 @@ def trainer(
     )  # fmt: skip
     return PPOTrainerLite(
         models.policy, models.ref, tokenizer, keyword_rule(list(POSITIVE_WORDS)), make_prompts(16, seed=5),
-        settings=SETTINGS, dist_info=info, plan=models.plan,
+        settings=SETTINGS, dist_info=info, plan=models.plan, critic=models.critic,
     )  # fmt: skip
 
 
@@ -79,11 +79,16 @@ def load(uri: str, t: Any, info: DistInfo) -> dict[str, Any]:
 
 def local_state(t: Any) -> dict[str, torch.Tensor]:
     """This process's shards of every trained tensor and optimizer state, copied."""
-    out = {f"p:{n}": p.to_local().detach().clone() for n, p in t.policy.named_parameters() if p.requires_grad}
-    for param, state in t.optimizer.state.items():
-        name = next(n for n, p in t.policy.named_parameters() if p is param)
-        for key, value in state.items():
-            out[f"o:{name}:{key}"] = (value.to_local() if hasattr(value, "to_local") else value).clone()
+    out: dict[str, torch.Tensor] = {}
+    for tag, module, optimizer in (("", t.policy, t.optimizer), ("critic:", t.critic, t.critic_optimizer)):
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        out |= {f"p:{tag}{n}": p.to_local().detach().clone() for n, p in params}
+        for param, state in optimizer.state.items():
+            name = next(n for n, p in params if p is param)
+            for key, value in state.items():
+                out[f"o:{tag}{name}:{key}"] = (
+                    value.to_local() if hasattr(value, "to_local") else value
+                ).clone()
     return out
 
 

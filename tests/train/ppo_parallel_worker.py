@@ -57,13 +57,17 @@ def main() -> None:
         settings=settings,
         dist_info=info,
         plan=models.plan,
+        critic=models.critic,
     )
     steps = [trainer.step(step) for step in range(1, STEPS + 1)]
     ref_params = list(models.ref.parameters()) if models.ref is not None else []
+    critic_params = list(models.critic.parameters()) if models.critic is not None else []
+    critic_opt = trainer.critic_optimizer
     mine = {
         "rank": info.rank,
-        "parameterBytes": local_bytes(models.policy.parameters()) + local_bytes(ref_params),
-        "optimizerBytes": optimizer_bytes(trainer.optimizer),
+        "parameterBytes": local_bytes([*models.policy.parameters(), *critic_params, *ref_params]),
+        "optimizerBytes": optimizer_bytes(trainer.optimizer)
+        + (optimizer_bytes(critic_opt) if critic_opt else 0),
         "optimizerDtypes": sorted(
             {str(v.dtype) for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"}
         ),

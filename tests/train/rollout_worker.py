@@ -67,6 +67,7 @@ def main() -> None:
         settings=settings,
         dist_info=info,
         plan=models.plan,
+        critic=models.critic,
     )
     indexed = trainer.prompts_for_step(1)
     decided = trainer._generation_mode(len(indexed) * 4, 8)

@@ -56,6 +56,33 @@ def test_malformed_prompt_row(
     assert code == 78 and "line 2" in term["error"]
 
 
+def test_malformed_chat_prompt_rows(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "chat-prompts.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "w01 "}]},
+        {"messages": "w02 "},  # line 2: not a list
+        {"messages": [{"role": "user"}]},  # line 3: no content
+        {"messages": [{"role": "robot", "content": "w03 "}]},  # line 4: unknown role
+    ]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = _spec(pipeline)
+    spec["dataset"]["prompts"]["source"] = str(prompts)
+    code, term = _run("precompute", spec, tmp_path / "root", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "MalformedRow", term
+    error = term["error"]
+    assert str(prompts) in error and "3 defects" in error
+    assert "line 2: `messages` must be a non-empty list" in error
+    assert "line 3: `messages[0]` must have a string `role` and a string `content`" in error
+    assert "line 4: `messages[0]` has role 'robot'" in error
+    assert not (tmp_path / "root" / "precompute" / "manifest.json").exists()
+    # Well-formed chats on a tokenizer without a chat template (the tiny one) cannot be rendered.
+    prompts.write_text("\n".join(json.dumps(r) for r in rows[:1] * 4) + "\n")
+    code, term = _run("precompute", spec, tmp_path / "root2", tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "NoChatTemplate" and "baseModel.tokenizer" in term["error"]
+
+
 def test_wrong_model_path(pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _spec(pipeline)
     spec["baseModel"]["source"] = str(tmp_path / "no-model")
@@ -164,3 +191,28 @@ def test_invalid_stage_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("RLHF_TERMINATION_MESSAGE_PATH", str(tmp_path / "t"))
     assert main(["policy", "--config", str(config)]) == 78
     assert main(["policy", "--config", str(tmp_path / "missing.json")]) == 78
+
+
+def test_pairs_too_long_for_the_reward_model(
+    pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair that does not fit loses prompt tokens from the left; one whose response alone is too long
+    is dropped, counted, and more of them than maxDroppedFraction fails the stage naming both fields."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(pipeline["root"] / "ranking", root / "ranking")
+    spec = _spec(pipeline)
+    # The tiny policy's responses mostly run to maxNewTokens (16) without EOS: 17 tokens with it.
+    spec["stages"]["rewardModel"].update(maxLength=16, maxDroppedFraction=0.5, epochs=1)
+    code, term = _run("reward-model", spec, root, tmp_path, monkeypatch)
+    assert code == 78 and term["reason"] == "PairsTooLong", term
+    assert "stages.rewardModel.maxLength (16 tokens)" in term["error"]
+    assert "stages.rewardModel.maxDroppedFraction (0.5)" in term["error"]
+    assert not (root / "reward-model").exists()
+    # Allowed to drop nearly all: it trains on the rest and says how many were cut and dropped.
+    spec["stages"]["rewardModel"]["maxDroppedFraction"] = 0.99
+    code, term = _run("reward-model", spec, root, tmp_path, monkeypatch)
+    metrics = term["metrics"]
+    assert code == 0 and metrics["rewardModelTruncatedPairs"] > 0 and metrics["rewardModelDroppedPairs"] > 0
+    assert "maxLength 16:" in term["message"], term

@@ -84,7 +84,7 @@ def test_bf16_keeps_fp32_master_weights_and_small_steps_move_them(assets: Path) 
     prompts = make_prompts(8)
     trainer = PPOTrainerLite(
         models.policy, models.ref, tokenizer, keyword_rule(list(POSITIVE_WORDS)), prompts,
-        settings=settings, dist_info=info, plan=models.plan,
+        settings=settings, dist_info=info, plan=models.plan, critic=models.critic,
     )  # fmt: skip
     before = {n: p.detach().clone() for n, p in models.policy.lm.named_parameters()}
     trainer.step(1)

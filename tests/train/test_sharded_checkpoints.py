@@ -57,7 +57,7 @@ def test_an_async_checkpoint_resumes_to_the_identical_next_step(worker_result: d
     assert [rank["stateMismatch"] for rank in r["ranks"]] == [[], []]
     assert r["resumedStep"] == 1 and r["klCoef"] != 0.05  # the adaptive KL coefficient moved, and came back
     before, after = r["nextStep"]
-    for key in ("meanReward", "kl", "klCoef", "policyLoss", "valueLoss", "loss"):
+    for key in ("meanReward", "kl", "klCoef", "policyLoss", "valueLoss", "loss", "criticGradNorm"):
         assert before[key] == after[key], (key, before, after)
     # Another world size: one process alone reads what two wrote (DCP reshards on load).
     assert r["worldSizeChange"] == []
@@ -71,7 +71,9 @@ def test_hybrid_shard_replicates_across_nodes_and_shards_within(worker_result: d
 def test_lora_checkpoint_holds_the_adapter_only(worker_result: dict[str, Any]) -> None:
     names = worker_result["loraCheckpointNames"]
     assert "modules:lora" in names and "optimizers:lora" in names
-    assert all(n.endswith(":lora") or "value_head" in n for n in names), names
+    # The policy's and the critic's adapters, and the critic's value head (trained in full).
+    assert any(".critic." in n and ".score." in n for n in names), names
+    assert all(n.endswith(":lora") or (".critic." in n and ".score." in n) for n in names), names
 
 
 def test_the_published_model_is_plain_and_merged(worker_result: dict[str, Any]) -> None:

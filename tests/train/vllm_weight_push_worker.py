@@ -66,8 +66,9 @@ def main() -> None:
         settings=settings,
         dist_info=info,
         plan=models.plan,
+        critic=models.critic,
     )
-    stops = stop_token_ids(models.policy.lm, tokenizer)
+    stops = stop_token_ids(tokenizer, models.policy.lm)
     started = time.perf_counter()
     vllm_settings = VllmSettings(model=model_dir, max_model_len=64, dtype="float32")
     trainer.vllm = start(model_dir, tokenizer, stops, vllm_settings)

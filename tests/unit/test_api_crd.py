@@ -55,7 +55,7 @@ def test_printer_columns() -> None:
     normal = [n for n, c in columns.items() if c.get("priority", 0) == 0]
     wide = [n for n, c in columns.items() if c.get("priority") == 1]
     assert normal == ["Stage", "Status", "Reward", "KL", "Win-Rate", "GPU-Hours", "Age"]
-    assert wide == ["Algorithm", "Step", "RM-Acc", "Cost", "Message"]
+    assert wide == ["Algorithm", "Step", "RM-Acc", "Entropy", "Truncated", "Cost", "Message"]
 
 
 def test_schema_is_structural() -> None:

@@ -31,6 +31,14 @@ def test_one_task_per_pair_of_distinct_responses() -> None:
     assert all(t["data"]["prompt"] == "p" for t in tasks)
 
 
+def test_a_chat_prompt_is_shown_as_text_and_comes_back_as_its_messages() -> None:
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    (task,) = import_tasks([{"prompt": chat, "responses": ["a", "b"]}])
+    assert task["data"]["prompt"] == "system: be brief\nuser: hi" and task["data"]["messages"] == chat
+    (pair,) = pairs_from_export(json.dumps([_labeled(task, "left")]), "export.json")
+    assert pair["prompt"] == chat and (pair["chosen"], pair["rejected"]) == ("a", "b")
+
+
 def test_export_gives_pairs_and_skips_unlabeled_tasks() -> None:
     left, right, unlabeled = import_tasks([{"prompt": "p", "responses": ["a", "b", "c"]}])
     export = [_labeled(left, "left", task_id=7), _labeled(right, "right", "right", task_id=8), unlabeled]

@@ -70,19 +70,6 @@ def test_fast_decoding_only_on_cuda_and_never_per_block() -> None:
     assert re.fast_decoding(torch.device("cuda", 0), "whole") == {"cache_implementation": "static"}
 
 
-def test_stop_ids_take_every_eos_of_the_generation_config() -> None:
-    from types import SimpleNamespace
-
-    from rlhf_operator.workloads.modeling import stop_token_ids
-
-    tokenizer = SimpleNamespace(eos_token_id=2)
-    chat = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7, 2, 9]))
-    assert stop_token_ids(chat, tokenizer) == [2, 7, 9]  # type: ignore[arg-type]
-    single = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=5))
-    assert stop_token_ids(single, tokenizer) == [2, 5]  # type: ignore[arg-type]
-    assert stop_token_ids(SimpleNamespace(), tokenizer) == [2]  # type: ignore[arg-type]
-
-
 def test_vllm_engine_without_vllm_fails_with_exit_78_naming_the_engine_and_the_fix() -> None:
     from rlhf_operator.workloads.vllm_engine import check_engine
 

@@ -190,7 +190,7 @@ def test_eks_example_schedules_and_fits() -> None:
     )
     assert fits(shape, policy_setup, int(INSTANCES["p4d.24xlarge"].gpu_gib * GIB))
     rm = stages.reward_model
-    assert rm.lora is not None
+    assert rm.lora is not None and rm.max_length is not None
     rm_setup = Setup(
         algorithm="reward",
         lora_rank=rm.lora.rank,

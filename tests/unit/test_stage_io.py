@@ -69,6 +69,12 @@ def test_progress_record_is_typed_and_feeds_the_policy_metrics() -> None:
     record = ProgressRecord(step=3, total_steps=10, mean_reward=float("nan"), kl=0.5)
     assert record.mean_reward is None
     assert record.metrics() == Metrics(policy_step=3, policy_total_steps=10, kl=0.5)
+    ppo = ProgressRecord(step=4, total_steps=10, entropy=2.5, truncation_rate=0.25, explained_variance=0.4,
+                         clip_fraction=0.1, approx_kl=0.01, response_length=12.0, critic_grad_norm=3.0)  # fmt: skip
+    assert ppo.metrics() == Metrics(
+        policy_step=4, policy_total_steps=10, entropy=2.5, truncation_rate=0.25, explained_variance=0.4,
+        clip_fraction=0.1, approx_kl=0.01, response_length=12.0,
+    )  # fmt: skip
 
 
 def test_evaluation_reports_its_kl_apart_from_the_policys() -> None:

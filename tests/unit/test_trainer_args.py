@@ -26,14 +26,20 @@ def test_the_field_lists_are_those_of_the_installed_trl() -> None:
 
 def test_trl_fields_pass_through_and_the_rest_is_refused_by_name() -> None:
     spec = _spec(
-        {"policy": {"algorithm": "grpo", "trainerArgs": {"warmup_steps": 0.1, "loss_type": "dr_grpo"}}}
+        {"policy": {"algorithm": "grpo", "trainerArgs": {"adam_beta2": 0.95, "loss_type": "dr_grpo"}}}
     )
-    assert spec.stages.policy.trainer_args == {"warmup_steps": 0.1, "loss_type": "dr_grpo"}
+    assert spec.stages.policy.trainer_args == {"adam_beta2": 0.95, "loss_type": "dr_grpo"}
     with pytest.raises(ValidationError) as refused:
         _spec({"policy": {"algorithm": "grpo", "trainerArgs": {"warmup_ratio": 0.1, "learning_rate": 1e-6}}})
     message = str(refused.value)
     assert "`stages.policy.trainerArgs`: keys must be fields of TRL 1.16.0's GRPOConfig" in message
     assert "refused: learning_rate (set from learningRate), warmup_ratio" in message
+    # The warm-up, schedule and decay are the spec's own fields: trainerArgs cannot fight them.
+    with pytest.raises(ValidationError) as reserved:
+        _spec({"rewardModel": {"trainerArgs": {"warmup_steps": 10, "lr_scheduler_type": "linear"}}})
+    assert "lr_scheduler_type (set from lrSchedule), warmup_steps (set from warmupRatio)" in str(
+        reserved.value
+    )
     # DPO's own fields are not GRPO's, and the reward model takes RewardConfig's.
     _spec({"policy": {"algorithm": "dpo", "trainerArgs": {"loss_type": ["sigmoid"]}}})
     with pytest.raises(
@@ -48,6 +54,8 @@ def test_trl_fields_pass_through_and_the_rest_is_refused_by_name() -> None:
 def test_what_the_stages_set_themselves_is_reserved() -> None:
     from types import SimpleNamespace
 
+    from rlhf_operator.api.v1alpha1 import PolicyStage
+    from rlhf_operator.workloads.optimizers import schedule_arguments
     from rlhf_operator.workloads.trl_policy import trl_arguments
 
     training = SimpleNamespace(
@@ -59,4 +67,5 @@ def test_what_the_stages_set_themselves_is_reserved() -> None:
         generation=SimpleNamespace(engine="vllm"),
     )
     set_by_stage = trl_arguments(training, "bfloat16", world=1, cuda=True, lora=False, transformer_layers=[])
-    assert set(set_by_stage) | {"report_to", "run_name"} <= set(trainer_args.RESERVED)
+    schedule = schedule_arguments(PolicyStage(algorithm="grpo"), 1e-6)
+    assert set(set_by_stage) | set(schedule) | {"report_to", "run_name"} <= set(trainer_args.RESERVED)

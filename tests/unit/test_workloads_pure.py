@@ -45,6 +45,16 @@ def test_response_mask_keeps_first_eos() -> None:
     assert ppo_core.response_mask(ids, 1).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
 
 
+def test_response_mask_ends_at_the_first_of_several_stop_ids() -> None:
+    # Llama-3-Instruct style: 1 ends the text, 9 ends the turn; pad (1) is one of the stop ids.
+    ids = torch.tensor([[5, 9, 1, 1, 1], [5, 6, 1, 9, 1], [5, 6, 7, 8, 4]])
+    expected = [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert ppo_core.response_mask(ids, [1, 9]).tolist() == expected
+    assert ppo_core.response_mask(ids, torch.tensor([9, 1])).tolist() == expected
+    # With only the tokenizer's EOS the turn-end token 9 would be trained on as part of the reply.
+    assert ppo_core.response_mask(ids, 1).tolist()[0] == [1, 1, 1, 0, 0]
+
+
 def test_gae_matches_hand_computation() -> None:
     rewards = torch.tensor([[0.0, 0.0, 1.0]])
     values = torch.tensor([[0.5, 0.5, 0.5]])

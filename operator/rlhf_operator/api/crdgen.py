@@ -62,6 +62,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Algorithm", "type": "string", "jsonPath": ".spec.stages.policy.algorithm", "priority": 1},
     {"name": "Step", "type": "integer", "jsonPath": ".status.metrics.policyStep", "priority": 1},
     {"name": "RM-Acc", "type": "number", "jsonPath": ".status.metrics.rewardModelAccuracy", "priority": 1},
+    {"name": "Entropy", "type": "number", "jsonPath": ".status.metrics.entropy", "priority": 1},
+    {"name": "Truncated", "type": "number", "jsonPath": ".status.metrics.truncationRate", "priority": 1},
     {"name": "Cost", "type": "number", "jsonPath": ".status.usage.estimatedCost", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]

@@ -67,6 +67,28 @@ class ProgressRecord(ApiModel):
     seconds: float | None = Field(None, ge=0, description="Wall time of the step.")
     response_length: float | None = Field(None, ge=0, description="Mean response length in tokens.")
     loss: float | None = Field(None, description="Training loss of the step; null when not finite.")
+    # PPO's diagnostics (issue 20): what an RLHF user reads to tell a learning run from a stuck one.
+    approx_kl: float | None = Field(None, description="0.5 x mean squared log-ratio of the update (PPO).")
+    entropy: float | None = Field(
+        None, description="Mean per-token entropy of the sampling distribution, nats."
+    )
+    explained_variance: float | None = Field(
+        None, description="1 - Var(returns - values) / Var(returns) of the critic (veRL's formula)."
+    )
+    policy_grad_norm: float | None = Field(None, description="The policy's gradient norm before clipping.")
+    critic_grad_norm: float | None = Field(None, description="The critic's gradient norm before clipping.")
+    clip_fraction: float | None = Field(
+        None, ge=0, le=1, description="Share of tokens whose ratio was clipped."
+    )
+    value_clip_fraction: float | None = Field(
+        None, ge=0, le=1, description="Share of tokens whose value update was clipped."
+    )
+    truncation_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of responses that reached maxNewTokens without EOS."
+    )
+    shaped_reward: float | None = Field(
+        None, description="Mean score after the truncation penalty, normalisation and clipping."
+    )
     non_finite: list[str] | None = Field(
         None, description="The fields of the step that were NaN or infinite (written as null)."
     )
@@ -84,7 +106,11 @@ class ProgressRecord(ApiModel):
         named = sorted({*(data.get("nonFinite") or data.get("non_finite") or []), *map(_camel, bad)})
         return {**data, "nonFinite": named}
 
-    @field_validator("mean_reward", "kl", "kl_coef", "seconds", "response_length", "loss", mode="before")
+    @field_validator(
+        "mean_reward", "kl", "kl_coef", "seconds", "response_length", "loss", "approx_kl", "entropy",
+        "explained_variance", "policy_grad_norm", "critic_grad_norm", "clip_fraction",
+        "value_clip_fraction", "truncation_rate", "shaped_reward", mode="before",
+    )  # fmt: skip
     @classmethod
     def _finite_or_null(cls, value: Any) -> Any:
         return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -96,6 +122,12 @@ class ProgressRecord(ApiModel):
             policy_total_steps=self.total_steps,
             mean_reward=self.mean_reward,
             kl=self.kl,
+            entropy=self.entropy,
+            approx_kl=self.approx_kl,
+            clip_fraction=self.clip_fraction,
+            explained_variance=self.explained_variance,
+            response_length=self.response_length,
+            truncation_rate=self.truncation_rate,
         )
 
 

@@ -12,11 +12,20 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints
 
 from rlhf_operator.api.base import ApiModel, CelRule
+from rlhf_operator.api.optimizer_defaults import DEFAULT_WARMUP_RATIO, DEFAULT_WEIGHT_DECAY
 
 
 class Strategy(StrEnum):
     DDP = "ddp"
     FSDP = "fsdp"
+
+
+class LrSchedule(StrEnum):
+    """How the learning rate moves after the warm-up (transformers' schedulers of the same names)."""
+
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
 
 
 class GenerationEngine(StrEnum):
@@ -106,10 +115,29 @@ class TrainingFields(ApiModel):
         le=4096,
         description="Forward/backward passes per optimizer step (instead of microBatchSize).",
     )
+    warmup_ratio: float = Field(
+        DEFAULT_WARMUP_RATIO,
+        ge=0,
+        le=0.5,
+        description="Fraction of the optimizer steps over which the learning rate rises linearly from 0 "
+        "(OpenRLHF's lr_warmup_ratio 0.03).",
+    )
+    lr_schedule: LrSchedule = Field(
+        LrSchedule.COSINE,
+        description="After the warm-up: cosine (to 0 at the last step, OpenRLHF's choice), linear (to 0) "
+        "or constant.",
+    )
+    weight_decay: float = Field(
+        DEFAULT_WEIGHT_DECAY,
+        ge=0,
+        le=1,
+        description="AdamW weight decay of the weight matrices; biases and norm weights are not decayed "
+        "(veRL's 0.01).",
+    )
     trainer_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Further fields of the stage's TRL config (GRPOConfig, RLOOConfig, DPOConfig, "
-        "RewardConfig), passed through as given, e.g. {warmup_steps: 0.1, weight_decay: 0.01}; unknown "
+        "RewardConfig), passed through as given, e.g. {adam_beta2: 0.95, max_grad_norm: 0.5}; unknown "
         "fields and those set from the spec are refused by name when the operator reads the job. Not for ppo.",
         json_schema_extra=_any_json_map,
     )

@@ -76,7 +76,8 @@ def render_status(job: Manifest, now: datetime) -> str:
     ]
     metrics = status.get("metrics") or {}
     if metrics:
-        lines += ["", "Metrics:", *(f"  {k:<22}{_number(v)}" for k, v in metrics.items())]
+        width = max(22, *(len(k) + 2 for k in metrics))  # the longest name still gets a gap
+        lines += ["", "Metrics:", *(f"  {k:<{width}}{_number(v)}" for k, v in metrics.items())]
     usage = status.get("usage")
     if usage:
         cost = (

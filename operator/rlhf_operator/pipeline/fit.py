@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rlhf_operator.api.optimizer_defaults import MAX_DEFAULT_PAIR_LENGTH
 from rlhf_operator.api.training import micro_batch
 from rlhf_operator.api.v1alpha1 import Algorithm, RLHFJobSpec, StageName
 from rlhf_operator.config import OperatorConfig, Role
@@ -114,8 +115,15 @@ def reward_shape(spec: RLHFJobSpec, base: ModelShape, lookups: Mapping[str, Conf
 
 
 def critic_shape(spec: RLHFJobSpec, base: ModelShape, reward: ModelShape) -> ModelShape:
-    """PPO's critic starts from the reward model (its value head learns on the reward's features)."""
-    return reward
+    """PPO's critic (`stages.policy.ppo.critic.init`, workloads/critic.py): the reward model's shape
+    when it starts from the reward model, the base model's when it starts from the base or no reward
+    model scores (a rule, an endpoint). A reward model with another tokenizer also falls back to the
+    base at run time; not knowable here, so the reward model's shape is assumed."""
+    policy = spec.stages.policy
+    scored_by_model = policy.reward_rule is None and spec.stages.reward_model.endpoint is None
+    if str(policy.ppo_settings().critic.init) == "rewardModel" and scored_by_model:
+        return reward
+    return base
 
 
 def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
@@ -154,13 +162,15 @@ def stage_setup(spec: RLHFJobSpec, stage: StageName) -> Setup:
         )
     rm = spec.stages.reward_model
     per_gpu = max(1, rm.batch_size // gpus)
+    # Unset: the model's context up to the cap; the cap bounds it without reading config.json here.
+    length = rm.max_length or MAX_DEFAULT_PAIR_LENGTH
     return Setup(
         algorithm="reward",
         **common,  # type: ignore[arg-type]
         # Two sequences (chosen and rejected) per pair.
         micro_batch=2 * micro_batch(per_gpu, rm.micro_batch_size, rm.gradient_accumulation_steps),
-        prompt_length=rm.max_length // 2,
-        response_length=rm.max_length - rm.max_length // 2,
+        prompt_length=length // 2,
+        response_length=length - length // 2,
         checkpoints=False,
         trl=True,
     )

@@ -25,6 +25,23 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+#: The chat markers of `build_tiny_chat_tokenizer`, and its template: a turn is `<|role|> text <|end|>`.
+CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def build_tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with chat markers and a chat template, as an Instruct model's: its turn
+    end `<|end|>` is a second stop id next to EOS (the model's generation config lists both)."""
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_MARKERS)})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast, seed: int = 0, n_embd: int = 256, n_layer: int = 4
 ) -> GPT2LMHeadModel:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any
+from typing import Any, TypeVar
 
-from rlhf_operator.workloads import sources
+from rlhf_operator.workloads import chat_format, sources
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.errors import Defects, StageConfigError
 
 #: A row and where it is in its source, as a user finds it: "line 7" (jsonl, csv), "row 3"
 #: (parquet), "item 2" (a JSON array); prefixed with the file's name when the source has several.
 LocatedRow = sources.LocatedRow
+T = TypeVar("T")
 
 
 def read_rows(
@@ -47,34 +49,31 @@ def parse_jsonl(data: bytes, what: str) -> list[dict[str, Any]]:
     return [row for _, row in rows]
 
 
-def read_prompts(source: str, fmt: str | None, field: str, split: str | None = None) -> list[str]:
-    prompts: list[str] = []
+def read_prompts(source: str, fmt: str | None, field: str, split: str | None = None) -> list[Prompt]:
+    """The prompts of a dataset: each row's chat `messages` when it has them, else its text in
+    `field` (`chat_format`); every malformed row is reported with its file and line."""
+    prompts: list[Prompt] = []
     defects = Defects(f"prompts dataset {source}")
     for where, row in read_located_rows(source, fmt, "prompts dataset", defects, split):
-        value = row.get(field)
-        if not isinstance(value, str) or not value.strip():
-            defects.add(
-                where,
-                f"no non-empty string field {field!r}; fix the row or set dataset.prompts.promptField.",
-                "MalformedRow",
-            )
-            continue
-        prompts.append(value)
+        try:
+            prompts.append(chat_format.prompt_of_row(row, field))
+        except chat_format.InvalidPromptError as exc:
+            defects.add(where, str(exc), "MalformedRow")
     defects.raise_if_any()
     if not prompts:
         raise StageConfigError(f"prompts dataset {source} is empty.", "EmptyDataset")
     return prompts
 
 
-def content_hash(items: list[str]) -> str:
+def content_hash(items: list[Prompt]) -> str:
     digest = hashlib.sha256()
     for item in items:
-        digest.update(item.encode("utf-8"))
+        digest.update(chat_format.prompt_key(item).encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()
 
 
-def split_held_out(prompts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_held_out(prompts: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Deterministic (train, held_out) split: same prompts, fraction and seed give the same split."""
     if not 0.0 <= fraction < 1.0:
         raise StageConfigError(

@@ -13,21 +13,24 @@ import tempfile
 import time
 from typing import Any
 
-from rlhf_operator.workloads import layout
+from rlhf_operator.workloads import chat_format, layout
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.lora import lora_settings, peft_config
 from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.optimizers import schedule_arguments
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.publish import publish_trained
 from rlhf_operator.workloads.reward_model import load_pairs
+from rlhf_operator.workloads.reward_pairs import fitted_pairs
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
 from rlhf_operator.workloads.trainer_args import layer_classes, trainer_arguments, trl_config
 
 
-def dpo_rows(pairs: list[dict[str, Any]], seed: int) -> list[dict[str, str]]:
-    """The pairs as DPOTrainer's standard (non-conversational) preference rows, shuffled by seed."""
-    rows = [{k: str(p[k]) for k in ("prompt", "chosen", "rejected")} for p in pairs]
+def dpo_rows(tokenizer: Any, pairs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The pairs as DPOTrainer's preference rows (conversational whenever the tokenizer has a chat
+    template, `chat_format.dpo_row`), shuffled by seed."""
+    rows = [chat_format.dpo_row(tokenizer, p) for p in pairs]
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -38,7 +41,9 @@ def run_dpo(ctx: StageContext) -> tuple[int, dict[str, float]]:
         return _train(ctx, tracking)
 
 
-def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_dir: str) -> Any:
+def _config(
+    ctx: StageContext, tracking: TrainerTracking, model_path: str, out_dir: str, max_length: int
+) -> Any:
     import torch
     from trl import DPOConfig  # type: ignore[attr-defined]
 
@@ -51,9 +56,10 @@ def _config(ctx: StageContext, tracking: TrainerTracking, model_path: str, out_d
             "InvalidBatchSize",
         )
     arguments = dict(
+        max_length=max_length,
         output_dir=out_dir,
         max_steps=policy.steps,
-        learning_rate=policy.learning_rate,
+        **schedule_arguments(policy, policy.learning_rate_or_default()),
         beta=policy.dpo_beta(),
         logging_steps=1,
         save_strategy="no",
@@ -80,12 +86,22 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
 
     spec = ctx.typed_spec
     steps = spec.stages.policy.steps
-    pairs = load_pairs(ctx)
+    policy = spec.stages.policy
     model_path = resolve_model_path(
         spec.base_model.source, "the base model", revision=spec.base_model.revision
     )
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
-    last: dict[str, float] = {}
+    # Fitted to maxLength here: TRL would cut the responses' ends and drop long prompts silently.
+    fit = fitted_pairs(
+        tokenizer,
+        load_pairs(ctx),
+        model_path,
+        max_length=policy.max_length,
+        limit=policy.dropped_fraction_limit(),
+        stage="stages.policy",
+    )
+    pairs = fit.rows
+    last: dict[str, float] = {"dpoTruncatedPairs": fit.truncated, "dpoDroppedPairs": fit.dropped}
 
     class Progress(TrainerCallback):
         started = time.perf_counter()
@@ -107,8 +123,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> tuple[int, dict[str,
     with tempfile.TemporaryDirectory(prefix="rlhf-dpo-") as work:
         trainer = DPOTrainer(
             model=model_path,
-            args=_config(ctx, tracking, model_path, f"{work}/trainer"),
-            train_dataset=Dataset.from_list(dpo_rows(pairs, ctx.seed)),
+            args=_config(ctx, tracking, model_path, f"{work}/trainer", fit.max_length),
+            train_dataset=Dataset.from_list(dpo_rows(tokenizer, pairs, ctx.seed)),
             processing_class=tokenizer,
             callbacks=[Progress()],
             peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,11 +19,12 @@ from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, EvaluationGate, Metrics, StageName
 from rlhf_operator.gate import verdict
 from rlhf_operator.stages import skipped
-from rlhf_operator.workloads import layout, lineage, storage
+from rlhf_operator.workloads import chat_format, layout, lineage, storage
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.judges import Scorer
-from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer, stage_device
+from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer, stage_device, stop_token_ids
 from rlhf_operator.workloads.ppo import position_ids, token_logprobs
 from rlhf_operator.workloads.ppo_core import response_mask
 from rlhf_operator.workloads.precompute import held_out_prompts
@@ -47,7 +49,7 @@ def sample_with_kl(
     model: PreTrainedModel,
     ref: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     *,
     samples: int,
     max_new_tokens: int,
@@ -56,7 +58,9 @@ def sample_with_kl(
 ) -> tuple[list[str], list[float]]:
     """Completions (samples per prompt, prompt-major) and each one's k1 KL(model || ref) in nats."""
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    texts = chat_format.prompt_texts(tokenizer, prompts)
+    enc = chat_format.encode(tokenizer, texts, return_tensors="pt", padding=True).to(model.device)
+    stop_ids = stop_token_ids(tokenizer, model)
     torch.manual_seed(seed)
     generated = model.generate(  # type: ignore[operator]
         **enc,
@@ -67,11 +71,11 @@ def sample_with_kl(
         top_p=1.0,
         num_return_sequences=samples,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_ids,
     )
     plen = enc["input_ids"].shape[1]
     response = generated[:, plen:]
-    mask = response_mask(response, int(tokenizer.eos_token_id))
+    mask = response_mask(response, stop_ids)
     attention = torch.cat([enc["attention_mask"].repeat_interleave(samples, 0), mask.long()], dim=1)
     kw = {"input_ids": generated, "attention_mask": attention, "position_ids": position_ids(attention)}
     logp = token_logprobs(model(**kw).logits[:, plen - 1 : -1], response, temperature)

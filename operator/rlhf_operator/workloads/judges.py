@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
 from rlhf_operator.api.v1alpha1 import JudgeMode, RuleName, RuleSpec
+from rlhf_operator.workloads.chat_format import Prompt, readable
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.judge_prompts import (
@@ -24,7 +25,7 @@ from rlhf_operator.workloads.judge_prompts import (
 from rlhf_operator.workloads.modeling import load_causal_lm, load_tokenizer
 
 #: score(prompts, completions) -> one float per completion; higher is better.
-Scorer = Callable[[list[str], list[str]], list[float]]
+Scorer = Callable[[Sequence[Prompt], list[str]], list[float]]
 #: The keywords rule's words when a job names no rule.
 DEFAULT_KEYWORDS = ("good", "great", "nice", "happy")
 
@@ -32,14 +33,14 @@ DEFAULT_KEYWORDS = ("good", "great", "nice", "happy")
 def keyword_rule(keywords: list[str]) -> Scorer:
     wanted = set(keywords)
 
-    def score(prompts: list[str], completions: list[str]) -> list[float]:
+    def score(prompts: Sequence[Prompt], completions: list[str]) -> list[float]:
         return [float(sum(1 for w in c.split() if w in wanted)) for c in completions]
 
     return score
 
 
 def length_rule(target: int) -> Scorer:
-    def score(prompts: list[str], completions: list[str]) -> list[float]:
+    def score(prompts: Sequence[Prompt], completions: list[str]) -> list[float]:
         return [-abs(len(c.split()) - target) for c in completions]
 
     return score
@@ -108,7 +109,7 @@ class LogProbJudge:
             out.extend((logits[rows, yes] - logits[rows, no]).tolist())
         return out
 
-    def rank_group(self, prompt: str, responses: list[str]) -> list[float]:
+    def rank_group(self, prompt: Prompt, responses: list[str]) -> list[float]:
         return rank_group(self.ask, self.rubric, self.mode, prompt, responses)
 
 
@@ -116,8 +117,10 @@ class LogProbJudge:
 Ask = Callable[[list[Question]], list[float]]
 
 
-def rank_group(ask: Ask, rubric: str, mode: str, prompt: str, responses: list[str]) -> list[float]:
-    """One score per response (higher is better) from a judge's answers."""
+def rank_group(ask: Ask, rubric: str, mode: str, prompt: Prompt, responses: list[str]) -> list[float]:
+    """One score per response (higher is better) from a judge's answers. A chat prompt is shown to
+    the judge as its turns, one `role: content` line each, inside the judge's own template."""
+    prompt = readable(prompt)
     if mode == "score":
         return ask([score_question(rubric, prompt, r) for r in responses])
     pairs = ordered_pairs(len(responses))

@@ -15,6 +15,7 @@ from itertools import combinations
 from typing import Any
 
 from rlhf_operator.api.artifacts import join
+from rlhf_operator.workloads.chat_format import Prompt, readable
 from rlhf_operator.workloads.errors import Defects, StageConfigError
 
 #: The labeling interface: the prompt, two responses, one choice between them.
@@ -39,8 +40,16 @@ def import_tasks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         responses = list(dict.fromkeys(row["responses"]))  # a pair of equal texts holds no preference
         for left, right in combinations(responses, 2):
-            tasks.append({"data": {"prompt": row["prompt"], "left": left, "right": right}})
+            tasks.append({"data": {**_prompt_data(row["prompt"]), "left": left, "right": right}})
     return tasks
+
+
+def _prompt_data(prompt: Prompt) -> dict[str, Any]:
+    """A task's prompt: the text labelers read, and a chat's messages kept beside it so the export
+    names the dataset's prompt again."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    return {"prompt": readable(prompt), "messages": prompt}
 
 
 def looks_like_export(text: str) -> bool:
@@ -102,7 +111,7 @@ def _pair_of(task: Any) -> dict[str, Any] | None:
         (data["left"], data["right"]) if choices[0] == "left" else (data["right"], data["left"])
     )
     return {
-        "prompt": data["prompt"],
+        "prompt": data.get("messages") or data["prompt"],
         "chosen": chosen,
         "rejected": rejected,
         "provenance": {"method": "human", "tool": "labelStudio", "task": task.get("id")},

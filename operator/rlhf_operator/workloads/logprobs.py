@@ -35,3 +35,14 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
             part = _chunk_logprobs(logits[rows], tokens[rows], temperature)
         parts.append(part)
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Entropy (nats) of the sampling distribution at every position, chunked over rows (a
+    diagnostic: a policy whose entropy collapses has stopped exploring)."""
+    parts = []
+    for start in range(0, logits.shape[0], CHUNK_ROWS):
+        logp = torch.log_softmax(logits[start : start + CHUNK_ROWS].float() / temperature, dim=-1)
+        parts.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlhf_operator.workloads import hub, storage
+from rlhf_operator.workloads import chat_format, hub, storage
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.errors import StageConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -137,16 +139,38 @@ def load_seq_cls(
     return model.to(stage_device()), tokenizer
 
 
-def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token that ends a response: the tokenizer's EOS first, then each of the generation
-    config's `eos_token_id` (an int or a list: chat models list their end-of-turn tokens there)."""
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model_or_path: PreTrainedModel | str) -> list[int]:
+    """Every token that ends a response, in one list for generate's `eos_token_id`, vLLM's
+    `stop_token_ids`, TRL's generation kwargs and the response mask: the tokenizer's EOS first, then
+    each `eos_token_id` of the model's generation config and config (an int or a list: chat models
+    list their end-of-turn tokens there, Llama-3-Instruct both `<|end_of_text|>` and `<|eot_id|>`).
+    `model_or_path` is a loaded model or its directory (generation_config.json, config.json)."""
+    configured: list[Any] = [tokenizer.eos_token_id]
+    for config in _configs(model_or_path):
+        value = getattr(config, "eos_token_id", None)
+        configured += value if isinstance(value, list) else [value]
     ids: list[int] = []
-    config = getattr(model, "generation_config", None)
-    configured = getattr(config, "eos_token_id", None)
-    for value in [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]:
-        if isinstance(value, int) and value not in ids:
+    for value in configured:
+        if isinstance(value, int) and value >= 0 and value not in ids:
             ids.append(value)
     return ids
+
+
+def _configs(model_or_path: PreTrainedModel | str) -> list[Any]:
+    """The generation config and config of a model, or of the model saved in a directory (each
+    one that is there)."""
+    if not isinstance(model_or_path, str):
+        return [getattr(model_or_path, "generation_config", None), getattr(model_or_path, "config", None)]
+    from transformers import AutoConfig, GenerationConfig
+
+    found: list[Any] = []
+    for name, loader in (("generation_config.json", GenerationConfig), ("config.json", AutoConfig)):
+        if os.path.exists(os.path.join(model_or_path, name)):
+            try:
+                found.append(loader.from_pretrained(model_or_path))
+            except (OSError, ValueError):
+                continue  # an unreadable file fails where the model itself is loaded
+    return found
 
 
 @dataclass(frozen=True)
@@ -160,7 +184,7 @@ class GenerationSettings:
 def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: Sequence[Prompt],
     settings: GenerationSettings,
     *,
     batch_size: int,
@@ -177,7 +201,9 @@ def generate_texts(
     per_batch = max(1, batch_size // max(1, num_return_sequences))
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start : start + per_batch]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        enc = chat_format.encode(
+            tokenizer, chat_format.prompt_texts(tokenizer, chunk), return_tensors="pt", padding=True
+        ).to(model.device)
         generated = model.generate(  # type: ignore[operator]
             **enc,
             do_sample=True,
@@ -187,7 +213,7 @@ def generate_texts(
             top_k=0,
             num_return_sequences=num_return_sequences,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_token_ids(tokenizer, model),
         )
         completions = tokenizer.batch_decode(
             generated[:, enc["input_ids"].shape[1] :], skip_special_tokens=True

@@ -3,6 +3,7 @@ or on the preference pairs directly (dpo via TRL)."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import asdict
 from typing import Any
@@ -29,6 +30,7 @@ def _settings(ctx: StageContext, world_size: int) -> Any:
 
     p = ctx.typed_spec.stages.policy
     mini = p.mini_batch_size or p.batch_size
+    ppo = p.ppo_settings()
     return PPOSettings(
         steps=p.steps,
         batch_size=p.batch_size,
@@ -37,13 +39,24 @@ def _settings(ctx: StageContext, world_size: int) -> Any:
         num_generations=p.num_generations,
         response_length=p.max_new_tokens,
         temperature=p.temperature,
-        learning_rate=p.learning_rate,
+        learning_rate=p.learning_rate_or_default(),
+        weight_decay=p.weight_decay,
+        warmup_ratio=p.warmup_ratio,
+        lr_schedule=str(p.lr_schedule),
         kl_coef=p.kl_weight(),
         kl_target=p.kl_target,
         seed=ctx.seed,
         micro_batch_size=micro_batch(
             max(1, mini // world_size), p.micro_batch_size, p.gradient_accumulation_steps
         ),
+        gamma=ppo.gamma,
+        lam=ppo.lam,
+        clip_range_value=ppo.value_clip,
+        critic_learning_rate=p.critic_learning_rate_or_default(),
+        critic_warmup_steps=ppo.critic.warmup_steps,
+        reward_normalize=ppo.reward_shaping.normalize,
+        reward_clip=ppo.reward_shaping.clip,
+        truncation_penalty=ppo.reward_shaping.truncation_penalty,
     )
 
 
@@ -101,11 +114,13 @@ def run_ppo(ctx: StageContext) -> StageResult:
         adapter=adapter,
         revision=revision,
         trained_weights_follow=resume is not None,
+        critic_source=_critic_source(ctx, tokenizer, info.is_main),
     )
     policy, plan = models.policy, models.plan
     trainer = PPOTrainerLite(
-        policy, models.ref, tokenizer, reward, prompts, settings=settings, dist_info=info, plan=plan
-    )
+        policy, models.ref, tokenizer, reward, prompts, settings=settings, dist_info=info, plan=plan,
+        critic=models.critic,
+    )  # fmt: skip
     if engine_check is not None:
         trainer.vllm = engine_check(policy.lm)
     start = 0
@@ -113,6 +128,7 @@ def run_ppo(ctx: StageContext) -> StageResult:
         saved = checkpoint.load(resume[1], trainer.train_state(), info)
         trainer.restore_scalars(saved["scalars"])
         start = int(saved["step"])
+        trainer.resume_schedule(start)
         print(f"resumed from checkpoint step {start} ({resume[1]})", flush=True)
         if trainer.vllm is not None:  # the engine loaded the base: it samples from the resumed weights
             trainer.vllm.sync(policy.lm, plan.compute_dtype)
@@ -132,6 +148,25 @@ def run_ppo(ctx: StageContext) -> StageResult:
     barrier(info)
     shutdown(info)
     return _result(ctx, settings.steps, stats)
+
+
+def _critic_source(ctx: StageContext, tokenizer: Any, is_main: bool) -> str:
+    """The local model directory the critic starts from (`stages.policy.ppo.critic.init`)."""
+    from rlhf_operator.workloads import critic
+    from rlhf_operator.workloads.modeling import resolve_model_path
+    from rlhf_operator.workloads.reward_source import reward_model_path
+
+    spec = ctx.typed_spec
+    base = resolve_model_path(spec.base_model.source, "the policy")
+    reward: str | None = None
+    scored_by_model = spec.stages.policy.reward_rule is None and spec.stages.reward_model.endpoint is None
+    init = str(spec.stages.policy.ppo_settings().critic.init)
+    if init == "rewardModel" and scored_by_model:
+        reward = reward_model_path(ctx)
+    path, why = critic.initial_source(init, base, reward, tokenizer)
+    if is_main:
+        print(f"critic starts from {why} ({path})", flush=True)
+    return path
 
 
 def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) -> Any:
@@ -161,7 +196,7 @@ def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) 
             dtype=str(spec.base_model.dtype or "auto"),
             seed=ctx.seed,
         )
-        return vllm_rollout.start(model_dir, tokenizer, stop_token_ids(lm, tokenizer), settings)
+        return vllm_rollout.start(model_dir, tokenizer, stop_token_ids(tokenizer, model_dir), settings)
 
     return start
 
@@ -193,6 +228,7 @@ def _train(
                 seconds=round(stats["seconds"], 3),
                 responseLength=round(stats["responseLength"], 2),
                 loss=stats["loss"],
+                **_diagnostics(stats),  # type: ignore[arg-type]  # floats only, never `stream`
             )
         if scalars is not None:
             scalars.log(step, ppo_scalars(stats, trainer.optimizer.param_groups[0]["lr"]))
@@ -204,6 +240,19 @@ def _train(
     if checkpointer is not None:
         checkpointer.close()
     return stats
+
+
+#: PPO's diagnostics in the progress line (ProgressRecord's fields), by their name in the step's stats.
+DIAGNOSTICS = (
+    "approxKl", "entropy", "explainedVariance", "policyGradNorm", "criticGradNorm", "clipFraction",
+    "valueClipFraction", "truncationRate", "shapedReward",
+)  # fmt: skip
+
+
+def _diagnostics(stats: dict[str, float]) -> dict[str, float]:
+    """The diagnostics rounded for the log line; NaN or inf pass as they are (the line names them)."""
+    out = {k: stats[k] for k in DIAGNOSTICS if k in stats}
+    return {k: round(v, 5) if math.isfinite(v) else v for k, v in out.items()}
 
 
 def _stop_if_tripped(
@@ -229,6 +278,13 @@ def _result(ctx: StageContext, steps: int, stats: dict[str, float]) -> StageResu
         metrics = metrics.model_copy(
             update={"mean_reward": round(stats["meanReward"], 4)}
             | ({"kl": round(stats["kl"], 4)} if "kl" in stats else {})
+            # dpo's preference pairs fitted to policy.maxLength (reward_pairs.py)
+            | (
+                {"dpo_truncated_pairs": int(stats["dpoTruncatedPairs"])}
+                if "dpoTruncatedPairs" in stats
+                else {}
+            )
+            | ({"dpo_dropped_pairs": int(stats["dpoDroppedPairs"])} if "dpoDroppedPairs" in stats else {})
         )
     algorithm = ctx.typed_spec.stages.policy.algorithm
     what = "reward margin of the pairs" if algorithm == "dpo" else "mean reward"

@@ -1,9 +1,12 @@
 """In-project PPO for RLHF (TRL >= 1.13 has no PPOTrainer; see docs/ppo.md for the decision).
 
-Policy + value head on the policy's last hidden state, the reference (a frozen copy of the base, or
-the policy with its LoRA adapter switched off), the reward model (local or remote) scoring whole
-completions, a per-token k1 KL penalty, GAE, a clipped surrogate and a clipped value loss, optional
-adaptive KL (Ziegler et al.), advantage whitening. Data parallel on torch's DDP or sharded on FSDP2
+The policy, a critic of its own (`critic.py`: a value model with its own optimizer and learning
+rate, trained alone for the first `critic_warmup_steps`), the reference (a frozen copy of the base,
+or the policy with its LoRA adapter switched off), the reward model (local or remote) scoring whole
+completions, reward shaping (missing-EOS penalty, running normalisation, clipping), a per-token k1
+KL penalty, GAE, a clipped surrogate and a clipped value loss, optional adaptive KL (Ziegler et
+al.), advantage whitening. The pre-issue-20 variant, a value head on the policy's trunk
+(`shared_value_head`), is kept for the side-by-side benchmark only (bench/bench_long_ppo.py). Data parallel on torch's DDP or sharded on FSDP2
 (`sharding.py`); losses are normalised by the global token count and advantages whitened with
 global statistics, so N processes take the same step as one process with the whole batch.
 """
@@ -13,100 +16,37 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from rlhf_operator.workloads import ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads import chat_format, optimizers, ppo_core, rollout_engine, sharding
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.checkpoint import TrainState
 from rlhf_operator.workloads.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from rlhf_operator.workloads.judges import Scorer
-from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
+from rlhf_operator.workloads.logprobs import position_ids, token_entropy, token_logprobs
+from rlhf_operator.workloads.modeling import stop_token_ids
+from rlhf_operator.workloads.ppo_parts import (
+    PolicyWithValueHead,
+    PPOSettings,
+    Rollout,
+    explained_variance,
+    shaped_scores,
+)
 from rlhf_operator.workloads.reward_client import reward_runs_elsewhere
 from rlhf_operator.workloads.sampling import GumbelSampler
 
 __all__ = ["PPOSettings", "PPOTrainerLite", "PolicyWithValueHead", "position_ids", "token_logprobs"]
 
 
-@dataclass(frozen=True)
-class PPOSettings:
-    steps: int
-    batch_size: int  # completions per step, all processes together
-    mini_batch_size: int
-    ppo_epochs: int
-    num_generations: int
-    response_length: int
-    temperature: float
-    learning_rate: float
-    kl_coef: float
-    kl_target: float | None
-    seed: int
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    max_grad_norm: float = 1.0
-    micro_batch_size: int | None = None  # completions per forward/backward on one process
-    rollout_token_budget: int = rollout_engine.DEFAULT_TOKEN_BUDGET  # tokens per rollout forward
-
-
-class PolicyWithValueHead(nn.Module):
-    """The causal LM plus a scalar value head on its last hidden state (shared trunk).
-
-    Only the last `keep` positions' logits are computed, and the value head reads the lm_head's own
-    input (captured by a hook), so no other layer's hidden states are kept.
-    """
-
-    def __init__(self, lm: PreTrainedModel) -> None:
-        super().__init__()
-        self.lm = lm
-        hidden = int(lm.config.get_text_config().hidden_size)
-        self.value_head = nn.Linear(hidden, 1)
-        # Zero init: the value starts at 0 everywhere instead of adding noise to the first advantages.
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
-        self._hidden: list[torch.Tensor] = []
-        lm.get_output_embeddings().register_forward_pre_hook(self._capture)  # type: ignore[no-untyped-call]
-
-    def _capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self._hidden.append(args[0])
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._hidden.clear()
-        logits = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            logits_to_keep=keep,
-        ).logits
-        hidden = self._hidden.pop()
-        self._hidden.clear()
-        values = self.value_head(hidden.float()).squeeze(-1)
-        return logits, values
-
-
-@dataclass
-class Rollout:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    prompt_len: int
-    mask: torch.Tensor
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    scores: torch.Tensor
-    completions: list[str]
-
-
 class PPOTrainerLite:
-    """`ref=None` means the policy's LM is a PEFT model: the reference is its adapter switched off."""
+    """`ref=None` means the policy's LM is a PEFT model: the reference is its adapter switched off.
+    `critic=None` means the policy carries a shared value head (the old variant)."""
 
     def __init__(
         self,
@@ -114,13 +54,17 @@ class PPOTrainerLite:
         ref: nn.Module | None,
         tokenizer: PreTrainedTokenizerBase,
         reward: Scorer,
-        prompts: list[str],
+        prompts: Sequence[Prompt],
         *,
         settings: PPOSettings,
         dist_info: DistInfo,
         plan: sharding.TrainPlan | None = None,
+        critic: nn.Module | None = None,
     ) -> None:
+        if critic is None and policy.value_head is None:
+            raise ValueError("PPO needs a critic: pass one, or build the policy with a shared value head")
         self.policy = policy
+        self.critic = critic
         self.ref = ref
         self.tokenizer = tokenizer
         self.reward = reward
@@ -130,16 +74,51 @@ class PPOTrainerLite:
         self.plan = plan or sharding.TrainPlan()
         # Under ddp the training forward goes through DDP (gradient all-reduce); fsdp syncs by itself.
         self.train_model = sharding.wrap_ddp(policy, dist_info) if self.plan.strategy == "ddp" else policy
-        trainable = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, eps=1e-5)
+        self.optimizer, self.schedule = optimizers.build_optimizer_and_schedule(
+            policy, self._optimizer_settings(settings.learning_rate)
+        )
+        self.train_critic: nn.Module | None = None
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.critic_schedule: Any = None
+        if critic is not None:
+            self.train_critic = (
+                sharding.wrap_ddp(critic, dist_info) if self.plan.strategy == "ddp" else critic
+            )
+            # The policy's optimizer recipe (decay groups, warm-up, schedule) at the critic's rate.
+            self.critic_optimizer, self.critic_schedule = optimizers.build_optimizer_and_schedule(
+                critic, self._optimizer_settings(settings.critic_learning_rate)
+            )
+        self.reward_moments = ppo_core.RunningMoments() if settings.reward_normalize else None
         self.kl_ctl = ppo_core.AdaptiveKLController(settings.kl_coef, settings.kl_target)
-        self.eos = int(tokenizer.eos_token_id)
+        # Every id that ends a response (the generation config's list): generation stops at them
+        # and the response mask ends at the first of them.
+        self.stop_ids = stop_token_ids(tokenizer, policy.lm)
         self.generation_seconds = 0.0
         # How the hf engine generates (rollout_engine.decide), decided at the first rollout.
         self.generation_mode: rollout_engine.Decision | None = None
         self.vllm: Any = None  # vllm_rollout.VllmRollout under generation.engine: vllm
 
-    def prompts_for_step(self, step: int) -> list[tuple[int, str]]:
+    def _optimizer_settings(self, learning_rate: float) -> optimizers.OptimizerSettings:
+        """The schedule runs over every optimizer step: ppoEpochs x mini-batches per PPO step."""
+        rows = max(1, self.s.batch_size // self.dist.world_size)
+        mini = max(1, min(rows, self.s.mini_batch_size // self.dist.world_size))
+        self.updates_per_step = self.s.ppo_epochs * -(-rows // mini)
+        return optimizers.OptimizerSettings(
+            learning_rate=learning_rate,
+            total_steps=self.s.steps * self.updates_per_step,
+            weight_decay=self.s.weight_decay,
+            warmup_ratio=self.s.warmup_ratio,
+            schedule=self.s.lr_schedule,
+            eps=1e-5,
+        )
+
+    def resume_schedule(self, step: int) -> None:
+        """The learning rate where it stood after PPO step `step` (a resumed run)."""
+        optimizers.resume_schedule(self.schedule, step * self.updates_per_step)
+        if self.critic_schedule is not None:
+            optimizers.resume_schedule(self.critic_schedule, step * self.updates_per_step)
+
+    def prompts_for_step(self, step: int) -> list[tuple[int, Prompt]]:
         """This process's (global index, prompt) pairs at `step`: a pure function of (seed, step), so
         a resumed run sees exactly the prompts the interrupted one would have seen."""
         total_prompts = max(1, self.s.batch_size // self.s.num_generations)
@@ -151,7 +130,9 @@ class PPOTrainerLite:
         )
         return list(enumerate(chosen))[self.dist.rank :: self.dist.world_size]
 
-    def _generate(self, step: int, indexed: list[tuple[int, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _generate(
+        self, step: int, indexed: list[tuple[int, Prompt]]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self.vllm is not None:
             started = time.perf_counter()
             out: tuple[torch.Tensor, torch.Tensor, int] = self.vllm.generate(
@@ -161,7 +142,12 @@ class PPOTrainerLite:
             return out
         self.tokenizer.padding_side = "left"
         prompts = [p for _, p in indexed]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = chat_format.encode(
+            self.tokenizer,
+            chat_format.prompt_texts(self.tokenizer, prompts),
+            return_tensors="pt",
+            padding=True,
+        )
         g = self.s.num_generations
         # Each prompt repeated g times (greedy decoding over Gumbel-perturbed logits samples).
         enc = {k: v.repeat_interleave(g, dim=0).to(self.dist.device) for k, v in enc.items()}
@@ -180,14 +166,14 @@ class PPOTrainerLite:
                 logits_processor=[sampler],
                 max_new_tokens=self.s.response_length,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.eos,
+                eos_token_id=self.stop_ids,
             )
         self.generation_seconds = time.perf_counter() - started
         response = generated[:, prompt_len:]
         if response.shape[1] < self.s.response_length:  # every row stopped early: pad to a fixed width
             pad = torch.full(
                 (response.shape[0], self.s.response_length - response.shape[1]),
-                self.eos,
+                self.stop_ids[0],
                 dtype=response.dtype,
                 device=response.device,
             )
@@ -223,13 +209,16 @@ class PPOTrainerLite:
         count = torch.tensor(float(rollout_engine.chunk_count(rows, width, self.s.rollout_token_budget)))
         count = all_reduce_max(count, self.dist)
 
-        def forward(sel: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def forward(sel: slice) -> tuple[torch.Tensor, ...]:
             logits, values = self.policy(generated[sel], attention[sel], keep)
             logprobs = token_logprobs(logits[:, :-1], response[sel], self.s.temperature)
+            entropy = token_entropy(logits[:, :-1], self.s.temperature)
             del logits
+            if self.critic is not None:
+                values = self.critic(generated[sel], attention[sel], keep)
             ref_logits = self.reference_logits(generated[sel], attention[sel], keep)
             ref_logprobs = token_logprobs(ref_logits[:, :-1], response[sel], self.s.temperature)
-            return logprobs, ref_logprobs, values
+            return logprobs, ref_logprobs, values, entropy
 
         with sharding.compute(self.plan, self.dist.device):
             return rollout_engine.chunked(forward, rollout_engine.row_slices(rows, int(count)))
@@ -250,10 +239,12 @@ class PPOTrainerLite:
     def rollout(self, step: int) -> Rollout:
         indexed = self.prompts_for_step(step)
         self.policy.eval()
+        if self.critic is not None:
+            self.critic.eval()
         generated, prompt_mask, prompt_len = self._generate(step, indexed)
         response = generated[:, prompt_len:]
         keep = response.shape[1] + 1
-        mask = ppo_core.response_mask(response, self.eos).to(self.dist.device)
+        mask = ppo_core.response_mask(response, self.stop_ids).to(self.dist.device)
         attention = torch.cat([prompt_mask, mask.long()], dim=1)
         completions = self.tokenizer.batch_decode(response, skip_special_tokens=True)
         full_prompts = [p for _, p in indexed for _ in range(self.s.num_generations)]
@@ -261,7 +252,7 @@ class PPOTrainerLite:
         elsewhere = reward_runs_elsewhere(self.reward)
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self.reward, full_prompts, completions) if elsewhere else None
-            logprobs, ref_logprobs, values = self._forwards(generated, attention, response, keep)
+            logprobs, ref_logprobs, values, entropy = self._forwards(generated, attention, response, keep)
             rewards = pending.result() if pending else self.reward(full_prompts, completions)
         scores = torch.tensor(rewards, dtype=torch.float32, device=self.dist.device)
         return Rollout(
@@ -274,6 +265,7 @@ class PPOTrainerLite:
             values[:, :-1].float() * mask,
             scores,
             completions,
+            entropy * mask,
         )
 
     def _global(self, value: torch.Tensor) -> torch.Tensor:
@@ -295,87 +287,138 @@ class PPOTrainerLite:
         return [order[start : start + mini] for start in range(0, n, mini)]
 
     def _update(
-        self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, idx: torch.Tensor
-    ) -> ppo_core.LossStats:
-        """One optimizer step over the rows `idx`, in micro-batches (gradient accumulation)."""
+        self,
+        ro: Rollout,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        idx: torch.Tensor,
+        train_policy: bool,
+    ) -> dict[str, float]:
+        """One optimizer step (of the policy unless `train_policy` is off, and of the critic) over the
+        rows `idx`, in micro-batches (gradient accumulation)."""
         # Every process divides by the same global token count, and the gradient is averaged over
         # processes: scaling by world_size makes that the mean over every token of the mini-batch.
         tokens = float(self._global(ro.mask[idx].sum())) / self.dist.world_size
         micro = self.s.micro_batch_size or len(idx)
         chunks = [idx[i : i + micro] for i in range(0, len(idx), micro)]
         self.optimizer.zero_grad(set_to_none=True)
-        stats = []
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        stats: list[dict[str, float]] = []
         for i, rows in enumerate(chunks):
             last = i == len(chunks) - 1
-            no_sync: Any = getattr(self.train_model, "no_sync", None)
-            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
-            with sync, sharding.compute(self.plan, self.dist.device):
-                keep = ro.input_ids.shape[1] - ro.prompt_len + 1
-                logits, values = self.train_model(ro.input_ids[rows], ro.attention_mask[rows], keep)
-                new_logprobs = token_logprobs(
-                    logits[:, :-1], ro.input_ids[rows, ro.prompt_len :], self.s.temperature
+            with sharding.compute(self.plan, self.dist.device):
+                stats.append(self._micro_step(ro, advantages, returns, rows, tokens, last, train_policy))
+        out = {k: sum(st[k] for st in stats) for k in stats[0]}
+        if train_policy or self.critic is None:
+            out["policy_grad_norm"] = _clip(self.policy, self.s.max_grad_norm)
+            self.optimizer.step()
+        # The policy's schedule advances during the critic's warm-up too: the warm-up steps count
+        # toward the run, as OpenRLHF's freezing_actor_steps do.
+        self.schedule.step()
+        if self.critic is not None and self.critic_optimizer is not None:
+            out["critic_grad_norm"] = _clip(self.critic, self.s.max_grad_norm)
+            self.critic_optimizer.step()
+            self.critic_schedule.step()
+        return out
+
+    def _micro_step(  # noqa: PLR0917 - one micro-batch of the update above
+        self,
+        ro: Rollout,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        rows: torch.Tensor,
+        tokens: float,
+        last: bool,
+        train_policy: bool,
+    ) -> dict[str, float]:
+        """Forward and backward of the policy (and critic) on `rows`; gradients sync on the `last`."""
+        keep = ro.input_ids.shape[1] - ro.prompt_len + 1
+        ids, attention, mask = ro.input_ids[rows], ro.attention_mask[rows], ro.mask[rows]
+        stats: dict[str, float] = {}
+        if train_policy or self.critic is None:
+            with _sync(self.train_model, last):
+                logits, values = self.train_model(ids, attention, keep)
+                new_logprobs = token_logprobs(logits[:, :-1], ids[:, ro.prompt_len :], self.s.temperature)
+                loss, pg = ppo_core.policy_loss(
+                    new_logprobs, ro.logprobs[rows], advantages[rows], mask, self.s.clip_range, tokens
                 )
-                loss, st = ppo_core.ppo_loss(
-                    new_logprobs,
-                    ro.logprobs[rows],
-                    advantages[rows],
-                    values[:, :-1].float(),
-                    ro.values[rows],
-                    returns[rows],
-                    ro.mask[rows],
-                    self.s.clip_range,
-                    self.s.clip_range_value,
-                    self.s.vf_coef,
-                    token_count=tokens,
-                )
+                stats |= pg
+                if self.critic is None and values is not None:  # the shared head: one joint loss
+                    vf, vf_stats = ppo_core.value_loss(
+                        values[:, :-1].float(),
+                        ro.values[rows],
+                        returns[rows],
+                        mask,
+                        self.s.clip_range_value,
+                        tokens,
+                    )
+                    loss = loss + self.s.vf_coef * vf
+                    stats |= vf_stats
                 loss.backward()  # type: ignore[no-untyped-call]
-            stats.append(st)
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in self.policy.parameters() if p.requires_grad], self.s.max_grad_norm
-        )
-        self.optimizer.step()
-        return ppo_core.LossStats(
-            policy_loss=sum(s.policy_loss for s in stats),
-            value_loss=sum(s.value_loss for s in stats),
-            clip_fraction=sum(s.clip_fraction for s in stats),
-            approx_kl=sum(s.approx_kl for s in stats),
-        )
+        if self.train_critic is not None:
+            with _sync(self.train_critic, last):
+                values = self.train_critic(ids, attention, keep)
+                vf, vf_stats = ppo_core.value_loss(
+                    values[:, :-1], ro.values[rows], returns[rows], mask, self.s.clip_range_value, tokens
+                )
+                vf.backward()  # type: ignore[no-untyped-call]
+                stats |= vf_stats
+        return stats
+
+    def _shape(self, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        return shaped_scores(ro, self.s, self.stop_ids, self.reward_moments, self._global)
+
+    def _explained_variance(self, ro: Rollout, returns: torch.Tensor) -> float:
+        return explained_variance(ro, returns, self._global)
 
     def step(self, step: int) -> dict[str, float]:
         started = time.perf_counter()
         ro = self.rollout(step)
         generated_tokens = float(self._global(ro.mask.sum()))
         rollout_seconds = time.perf_counter() - started
-        rewards, kl = ppo_core.token_rewards(
-            ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, self.kl_ctl.value
-        )
+        shaped, shaping = self._shape(ro)
+        rewards, kl = ppo_core.token_rewards(shaped, ro.logprobs, ro.ref_logprobs, ro.mask, self.kl_ctl.value)
         advantages, returns = ppo_core.gae(rewards, ro.values, ro.mask, self.s.gamma, self.s.lam)
         advantages = self._whiten(advantages, ro.mask)
         self.policy.train()
+        if self.critic is not None:
+            self.critic.train()
         if self.vllm is not None:
             self.vllm.after_rollout()
+        train_policy = step > self.s.critic_warmup_steps
         stats = [
-            self._update(ro, advantages, returns, idx)
+            self._update(ro, advantages, returns, idx, train_policy)
             for _ in range(self.s.ppo_epochs)
             for idx in self._minibatches(ro.input_ids.shape[0])
         ]
-        if self.vllm is not None:  # the next rollout samples from the weights just trained
+        if self.vllm is not None and train_policy:  # the next rollout samples from the weights just trained
             self.vllm.sync(self.policy.lm, self.plan.compute_dtype)
         rows = self.s.batch_size
         seq_kl = float(self._global(kl.sum())) / rows
         mean_score = float(self._global(ro.scores.sum())) / rows
         self.kl_ctl.update(seq_kl, self.s.batch_size)
-        policy_loss = sum(s.policy_loss for s in stats) / len(stats)
+        mean = {k: sum(s.get(k, 0.0) for s in stats) / len(stats) for k in stats[0]}
+        policy_loss = mean.get("policy_loss", 0.0)
         # The guardrails stop every process at once on the same, global, numbers.
         loss = float(self._global(torch.tensor(policy_loss, device=self.dist.device))) / self.dist.world_size
+        tokens = max(generated_tokens, 1.0)
         return {
             "meanReward": mean_score,
             "kl": seq_kl,
             "klCoef": self.kl_ctl.value,
             "policyLoss": policy_loss,
             "loss": loss,
-            "valueLoss": sum(s.value_loss for s in stats) / len(stats),
-            "clipFraction": sum(s.clip_fraction for s in stats) / len(stats),
+            "valueLoss": mean.get("value_loss", 0.0),
+            "clipFraction": mean.get("clip_fraction", 0.0),
+            "valueClipFraction": mean.get("value_clip_fraction", 0.0),
+            "approxKl": mean.get("approx_kl", 0.0),
+            "entropy": float(self._global(ro.entropy.sum())) / tokens,
+            "explainedVariance": self._explained_variance(ro, returns),
+            "policyGradNorm": mean.get("policy_grad_norm", 0.0),
+            "criticGradNorm": mean.get("critic_grad_norm", 0.0),
+            "criticWarmup": float(not train_policy),
+            **shaping,
             "responseLength": generated_tokens / rows,
             "rolloutSeconds": rollout_seconds,
             "generationSeconds": self.generation_seconds,
@@ -384,13 +427,39 @@ class PPOTrainerLite:
         }
 
     def train_state(self) -> TrainState:
-        """What a checkpoint holds: the trained modules (what of them requires grad), the optimizer,
-        the adaptive KL coefficient. `checkpoint.Checkpointer` saves it, `checkpoint.load` fills it."""
-        return TrainState(
-            modules={"policy": self.policy.lm, "value_head": self.policy.value_head},
-            optimizers={"policy": (self.policy, self.optimizer)},
-            scalars={"kl_coef": self.kl_ctl.value},
-        )
+        """What a checkpoint holds: the trained modules (what of them requires grad), the optimizers,
+        the adaptive KL coefficient and the reward's running moments. `checkpoint.Checkpointer` saves
+        it, `checkpoint.load` fills it."""
+        modules: dict[str, nn.Module] = {"policy": self.policy.lm}
+        optimizers: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {
+            "policy": (self.policy, self.optimizer)
+        }
+        if self.policy.value_head is not None:
+            modules["value_head"] = self.policy.value_head
+        if self.critic is not None and self.critic_optimizer is not None:
+            modules["critic"] = self.critic
+            optimizers["critic"] = (self.critic, self.critic_optimizer)
+        moments = self.reward_moments
+        scalars: dict[str, Any] = {"kl_coef": self.kl_ctl.value}
+        if moments is not None:
+            scalars["reward_moments"] = [moments.mean, moments.var, moments.count]
+        return TrainState(modules=modules, optimizers=optimizers, scalars=scalars)
 
     def restore_scalars(self, scalars: dict[str, Any]) -> None:
         self.kl_ctl.value = float(scalars["kl_coef"])
+        if self.reward_moments is not None and "reward_moments" in scalars:
+            mean, var, count = scalars["reward_moments"]
+            self.reward_moments = ppo_core.RunningMoments(float(mean), float(var), float(count))
+
+
+def _sync(model: nn.Module, last: bool) -> Any:
+    """DDP's no_sync on every micro-batch but the last (the gradient all-reduce runs once)."""
+    no_sync: Any = getattr(model, "no_sync", None)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
+
+def _clip(module: nn.Module, max_norm: float) -> float:
+    """Clips the gradients of `module`'s trained parameters; their total norm before clipping (a
+    DTensor under fsdp: its full value). NaN or inf are returned as they are, for the report."""
+    norm: Any = torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

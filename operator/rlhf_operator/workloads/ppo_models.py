@@ -1,8 +1,9 @@
-"""The PPO models on their devices: policy (+ value head), reference, precision and sharding.
+"""The PPO models on their devices: policy, critic (`critic.py`), reference, precision and sharding.
 
 One place for the choices that decide memory: the weights are read in `baseModel.dtype`; full
 fine-tuning keeps fp32 master weights; LoRA keeps the base in its dtype and loads no reference (the
-adapter switched off is the reference); fsdp shards the LM, the value head and the reference. Each
+adapter switched off is the reference; the critic gets an adapter of its own); fsdp shards the LM,
+the critic and the reference. Each
 model is built on the meta device, sharded, and only then allocated and filled (`loading.py`), so
 no process ever holds a whole fp32 copy of a sharded model.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_operator.workloads import critic as critic_model
 from rlhf_operator.workloads import loading, lora, publish, sharding
 from rlhf_operator.workloads.distributed import DistInfo
 from rlhf_operator.workloads.modeling import fit_tokenizer, resolve_model_path
@@ -28,6 +30,7 @@ class PPOModels:
     policy: PolicyWithValueHead
     ref: nn.Module | None  # None under LoRA
     plan: sharding.TrainPlan  # with the compute dtype of the loaded weights
+    critic: nn.Module | None = None  # None: the policy's shared value head (the old variant)
 
 
 def causal_lm(
@@ -84,9 +87,13 @@ def build(
     adapter: lora.LoraSettings | None = None,
     revision: str | None = None,
     trained_weights_follow: bool = False,
+    critic_source: str | None = None,
+    shared_value_head: bool = False,
 ) -> PPOModels:
     """`trained_weights_follow`: a checkpoint will fill what is trained (resume), so a full
-    fine-tune does not read the base model's weights first."""
+    fine-tune does not read the base model's weights first. `critic_source`: the local model
+    directory the critic starts from (default: the policy's); `shared_value_head`: no critic, a
+    value head on the policy (the variant before issue 20, kept for the benchmark)."""
     full = adapter is None
     lm, _, compute, path = causal_lm(
         policy_source,
@@ -104,7 +111,7 @@ def build(
         trainable, total = lora.trainable_fraction(lm)
         if info.is_main:
             print(f"lora: {trainable} of {total} parameters trainable ({trainable / total:.4%})", flush=True)
-    policy = PolicyWithValueHead(lm)
+    policy = PolicyWithValueHead(lm, value_head=shared_value_head)
     sharding.prepare_trainable_lm(policy.lm, plan, lora=not full)
     if full and trained_weights_follow:
         loading.materialize(policy.lm, plan.parameter_device(info.device))
@@ -112,7 +119,18 @@ def build(
         fill(policy.lm, path, plan=plan, info=info, dtype=compute, revision=revision)
     if initial:
         sharding.set_full_state_dict(policy.lm, initial, strict=False)
-    sharding.prepare_value_head(policy.value_head, plan, info)
+    critic: nn.Module | None = None
+    if policy.value_head is not None:
+        sharding.prepare_value_head(policy.value_head, plan, info)
+    else:
+        critic = critic_model.build(
+            critic_source or path,
+            tokenizer,
+            plan=plan,
+            info=info,
+            adapter=adapter,
+            trained_weights_follow=trained_weights_follow,
+        )
     ref: nn.Module | None = None
     if full:
         ref, _, _, ref_path = causal_lm(
@@ -125,7 +143,7 @@ def build(
         )
         sharding.prepare_reference(ref, plan)
         fill(ref, ref_path, plan=plan, info=info, dtype=compute, revision=revision)
-    return PPOModels(policy, ref, plan)
+    return PPOModels(policy, ref, plan, critic)
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -17,12 +17,13 @@ from rlhf_operator.api.lineage import Lineage, ReuseEntry
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, FileSource, RankingMethod, ReusePolicy, StageName
 from rlhf_operator.workloads import data, labelstudio, layout, lineage, storage
+from rlhf_operator.workloads.chat_format import Prompt, prompt_key
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.runtime import completion_index, seed_everything
 
 
-def split_prompts(ctx: StageContext) -> tuple[list[str], list[str], str]:
+def split_prompts(ctx: StageContext) -> tuple[list[Prompt], list[Prompt], str]:
     """(train, held_out, prompts_hash) for the job, the same in every shard."""
     dataset = ctx.typed_spec.dataset
     source = dataset.prompts
@@ -67,7 +68,7 @@ def _shard_is_done(ctx: StageContext, index: int, count: int, settings: dict[str
 
 
 def _generate_shard(
-    ctx: StageContext, prompts: list[str], offset: int, settings: dict[str, Any], index: int
+    ctx: StageContext, prompts: list[Prompt], offset: int, settings: dict[str, Any], index: int
 ) -> list[dict[str, Any]]:
     spec = ctx.typed_spec
     if spec.dataset.responses is not None:
@@ -113,17 +114,17 @@ def _generate_shard(
     ]
 
 
-def _imported_responses(responses: FileSource, prompts: list[str], offset: int) -> list[dict[str, Any]]:
+def _imported_responses(responses: FileSource, prompts: list[Prompt], offset: int) -> list[dict[str, Any]]:
     """Responses already in the dataset (the seed's "may already be in your ranking dataset")."""
     from rlhf_operator.workloads.ranking import read_responses_file
 
     by_prompt: dict[str, list[str]] = {}
     for row in read_responses_file(responses.source, responses.format, responses.split):
-        by_prompt.setdefault(row["prompt"], []).extend(row["responses"])
+        by_prompt.setdefault(prompt_key(row["prompt"]), []).extend(row["responses"])
     return [
-        {"promptIndex": offset + i, "prompt": p, "responses": by_prompt[p]}
+        {"promptIndex": offset + i, "prompt": p, "responses": by_prompt[prompt_key(p)]}
         for i, p in enumerate(prompts)
-        if p in by_prompt
+        if prompt_key(p) in by_prompt
     ]
 
 
@@ -187,7 +188,7 @@ def _reuse_shard(earlier: ReuseEntry, index: int, count: int) -> list[dict[str, 
 
 
 def _shard_rows(
-    ctx: StageContext, mine: list[str], offset: int, settings: dict[str, Any], made_by: Lineage
+    ctx: StageContext, mine: list[Prompt], offset: int, settings: dict[str, Any], made_by: Lineage
 ) -> tuple[list[dict[str, Any]], ReuseEntry | None]:
     index, count = completion_index(), settings["shards"]
     earlier = None
@@ -240,7 +241,7 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(artifacts=Artifacts(responses=layout.precompute_dir(root)), message=message)
 
 
-def training_prompts(ctx: StageContext) -> list[str]:
+def training_prompts(ctx: StageContext) -> list[Prompt]:
     """The train split: from the precompute artifact, or recomputed when precompute was skipped."""
     uri = layout.train_prompts(ctx.artifact_root)
     if storage.exists(uri):
@@ -248,7 +249,7 @@ def training_prompts(ctx: StageContext) -> list[str]:
     return split_prompts(ctx)[0]
 
 
-def held_out_prompts(ctx: StageContext) -> list[str]:
+def held_out_prompts(ctx: StageContext) -> list[Prompt]:
     uri = layout.heldout_prompts(ctx.artifact_root)
     if storage.exists(uri):
         return [r["prompt"] for r in data.read_rows(uri, "jsonl", "held-out prompts")]

@@ -7,7 +7,8 @@ from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, RankingMethod, RuleName, RuleSpec
-from rlhf_operator.workloads import data, labelstudio, layout, sources, storage
+from rlhf_operator.workloads import chat_format, data, labelstudio, layout, sources, storage
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.endpoint_judge import EndpointJudge
 from rlhf_operator.workloads.errors import Defects, StageConfigError
@@ -42,12 +43,15 @@ def read_responses_file(source: str, fmt: str | None, split: str | None = None) 
     for where, row in data.read_located_rows(source, fmt, "responses dataset", defects, split):
         responses = row.get("responses")
         if (
-            not isinstance(row.get("prompt"), str)
+            not _is_prompt(row.get("prompt"))
             or not isinstance(responses, list)
             or not all(isinstance(r, str) for r in responses)
         ):
             defects.add(
-                where, "must have a string `prompt` and a list of strings `responses`.", "MalformedRow"
+                where,
+                "must have a `prompt` (a string or a list of {role, content} messages) and a list of "
+                "strings `responses`.",
+                "MalformedRow",
             )
         rows.append(row)
     defects.raise_if_any()
@@ -55,7 +59,7 @@ def read_responses_file(source: str, fmt: str | None, split: str | None = None) 
 
 
 def pairs_from_scores(
-    prompt: str, responses: list[str], scores: list[float], pairing: str, provenance: str
+    prompt: Prompt, responses: list[str], scores: list[float], pairing: str, provenance: str
 ) -> list[Pair]:
     """Preference pairs for one prompt; equal scores carry no preference and give no pair."""
     order = sorted(range(len(responses)), key=lambda i: -scores[i])
@@ -80,19 +84,28 @@ def pairs_from_scores(
     ]
 
 
+def _is_prompt(value: Any) -> bool:
+    """A string prompt, or a well-formed chat (`chat_format`)."""
+    return (isinstance(value, str) and bool(value)) or chat_format.message_defect(value) is None
+
+
 def _known_prompts(ctx: StageContext) -> set[str] | None:
+    """The dataset's prompts by `chat_format.prompt_key`."""
     prompts = ctx.typed_spec.dataset.prompts
     if not storage.exists(prompts.source):
         return None
-    return set(data.read_prompts(prompts.source, prompts.format, prompts.prompt_field, prompts.split))
+    found = data.read_prompts(prompts.source, prompts.format, prompts.prompt_field, prompts.split)
+    return {chat_format.prompt_key(p) for p in found}
 
 
 def validate_human_row(row: dict[str, Any], known: set[str] | None) -> list[Pair]:
     """The pairs one rankings row gives, or StageConfigError saying what is wrong with it."""
-    prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise StageConfigError("has no string `prompt`.", "MalformedRow")
-    if known is not None and prompt not in known:
+    if not _is_prompt(row.get("prompt")):
+        raise StageConfigError(
+            "has no `prompt` (a string or a list of {role, content} messages).", "MalformedRow"
+        )
+    prompt: Prompt = row["prompt"]
+    if known is not None and chat_format.prompt_key(prompt) not in known:
         raise StageConfigError(
             "its prompt is not in the prompts dataset; rankings must refer to dataset prompts verbatim.",
             "UnknownPrompt",
@@ -159,7 +172,11 @@ def read_rankings_file(
     if labelstudio.looks_like_export(text[:4096]):
         pairs = labelstudio.pairs_from_export(text, source)
         known = _known_prompts(ctx)
-        unknown = [p["prompt"] for p in pairs if known is not None and p["prompt"] not in known]
+        unknown = [
+            p["prompt"]
+            for p in pairs
+            if known is not None and chat_format.prompt_key(p["prompt"]) not in known
+        ]
         if unknown:
             raise StageConfigError(
                 f"Label Studio export {source}: {len(unknown)} labeled prompts are not in the prompts "

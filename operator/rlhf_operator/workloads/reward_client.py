@@ -15,10 +15,13 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from rlhf_operator.workloads import reward_tls
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.errors import StageConfigError
 
 #: Statuses whose request the server is not computing any more (504: a proxy gave up waiting while
@@ -68,7 +71,7 @@ class RemoteRewardClient:
         self.in_flight = max(1, in_flight)
         self.token_hint = token_hint
 
-    def _post(self, body: dict[str, list[str]]) -> list[float]:
+    def _post(self, body: dict[str, list[Any]]) -> list[float]:
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -106,7 +109,7 @@ class RemoteRewardClient:
             delay = min(delay * 2, 10.0)
         raise RuntimeError("unreachable")
 
-    def _post_all(self, bodies: list[dict[str, list[str]]]) -> list[float]:
+    def _post_all(self, bodies: list[dict[str, list[Any]]]) -> list[float]:
         """Every body posted, `in_flight` at a time, their rewards in order."""
         if len(bodies) == 1 or self.in_flight == 1:
             return [r for body in bodies for r in self._post(body)]
@@ -117,11 +120,13 @@ class RemoteRewardClient:
         step = self.batch_size
         return self._post_all([{"texts": texts[i : i + step]} for i in range(0, len(texts), step)])
 
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def score(self, prompts: Sequence[Prompt], completions: list[str]) -> list[float]:
+        """Rewards of (prompt, completion) pairs; a chat prompt goes as its messages, which the
+        server renders with its reward model's chat template (`chat_format`)."""
         step = self.batch_size
         return self._post_all(
             [
-                {"prompts": prompts[i : i + step], "completions": completions[i : i + step]}
+                {"prompts": list(prompts[i : i + step]), "completions": completions[i : i + step]}
                 for i in range(0, len(prompts), step)
             ]
         )

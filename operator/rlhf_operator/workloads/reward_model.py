@@ -10,12 +10,14 @@ from typing import Any
 
 from rlhf_operator.api.stage_io import StageResult
 from rlhf_operator.api.v1alpha1 import Artifacts, Metrics, RLHFJobSpec
-from rlhf_operator.workloads import data, layout, storage
+from rlhf_operator.workloads import chat_format, data, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
 from rlhf_operator.workloads.modeling import check_compatible, load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.optimizers import schedule_arguments
 from rlhf_operator.workloads.publish import publish_trained
+from rlhf_operator.workloads.reward_pairs import fitted_pairs, length_note
 from rlhf_operator.workloads.reward_scoring import LocalRewardScorer
 from rlhf_operator.workloads.runtime import seed_everything
 from rlhf_operator.workloads.tracking import TrainerTracking, trainer_tracking
@@ -26,12 +28,15 @@ def split_pairs_by_prompt(
     pairs: list[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out whole prompts, so the accuracy is measured on prompts the model never saw."""
-    prompts = sorted({p["prompt"] for p in pairs})
+    prompts = sorted({chat_format.prompt_key(p["prompt"]) for p in pairs})
     random.Random(seed).shuffle(prompts)
     held = (
         set(prompts[: max(1, round(len(prompts) * fraction))]) if fraction > 0 and len(prompts) > 1 else set()
     )
-    return [p for p in pairs if p["prompt"] not in held], [p for p in pairs if p["prompt"] in held]
+    is_held = [chat_format.prompt_key(p["prompt"]) in held for p in pairs]
+    return [p for p, h in zip(pairs, is_held, strict=True) if not h], [
+        p for p, h in zip(pairs, is_held, strict=True) if h
+    ]
 
 
 def pair_accuracy(scorer: LocalRewardScorer, pairs: list[dict[str, Any]]) -> float:
@@ -57,7 +62,10 @@ def load_pairs(ctx: StageContext) -> list[dict[str, Any]]:
         )
     pairs = data.read_rows(uri, "jsonl", "preference pairs")
     for number, row in enumerate(pairs, start=1):
-        if not all(isinstance(row.get(k), str) for k in ("prompt", "chosen", "rejected")):
+        prompt_ok = (
+            isinstance(row.get("prompt"), str) or chat_format.message_defect(row.get("prompt")) is None
+        )
+        if not (prompt_ok and all(isinstance(row.get(k), str) for k in ("chosen", "rejected"))):
             raise StageConfigError(
                 f"preference pairs {uri} row {number} needs string prompt/chosen/rejected.", "MalformedRow"
             )
@@ -102,12 +110,20 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
 
     spec = ctx.typed_spec
     rm = spec.stages.reward_model
-    pairs = load_pairs(ctx)
-    train, held = split_pairs_by_prompt(pairs, rm.eval_fraction, ctx.seed)
     source = rm.model or spec.base_model.source
     revision = spec.base_model.revision if rm.model is None else None
     path = resolve_model_path(source, "the reward model's initial weights", revision=revision)
     tokenizer = load_tokenizer(tokenizer_source(spec, path), padding_side="right")
+    # Fitted to maxLength here, so TRL's own length filter finds nothing to drop silently.
+    fit = fitted_pairs(
+        tokenizer,
+        load_pairs(ctx),
+        path,
+        max_length=rm.max_length,
+        limit=rm.max_dropped_fraction,
+        stage="stages.rewardModel",
+    )
+    train, held = split_pairs_by_prompt(fit.rows, rm.eval_fraction, ctx.seed)
     seed_everything(ctx.seed)
     adapter = lora_settings(rm)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -126,8 +142,8 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
         arguments = dict(
             output_dir=f"{work}/trainer",
             num_train_epochs=float(rm.epochs),
-            learning_rate=rm.learning_rate,
-            max_length=rm.max_length,
+            **schedule_arguments(rm, rm.learning_rate_or_default()),
+            max_length=fit.max_length,
             save_strategy="no",
             **tracking.arguments(),
             logging_steps=10,
@@ -144,9 +160,9 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
             model=model,
             args=config,
             processing_class=tokenizer,
-            train_dataset=Dataset.from_list(
-                [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train]
-            ),
+            # Already tokenised, as the scorer tokenises (chat template or text + EOS, no added BOS):
+            # TRL's own tokenising would add BOS where the scorer does not (chat_format).
+            train_dataset=Dataset.from_list(chat_format.reward_pair_ids(tokenizer, train)),
             # SEQ_CLS: PEFT trains the score head in full next to the adapters.
             peft_config=peft_config(adapter, "SEQ_CLS") if adapter else None,
         )
@@ -172,7 +188,12 @@ def _train(ctx: StageContext, tracking: TrainerTracking) -> StageResult:
         flush=True,
     )
     return StageResult(
-        metrics=Metrics(reward_model_accuracy=None if math.isnan(accuracy) else round(accuracy, 4)),
+        metrics=Metrics(
+            reward_model_accuracy=None if math.isnan(accuracy) else round(accuracy, 4),
+            reward_model_truncated_pairs=fit.truncated,
+            reward_model_dropped_pairs=fit.dropped,
+        ),
         artifacts=Artifacts(reward_model=layout.reward_model_dir(ctx.artifact_root)),
-        message=f"Reward model trained on {len(train)} pairs; held-out pair accuracy {accuracy:.3f}.",
+        message=f"Reward model trained on {len(train)} pairs; held-out pair accuracy {accuracy:.3f}; "
+        f"{length_note(fit)}.",
     )

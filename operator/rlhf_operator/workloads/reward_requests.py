@@ -13,8 +13,13 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlhf_operator.workloads.chat_format import Prompt, message_defect
+
 #: Tokens per text, as the scorer will see them (EOS appended where it appends it).
 TokenCounter = Callable[[list[str]], list[int]]
+#: (prompt, completion) -> the full text the reward model reads (`LocalRewardScorer.conversation`:
+#: its chat template when it has one). Without one, prompt + completion.
+Render = Callable[[Prompt, str], str]
 
 
 class ScoreRequestError(ValueError):
@@ -36,7 +41,28 @@ def _strings(value: Any, name: str) -> list[str]:
     return value
 
 
-def texts_of(body: Any) -> tuple[list[str], str]:
+def _prompts(value: Any) -> list[Prompt]:
+    """`prompts`: each a string or a chat (a list of {role, content} messages)."""
+    if not isinstance(value, list):
+        return list(_strings(value, "prompts"))
+    for index, item in enumerate(value):
+        if isinstance(item, list):
+            defect = message_defect(item, f"prompts[{index}]")
+            if defect is not None:
+                raise ScoreRequestError(defect)
+        elif not isinstance(item, str):
+            kind = "null" if item is None else type(item).__name__
+            raise ScoreRequestError(f"`prompts[{index}]` must be a string or a list of messages, not {kind}.")
+    return value
+
+
+def _concatenated(prompt: Prompt, completion: str) -> str:
+    if not isinstance(prompt, str):
+        raise ScoreRequestError("this server takes chat prompts only once its model is loaded.")
+    return prompt + completion
+
+
+def texts_of(body: Any, render: Render | None = None) -> tuple[list[str], str]:
     """The texts to score and the field they came from (for messages), from one request body."""
     if not isinstance(body, dict):
         raise ScoreRequestError("the body must be a JSON object.")
@@ -47,12 +73,13 @@ def texts_of(body: Any) -> tuple[list[str], str]:
         prompts = body.get("prompts")
         if prompts is None:
             return completions, "completions"
-        prompts = _strings(prompts, "prompts")
+        prompts = _prompts(prompts)
         if len(prompts) != len(completions):
             raise ScoreRequestError(
                 f"`prompts` ({len(prompts)}) and `completions` ({len(completions)}) must have the same length."
             )
-        return [p + c for p, c in zip(prompts, completions, strict=True)], "completions"
+        join = render or _concatenated
+        return [join(p, c) for p, c in zip(prompts, completions, strict=True)], "completions"
     if "query" in body:
         # OpenRLHF sends the full text (prompt + response) in `query`.
         return _strings(body["query"], "query"), "query"
@@ -60,14 +87,22 @@ def texts_of(body: Any) -> tuple[list[str], str]:
 
 
 def parse_score_request(
-    raw: bytes, max_items: int, max_tokens: int | None = None, count_tokens: TokenCounter | None = None
+    raw: bytes,
+    max_items: int,
+    max_tokens: int | None = None,
+    count_tokens: TokenCounter | None = None,
+    render: Render | None = None,
 ) -> list[str]:
     """The texts of one request, or ScoreRequestError saying what is wrong with it."""
-    return parse_counted(raw, max_items, max_tokens, count_tokens)[0]
+    return parse_counted(raw, max_items, max_tokens, count_tokens, render)[0]
 
 
 def parse_counted(
-    raw: bytes, max_items: int, max_tokens: int | None = None, count_tokens: TokenCounter | None = None
+    raw: bytes,
+    max_items: int,
+    max_tokens: int | None = None,
+    count_tokens: TokenCounter | None = None,
+    render: Render | None = None,
 ) -> tuple[list[str], list[int] | None]:
     """The texts of one request and their token counts (None without a counter): the server
     counts once, for the length check and for batching by tokens."""
@@ -79,7 +114,7 @@ def parse_counted(
         body = json.loads(decoded)
     except json.JSONDecodeError as exc:
         raise ScoreRequestError(f"the body is not JSON: {exc.msg} (char {exc.pos}).") from exc
-    texts, field = texts_of(body)
+    texts, field = texts_of(body, render)
     if not texts:
         raise ScoreRequestError(f"`{field}` is empty: send at least one text.")
     if len(texts) > max_items:

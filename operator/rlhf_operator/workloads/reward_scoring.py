@@ -8,19 +8,24 @@ to the longest; on a GPU the model runs in its checkpoint's dtype (bf16 weights 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_operator.workloads import chat_format
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.modeling import load_seq_cls
 
 
 class LocalRewardScorer:
-    """r(x, y) for prompt/completion pairs, the way TRL queries a reward model.
+    """r(x, y) for prompt/completion pairs, read as the reward model was trained to read them.
 
-    TRL scores `prompt + completion` (plain concatenation). RewardTrainer appended EOS to the text
-    it trained on; with pad = eos the seq-cls head pools the last non-pad token in both cases.
-    When pad != eos we append EOS ourselves so training and scoring pool the same position.
+    `score` turns each (prompt, completion) into `chat_format.scoring_ids`, the ids reward-model
+    training fed RewardTrainer: the chat template's conversation when the tokenizer has one, else
+    prompt + completion + EOS (with pad = eos the seq-cls head pools the last non-pad token, so
+    the EOS changes nothing there; with pad != eos it is the token the head pools).
+    `score_texts` takes full texts (the server's `texts`/`query`), EOS appended the same way.
     """
 
     def __init__(
@@ -39,31 +44,42 @@ class LocalRewardScorer:
         # The model's own position limit: a longer text would index past its position table
         # (an error for the whole batch), so it is the most a text may have.
         self.max_length = position_limit(model, max_length)
-        self.append_eos = tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.eos_token is not None
         # A model is not safe to call from two threads at once (the server's executor, the batcher).
         self._lock = threading.Lock()
 
-    def _with_eos(self, texts: list[str]) -> list[str]:
-        if self.append_eos:
-            return [t + str(self.tokenizer.eos_token) for t in texts]
-        return texts
+    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+        eos_ended = [chat_format.with_eos(self.tokenizer, t) for t in texts]
+        ids: list[list[int]] = chat_format.encode(self.tokenizer, eos_ended)["input_ids"]
+        return ids
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per text as `score_texts` will feed them to the model (EOS included)."""
-        encoded = self.tokenizer(self._with_eos(texts), add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return [len(ids) for ids in self._text_ids(texts)]
+
+    def conversation(self, prompt: Prompt, completion: str) -> str:
+        """(prompt, completion) as the full text this reward model reads (the server's renderer)."""
+        return chat_format.conversation_text(self.tokenizer, prompt, completion)
 
     @classmethod
     def from_path(cls, source: str, batch_size: int = 64, token_budget: int = 16_384) -> LocalRewardScorer:
         model, tokenizer = load_seq_cls(source)
         return cls(in_checkpoint_dtype(model), tokenizer, batch_size, token_budget=token_budget)
 
-    @torch.no_grad()
     def score_texts(self, texts: list[str]) -> list[float]:
-        ids = self.tokenizer(
-            self._with_eos(texts), add_special_tokens=False, truncation=True, max_length=self.max_length
-        )["input_ids"]
-        scores = [0.0] * len(texts)
+        return self.score_ids(self._text_ids(texts))
+
+    def score(self, prompts: Sequence[Prompt], completions: list[str]) -> list[float]:
+        return self.score_ids(
+            [chat_format.scoring_ids(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+        )
+
+    @torch.no_grad()
+    def score_ids(self, token_ids: list[list[int]]) -> list[float]:
+        """One score per row of ids; a row longer than the model's position limit keeps its end (the
+        score is read at the last token, and training fitted long pairs by cutting prompts from the
+        left, `reward_pairs`)."""
+        ids = [row[-self.max_length :] for row in token_ids]
+        scores = [0.0] * len(ids)
         with self._lock:
             for rows in length_batches([len(x) for x in ids], self.token_budget, self.batch_size):
                 enc = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
@@ -71,9 +87,6 @@ class LocalRewardScorer:
                 for i, score in zip(rows, self.model(**enc).logits[:, 0].float().tolist(), strict=True):
                     scores[i] = score
         return scores
-
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return self.score_texts([p + c for p, c in zip(prompts, completions, strict=True)])
 
 
 def length_batches(lengths: list[int], token_budget: int, max_rows: int) -> list[list[int]]:

@@ -7,11 +7,18 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlhf_operator.api.v1alpha1 import RuleName, RuleSpec
 from rlhf_operator.workloads import data, verifiers
+from rlhf_operator.workloads.chat_format import (
+    InvalidPromptError,
+    Prompt,
+    prompt_key,
+    prompt_of_row,
+    readable,
+)
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import Defects, StageConfigError
 from rlhf_operator.workloads.judges import Scorer, rule_from_spec
@@ -36,7 +43,7 @@ def verifier(rule: RuleSpec, references: dict[str, str] | None, where: str) -> S
         return lambda prompts, completions: [verifiers.regex_match(pattern, c) for c in completions]
     check = verifiers.exact_match if rule.name is RuleName.EXACT_MATCH else verifiers.numeric_match
 
-    def score(prompts: list[str], completions: list[str]) -> list[float]:
+    def score(prompts: Sequence[Prompt], completions: list[str]) -> list[float]:
         answers = _answers(references or {}, prompts, where)
         return [check(c, a) for c, a in zip(completions, answers, strict=True)]
 
@@ -52,15 +59,17 @@ def _compiled(pattern: str, where: str) -> re.Pattern[str]:
         ) from exc
 
 
-def _answers(references: dict[str, str], prompts: list[str], where: str) -> list[str]:
-    missing = [p for p in prompts if p not in references]
+def _answers(references: dict[str, str], prompts: Sequence[Prompt], where: str) -> list[str]:
+    """Each prompt's reference, looked up by `chat_format.prompt_key` (a chat as its messages)."""
+    keys = [prompt_key(p) for p in prompts]
+    missing = [p for p, key in zip(prompts, keys, strict=True) if key not in references]
     if missing:
         raise StageConfigError(
-            f"{where}: no reference for the prompt {missing[0]!r} ({len(missing)} prompts): it is not in the "
-            "prompts dataset's rows.",
+            f"{where}: no reference for the prompt {readable(missing[0])[:200]!r} ({len(missing)} prompts): "
+            "it is not in the prompts dataset's rows.",
             "MissingReference",
         )
-    return [references[p] for p in prompts]
+    return [references[key] for key in keys]
 
 
 def _entry_point(entry: str, references: dict[str, str] | None, where: str) -> Scorer:
@@ -73,7 +82,7 @@ def _entry_point(entry: str, references: dict[str, str] | None, where: str) -> S
             f"{where}.entryPoint {entry} cannot be imported in this image: {exc}.", "InvalidRule"
         ) from exc
 
-    def score(prompts: list[str], completions: list[str]) -> list[float]:
+    def score(prompts: Sequence[Prompt], completions: list[str]) -> list[float]:
         extra = {"reference": _answers(references, prompts, where)} if references is not None else {}
         rewards = function(prompts=prompts, completions=completions, **extra)
         if not isinstance(rewards, list | tuple) or len(rewards) != len(completions):
@@ -100,8 +109,9 @@ def load_references(ctx: StageContext, field: str, where: str) -> dict[str, str]
         for place, row in data.read_located_rows(
             location, source.format, "prompts dataset", defects, source.split
         ):
-            prompt = row.get(source.prompt_field)
-            if not isinstance(prompt, str):
+            try:
+                prompt = prompt_key(prompt_of_row(row, source.prompt_field))
+            except InvalidPromptError:
                 continue  # the stage that reads the prompts names this row
             if row.get(field) is None:
                 defects.add(

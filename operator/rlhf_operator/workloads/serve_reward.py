@@ -1,6 +1,8 @@
 """Stage `serve-reward`: the reward model over HTTP for remote reward placement (aiohttp).
 
 POST /score      {"prompts": [...], "completions": [...]} or {"texts": [...]} -> {"rewards": [...]}
+                 (a prompt is a string or a chat, a list of {role, content}; prompt + completion
+                 is read through the reward model's chat template when it has one: `chat_format`)
 POST /get_reward {"query": [...], "prompts": [...]}  (OpenRLHF's remote RM shape) -> {"rewards": [...]}
 GET  /healthz    200 while the process runs;  GET /readyz 200 once the model is loaded.
 Bearer-token auth, body size and item limits (413), dynamic batching, graceful SIGTERM. Each
@@ -78,7 +80,11 @@ def make_app(
         length = request.app[LENGTH]
         try:
             texts, counts = parse_counted(
-                await request.read(), MAX_ITEMS, length["max_tokens"], length["count_tokens"]
+                await request.read(),
+                MAX_ITEMS,
+                length["max_tokens"],
+                length["count_tokens"],
+                length.get("render"),
             )
         except ScoreRequestError as exc:
             return web.json_response({"error": str(exc)}, status=exc.status)
@@ -131,7 +137,12 @@ async def serve(
         # Load after binding so /healthz answers (liveness) while the weights load; /readyz waits.
         scorer = await asyncio.to_thread(load)
         app[BATCHER].score = scorer.score_texts
-        app[LENGTH] = {"max_tokens": scorer.max_length, "count_tokens": scorer.count_tokens}
+        app[LENGTH] = {
+            "max_tokens": scorer.max_length,
+            "count_tokens": scorer.count_tokens,
+            # prompts + completions are read through the model's chat template (`chat_format`).
+            "render": scorer.conversation,
+        }
         app[READY]["ready"] = True
         print("reward server ready", flush=True)
     await stop.wait()

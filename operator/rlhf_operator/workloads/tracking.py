@@ -166,4 +166,22 @@ def ppo_scalars(stats: Mapping[str, float], learning_rate: float) -> dict[str, f
         "learning_rate": learning_rate,
         "completion_length": stats["responseLength"],
         "step_seconds": stats["seconds"],
-    }
+    } | {name: stats[key] for key, name in PPO_DIAGNOSTICS.items() if key in stats}
+
+
+#: PPO's diagnostics (issue 20) under TensorBoard/MLflow names; non-finite ones are dropped by
+#: `StageMetrics.log` (the progress line names them).
+PPO_DIAGNOSTICS = {
+    "approxKl": "approx_kl",
+    "entropy": "entropy",
+    "explainedVariance": "value_explained_variance",
+    "policyGradNorm": "policy_grad_norm",
+    "criticGradNorm": "critic_grad_norm",
+    "valueClipFraction": "value_clip_fraction",
+    "truncationRate": "truncation_rate",
+    "shapedReward": "shaped_reward",
+    "rewardClipFraction": "reward_clip_fraction",
+    "rewardRunningMean": "reward_running_mean",
+    "rewardRunningStd": "reward_running_std",
+    "criticWarmup": "critic_warmup",
+}

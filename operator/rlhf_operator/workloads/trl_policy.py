@@ -8,12 +8,13 @@ import tempfile
 from typing import Any
 
 from rlhf_operator.guardrails import GuardrailMonitor, Trip
-from rlhf_operator.workloads import layout, storage
+from rlhf_operator.workloads import chat_format, layout, storage
 from rlhf_operator.workloads.config import StageContext
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.guardrail_stop import GuardrailTrippedError, newest_before
 from rlhf_operator.workloads.lora import lora_settings, peft_config, trainable_fraction
-from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path
+from rlhf_operator.workloads.modeling import load_tokenizer, resolve_model_path, stop_token_ids
+from rlhf_operator.workloads.optimizers import schedule_arguments
 from rlhf_operator.workloads.precompute import training_prompts
 from rlhf_operator.workloads.progress import emit_progress
 from rlhf_operator.workloads.publish import publish_trained
@@ -142,9 +143,14 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
     tokenizer = load_tokenizer(spec.base_model.tokenizer or model_path, spec.base_model.revision)
     score = make_reward(ctx)
     last: dict[str, float] = {}
+    prompts = training_prompts(ctx)
+    # TRL hands reward functions its own (conversational) form of each prompt; the scorers take the
+    # dataset's prompt, found again by the key that rides along as a dataset column.
+    by_key = {chat_format.prompt_key(p): p for p in prompts}
 
-    def reward_model(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return score(prompts, completions)
+    def reward_model(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        originals = [by_key[key] for key in columns["prompt_key"]]
+        return score(originals, [chat_format.completion_text(c) for c in completions])
 
     guard = GuardrailMonitor(policy.guardrails)
     tripped: list[Trip] = []
@@ -191,7 +197,7 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         **tracking.arguments(),
         output_dir=out_dir,
         max_steps=steps,
-        learning_rate=policy.learning_rate,
+        **schedule_arguments(policy, policy.learning_rate_or_default()),
         num_generations=generations,
         max_completion_length=policy.max_new_tokens,
         temperature=policy.temperature,
@@ -215,8 +221,18 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
     config_cls: Any
     trainer_cls: Any
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    if "generation_kwargs" not in policy.trainer_args:
+        # The same stop ids as every other generation (vLLM's SamplingParams names them apart).
+        stops = stop_token_ids(tokenizer, model_path)
+        stop_key = "stop_token_ids" if str(policy.generation.engine) == "vllm" else "eos_token_id"
+        common["generation_kwargs"] = {stop_key: stops}
     config = trl_config(config_cls, common, policy.trainer_args, "stages.policy")
-    dataset = Dataset.from_list([{"prompt": p} for p in training_prompts(ctx)])
+    dataset = Dataset.from_list(
+        [
+            {"prompt": chat_format.trl_prompt(tokenizer, p), "prompt_key": chat_format.prompt_key(p)}
+            for p in prompts
+        ]
+    )
     trainer = trainer_cls(
         model=model_path,
         reward_funcs=[reward_model],

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_operator.workloads import chat_format
+from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.vllm_engine import ColocatedVllm, VllmSettings, check_engine, policy_weights
 
 _M32 = 0xFFFFFFFF
@@ -44,10 +46,11 @@ class VllmRollout:
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
 
     def generate(
-        self, step: int, indexed: list[tuple[int, str]], settings: Any, device: torch.device
+        self, step: int, indexed: list[tuple[int, Prompt]], settings: Any, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(prompt + response ids, the prompts' attention mask, prompt width), as the hf engine's."""
-        prompts = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for _, p in indexed]
+        texts = chat_format.prompt_texts(self.tokenizer, [p for _, p in indexed])
+        prompts: list[list[int]] = chat_format.encode(self.tokenizer, texts)["input_ids"]
         completions = self.engine.generate(
             prompts,
             n=settings.num_generations,

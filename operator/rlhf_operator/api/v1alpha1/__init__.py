@@ -69,6 +69,7 @@ from rlhf_operator.api.v1alpha1.pods import (
     Resources,
     Toleration,
 )
+from rlhf_operator.api.v1alpha1.ppo_settings import CriticInit, CriticSpec, PPOSpec, RewardShapingSpec
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.spec import (
@@ -138,6 +139,8 @@ __all__ = [
     "ConditionStatus",
     "ConditionType",
     "Credentials",
+    "CriticInit",
+    "CriticSpec",
     "DataFormat",
     "DatasetSpec",
     "Dtype",
@@ -160,6 +163,7 @@ __all__ = [
     "ModelShapeSpec",
     "ObjectMeta",
     "ObjectName",
+    "PPOSpec",
     "Pairing",
     "Phase",
     "PodSettings",
@@ -177,6 +181,7 @@ __all__ = [
     "RewardEndpoint",
     "RewardModelStage",
     "RewardPlacement",
+    "RewardShapingSpec",
     "RuleName",
     "RuleSpec",
     "S3Storage",

@@ -6,7 +6,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from rlhf_operator.api import trainer_args
+from rlhf_operator.api import optimizer_defaults, trainer_args
 from rlhf_operator.api.base import ApiModel, CelRule, renamed
 from rlhf_operator.api.training import ACCUMULATION_RULE, GenerationSpec, TrainingFields
 from rlhf_operator.api.v1alpha1.common import Location, ObjectName, ShortText
@@ -20,6 +20,7 @@ from rlhf_operator.api.v1alpha1.enums import (
 from rlhf_operator.api.v1alpha1.gate import EvaluationGate
 from rlhf_operator.api.v1alpha1.guardrails import Guardrails
 from rlhf_operator.api.v1alpha1.pods import GpuPodSettings, PodSettings
+from rlhf_operator.api.v1alpha1.ppo_settings import PPOSpec
 from rlhf_operator.api.v1alpha1.reuse import ReusePolicy
 from rlhf_operator.api.v1alpha1.rules import RewardEndpoint, RuleSpec
 from rlhf_operator.api.v1alpha1.storage import SecretKeyRef
@@ -174,6 +175,12 @@ class RewardModelStage(TrainingFields):
         trainer_args.check(self.trainer_args, trainer_args.REWARD_CONFIG, "stages.rewardModel")
         return self
 
+    def learning_rate_or_default(self) -> float:
+        """`learningRate`, or the default of a reward model trained in full or with LoRA."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return optimizer_defaults.learning_rate("rewardModel", self.lora is not None)
+
     model: Location | None = Field(
         None, description="Model the reward model starts from; defaults to the base model."
     )
@@ -188,9 +195,28 @@ class RewardModelStage(TrainingFields):
         "model is trained or served here.",
     )
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the preference pairs.")
-    learning_rate: float = Field(1e-4, gt=0, le=1, description="Optimizer learning rate.")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Optimizer learning rate; unset: 9e-6 for a full fine-tune, 1e-4 with lora (docs/api.md).",
+    )
     batch_size: int = Field(16, ge=1, le=4096, description="Preference pairs per step.")
-    max_length: int = Field(256, ge=1, le=32_768, description="Longest prompt plus response, in tokens.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        le=131_072,
+        description="Longest prompt plus response, in tokens; a longer pair loses prompt tokens from the "
+        "left, and is dropped only when a response alone does not fit. Unset: the model's context "
+        f"(config.json), at most {optimizer_defaults.MAX_DEFAULT_PAIR_LENGTH}.",
+    )
+    max_dropped_fraction: float = Field(
+        optimizer_defaults.DEFAULT_MAX_DROPPED_FRACTION,
+        ge=0,
+        le=1,
+        description="Fraction of the preference pairs that may be dropped for not fitting `maxLength` "
+        "before the stage fails instead of training on what is left.",
+    )
     eval_fraction: float = Field(0.2, ge=0, le=0.9, description="Fraction of pairs kept to measure accuracy.")
     serving: Serving = Field(default_factory=Serving, description="The served reward model the policy calls.")
     nodes: int = Field(1, ge=1, le=64, description="Reward-model training pods (nodes) training together.")
@@ -245,7 +271,20 @@ class PolicyStage(TrainingFields):
             "`beta` must be set only with algorithm dpo: ppo, rloo and grpo weigh the KL with `klCoef`",
             lambda p: p.algorithm == Algorithm.DPO or p.beta is None,
         ),
+        CelRule(
+            "self.algorithm == 'dpo' || (!has(self.maxLength) && !has(self.maxDroppedFraction))",
+            "`maxLength` and `maxDroppedFraction` must be set only with algorithm dpo: ppo, rloo and grpo "
+            "bound responses with `maxNewTokens`",
+            lambda p: (
+                p.algorithm == Algorithm.DPO or (p.max_length is None and p.max_dropped_fraction is None)
+            ),
+        ),
         renamed("responseLength", "maxNewTokens", lambda p: p.renamed_response_length is None),
+        CelRule(
+            "!has(self.ppo) || self.algorithm == 'ppo'",
+            "`ppo` must be set only with algorithm ppo (rloo, grpo and dpo train no critic)",
+            lambda p: p.ppo is None or p.algorithm == Algorithm.PPO,
+        ),
         CelRule(
             "!has(self.rewardRule) || self.algorithm != 'dpo'",
             "`rewardRule` must not be used with algorithm dpo: dpo trains on the rankings and calls no reward",
@@ -267,6 +306,27 @@ class PolicyStage(TrainingFields):
     def kl_weight(self) -> float:
         """`klCoef`, or its default when unset (ppo, rloo, grpo)."""
         return DEFAULT_KL_COEF if self.kl_coef is None else self.kl_coef
+
+    def learning_rate_or_default(self) -> float:
+        """`learningRate`, or the default of the algorithm for a full or a LoRA fine-tune."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return optimizer_defaults.learning_rate(str(self.algorithm), self.lora is not None)
+
+    def dropped_fraction_limit(self) -> float:
+        """`maxDroppedFraction`, or its default (dpo)."""
+        if self.max_dropped_fraction is None:
+            return optimizer_defaults.DEFAULT_MAX_DROPPED_FRACTION
+        return self.max_dropped_fraction
+
+    def critic_learning_rate_or_default(self) -> float:
+        """`ppo.critic.learningRate`, or the critic's default for a full or a LoRA fine-tune."""
+        rate = self.ppo_settings().critic.learning_rate
+        return rate if rate is not None else optimizer_defaults.learning_rate("critic", self.lora is not None)
+
+    def ppo_settings(self) -> PPOSpec:
+        """`ppo`, or its defaults when unset."""
+        return self.ppo or PPOSpec()
 
     def dpo_beta(self) -> float:
         """`beta`, or its default when unset (dpo)."""
@@ -294,8 +354,32 @@ class PolicyStage(TrainingFields):
     kl_target: float | None = Field(
         None, gt=0, le=100, description="Target KL; when set the KL weight adapts."
     )
+    ppo: PPOSpec | None = Field(
+        None,
+        description="ppo's critic, GAE and reward shaping (only with algorithm ppo); unset: their defaults.",
+    )
     steps: int = Field(60, ge=1, le=1_000_000, description="Optimisation steps.")
-    learning_rate: float = Field(1e-4, gt=0, le=1, description="Optimizer learning rate.")
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Optimizer learning rate; unset: the algorithm's default for a full or a lora "
+        "fine-tune (ppo, rloo, grpo 1e-6 full, 1e-5 lora; dpo 5e-7, 5e-6; docs/api.md).",
+    )
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        le=131_072,
+        description="dpo: longest prompt plus response of a preference pair, in tokens (as "
+        "rewardModel.maxLength). Only with dpo.",
+    )
+    max_dropped_fraction: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"dpo: fraction of the pairs that may be dropped for not fitting `maxLength` before "
+        f"the stage fails; unset: {optimizer_defaults.DEFAULT_MAX_DROPPED_FRACTION}. Only with dpo.",
+    )
     batch_size: int = Field(32, ge=1, le=65_536, description="Completions per step.")
     mini_batch_size: int | None = Field(None, ge=1, le=65_536, description="Completions per gradient update.")
     ppo_epochs: int = Field(1, ge=1, le=100, description="Passes over each batch (ppo).")

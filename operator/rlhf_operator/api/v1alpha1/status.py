@@ -55,6 +55,26 @@ class StageStatus(ApiModel):
 
 class Metrics(ApiModel):
     reward_model_accuracy: float | None = Field(None, description="Reward-model accuracy on held-out pairs.")
+    reward_model_truncated_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs whose prompt lost tokens from the left to fit rewardModel.maxLength.",
+    )
+    reward_model_dropped_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs left out of reward-model training: a response alone is longer than rewardModel.maxLength.",
+    )
+    dpo_truncated_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs whose prompt lost tokens from the left to fit policy.maxLength (dpo).",
+    )
+    dpo_dropped_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="Preference pairs left out of dpo training: a response alone is longer than policy.maxLength.",
+    )
     policy_step: int | None = Field(None, ge=0, description="Policy optimisation steps done.")
     policy_total_steps: int | None = Field(None, ge=0, description="Policy optimisation steps planned.")
     mean_reward: float | None = Field(None, description="Mean reward of the latest policy step.")
@@ -62,6 +82,19 @@ class Metrics(ApiModel):
         None,
         description="KL divergence of the policy from the base model at the latest policy step, in nats "
         "per response (summed over its tokens).",
+    )
+    # PPO's diagnostics of the latest step (issue 20; the progress line's, docs/ppo.md).
+    entropy: float | None = Field(None, description="Mean per-token entropy of the policy's samples, nats.")
+    approx_kl: float | None = Field(None, description="0.5 x mean squared log-ratio of the latest update.")
+    clip_fraction: float | None = Field(
+        None, ge=0, le=1, description="Share of tokens whose ratio was clipped."
+    )
+    explained_variance: float | None = Field(
+        None, description="How much of the returns' variance the critic's values explain (1 is all)."
+    )
+    response_length: float | None = Field(None, ge=0, description="Mean response length in tokens.")
+    truncation_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of responses that reached maxNewTokens without EOS."
     )
     evaluation_kl: float | None = Field(
         None,
