@@ -310,7 +310,8 @@ def test_kubectl_rlhf_status_logs_pull_compare_and_wait(
     status = kubectl_rlhf(cluster, "status", "tiny", "-n", tiny.namespace)
     assert status.splitlines()[0].startswith(f"RLHFJob {tiny.namespace}/tiny: Succeeded (stage evaluation, ")
     assert status.count("[####################] 100%") == 5, status
-    assert f"winRate               {tiny.final['metrics']['winRate']:.4g}" in status
+    # One metric a line, its value after the name column (as wide as the longest name shown).
+    assert re.search(rf"^  winRate +{tiny.final['metrics']['winRate']:.4g}$", status, re.M), status
     assert "Promoted  True   GateMet" in status and "GPU-hours:" in status
 
     policy_log = kubectl_rlhf(cluster, "logs", f"{tiny.namespace}/tiny", "--stage", "policy")

@@ -132,6 +132,13 @@ def stage_config(
     from rlhf_operator.children import JobIdentity
     from rlhf_operator.children import stage_config as build
 
+    policy = spec["stages"]["policy"]
+    if policy.get("algorithm", "ppo") != "ppo" and "ppo" in policy:
+        # A tiny ppo job turned into another algorithm: its critic settings are ppo's alone.
+        spec = {
+            **spec,
+            "stages": {**spec["stages"], "policy": {k: v for k, v in policy.items() if k != "ppo"}},
+        }
     config = build(
         JobIdentity("default", "t", "u"), RLHFJobSpec.model_validate(spec), StageName(stage), root, endpoint
     )

@@ -83,7 +83,9 @@ def main() -> None:
     full_attention = torch.cat([attention, mask], dim=1)
     with torch.no_grad():
         chunked = trainer._forwards(ids, full_attention, response, keep)
-        logits, values = models.policy(ids, full_attention, keep)
+        logits, _ = models.policy(ids, full_attention, keep)
+        assert models.critic is not None  # ppo's own critic gives the values
+        values = models.critic(ids, full_attention, keep)
         whole = token_logprobs(logits[:, :-1], response, 1.0)
     stats = trainer.step(1)
     mine = {

@@ -37,6 +37,7 @@ def _job(name: str, workdir: Path, **stages: dict[str, Any]) -> dict[str, Any]:
     job = tiny_manifest(name)
     policy = job["spec"]["stages"]["policy"]
     policy.update(algorithm="grpo", steps=6, batchSize=16, learningRate=5e-4, checkpointInterval=0)
+    policy.pop("ppo")  # the tiny ppo job's critic settings: ppo's alone
     job["spec"]["stages"]["evaluation"].update(prompts=8, samplesPerPrompt=2)
     del job["spec"]["stages"]["evaluation"]["gate"]
     for stage, settings in stages.items():
