@@ -83,6 +83,8 @@ def test_remote_reward_matches_colocated(pipeline: dict[str, Any], fresh_root: P
     try:
         server.wait_ready()
         spec["stages"]["policy"]["rewardPlacement"] = "remote"
+        # The job's storage holds the reward model either way: the critic starts from it.
+        shutil.copytree(fresh_root / "reward-model", tmp_path / "remote-root" / "reward-model")
         remote = run_stage(
             "policy",
             stage_config(str(tmp_path / "remote-root"), spec, endpoint=server.url),
