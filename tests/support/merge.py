@@ -21,14 +21,21 @@ def merged(base: Manifest, patch: Manifest) -> Manifest:
     return out
 
 
+def without_foreign_ppo(spec: Manifest, keep: bool = False) -> Manifest:
+    """`spec` without its policy's `ppo` section when the policy's algorithm is not ppo (the API
+    allows it only with ppo): a tiny ppo job turned into another algorithm. `keep`: leave it."""
+    policy = spec.get("stages", {}).get("policy", {})
+    if keep or policy.get("algorithm", "ppo") == "ppo" or "ppo" not in policy:
+        return spec
+    trimmed = {k: v for k, v in policy.items() if k != "ppo"}
+    return {**spec, "stages": {**spec["stages"], "policy": trimmed}}
+
+
 def example_merged(example: Manifest, patch: Manifest) -> Manifest:
     """An example RLHFJob (or its spec) with `patch` merged in; a patch that changes the policy's
-    algorithm away from ppo also drops the example's `ppo` settings (the API allows them only
-    with ppo), unless it sets them itself."""
+    algorithm away from ppo also drops the example's `ppo` settings, unless it sets them itself."""
     out = merged(example, patch)
-    whole = "spec" in example
-    policy = (out.get("spec", {}) if whole else out).get("stages", {}).get("policy", {})
-    asked = (patch.get("spec", {}) if whole else patch).get("stages", {}).get("policy", {})
-    if policy.get("algorithm", "ppo") != "ppo" and "ppo" not in asked:
-        policy.pop("ppo", None)
-    return out
+    if "spec" not in example:
+        return without_foreign_ppo(out, keep="ppo" in patch.get("stages", {}).get("policy", {}))
+    asked = patch.get("spec", {}).get("stages", {}).get("policy", {})
+    return {**out, "spec": without_foreign_ppo(out["spec"], keep="ppo" in asked)}

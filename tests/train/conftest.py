@@ -131,14 +131,9 @@ def stage_config(
     from rlhf_operator.api.v1alpha1 import RLHFJobSpec, StageName
     from rlhf_operator.children import JobIdentity
     from rlhf_operator.children import stage_config as build
+    from tests.support.merge import without_foreign_ppo
 
-    policy = spec["stages"]["policy"]
-    if policy.get("algorithm", "ppo") != "ppo" and "ppo" in policy:
-        # A tiny ppo job turned into another algorithm: its critic settings are ppo's alone.
-        spec = {
-            **spec,
-            "stages": {**spec["stages"], "policy": {k: v for k, v in policy.items() if k != "ppo"}},
-        }
+    spec = without_foreign_ppo(spec)  # a tiny ppo job turned into another algorithm
     config = build(
         JobIdentity("default", "t", "u"), RLHFJobSpec.model_validate(spec), StageName(stage), root, endpoint
     )
