@@ -102,7 +102,9 @@ def test_policy_on_two_fsdp_processes_beats_base(pipeline: dict[str, Any], fresh
     from tests.train.conftest import stage_config
 
     spec = json.loads(json.dumps(pipeline["spec"]))
-    spec["stages"]["policy"].update(distributed={"strategy": "fsdp"}, checkpointInterval=10)
+    # 30 steps, as the tiny example: 20 steps of PPO on normalised rewards leave the tiny policy
+    # near the 0.9 line (0.867 seen on two processes, 0.906 on one).
+    spec["stages"]["policy"].update(distributed={"strategy": "fsdp"}, checkpointInterval=10, steps=30)
     spec["stages"]["evaluation"].update(prompts=16)
     config = fresh_root / "policy.json"
     config.write_text(json.dumps(stage_config(str(fresh_root), spec)))
@@ -118,7 +120,4 @@ def test_policy_on_two_fsdp_processes_beats_base(pipeline: dict[str, Any], fresh
     proc = run_cli(["-m", "rlhf_operator.workloads", "evaluation", "--config", str(evaluation)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((fresh_root / "evaluation" / "report.json").read_text())
-    # The one-process run of the same job wins 0.906 (test_pipeline); two fsdp processes take the
-    # same steps up to float noise (the test above), and 20 steps of PPO with normalised rewards
-    # leave the tiny policy near that line: 0.867 was seen here, hence the example's gate, 0.8.
-    assert report["winRate"] >= 0.8, report
+    assert report["winRate"] >= 0.9, report
