@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import checkpoint, loading, ppo_models, storage
-from rlhf_operator.workloads.distributed import DistInfo, init_distributed, shutdown
+from rlhf_operator.workloads.distributed import DistInfo, exit_process, init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
 from rlhf_operator.workloads.lora import LoraSettings
 from rlhf_operator.workloads.modeling import load_tokenizer
@@ -257,3 +257,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # as the stage program does: the interpreter's teardown may abort (distributed.py)

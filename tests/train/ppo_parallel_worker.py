@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import ppo_models
-from rlhf_operator.workloads.distributed import init_distributed, shutdown
+from rlhf_operator.workloads.distributed import exit_process, init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
 from rlhf_operator.workloads.modeling import load_tokenizer
 from rlhf_operator.workloads.ppo import PPOSettings, PPOTrainerLite
@@ -85,3 +85,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # as the stage program does: the interpreter's teardown may abort (distributed.py)

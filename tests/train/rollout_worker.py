@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import ppo_models, rollout_engine
-from rlhf_operator.workloads.distributed import init_distributed, shutdown
+from rlhf_operator.workloads.distributed import exit_process, init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
 from rlhf_operator.workloads.logprobs import token_logprobs
 from rlhf_operator.workloads.lora import LoraSettings
@@ -106,3 +106,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # as the stage program does: the interpreter's teardown may abort (distributed.py)

@@ -17,6 +17,7 @@ from rlhf_operator.api.stage_io import EX_CONFIG, EX_OK, EX_RETRYABLE, StageResu
 from rlhf_operator.api.v1alpha1 import StageName
 from rlhf_operator.stages import BY_COMMAND
 from rlhf_operator.workloads.config import StageContext, load_config
+from rlhf_operator.workloads.distributed import exit_process, launched_by_torchrun
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.result import failure, write_termination_message
 from rlhf_operator.workloads.runtime import quiet_libraries
@@ -97,4 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if launched_by_torchrun():
+        exit_process(code)
+    sys.exit(code)
