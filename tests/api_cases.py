@@ -82,6 +82,29 @@ CASES: list[Case] = [
         ("`generation.engine: vllm` must be used with algorithm ppo, rloo or grpo",),
     ),
     Case(
+        "hf-tensor-parallel",
+        stage("policy", {"generation": {"tensorParallelSize": 2}, "pod": {"resources": {"gpus": 2}}}),
+        ("`tensorParallelSize` must be 1 unless `engine` is vllm",),
+    ),
+    Case(
+        "tensor-parallel-not-dividing-gpus",
+        stage(
+            "policy",
+            {"generation": {"engine": "vllm", "tensorParallelSize": 4}, "pod": {"resources": {"gpus": 6}}},
+        ),
+        ("`generation.tensorParallelSize` must divide `pod.resources.gpus`",),
+    ),
+    Case(
+        "tensor-parallel-over-one-gpu",
+        stage("policy", {"generation": {"engine": "vllm", "tensorParallelSize": 2}}),
+        ("`generation.tensorParallelSize` must divide `pod.resources.gpus`",),
+    ),
+    Case(
+        "tensor-parallel-too-large",
+        stage("policy", {"generation": {"engine": "vllm", "tensorParallelSize": 16}}),
+        ("spec.stages.policy.generation.tensorParallelSize", "8"),
+    ),
+    Case(
         "mlflow-uri-scheme",
         spec({"tracking": {"mlflow": {"trackingUri": "mlflow.ml.svc:5000"}}}),
         ("`trackingUri` must start with http://, https://, file: or databricks",),

@@ -53,9 +53,16 @@ def _vllm_python() -> str:
 LOGPROB_TOLERANCE = 1e-4
 
 
-def test_ppo_on_vllm_pushes_the_trainers_weights_after_a_step(tiny_assets: Path) -> None:
+@pytest.mark.parametrize("variant", ["full", "lora", "tp2"])
+def test_ppo_on_vllm_pushes_the_trainers_weights_after_a_step(tiny_assets: Path, variant: str) -> None:
+    """full: one process; lora: the merged adapter pushed; tp2: fsdp over two processes, one vLLM
+    engine spanning both (tensor parallel 2), each rank loading its shard of the pushed tensors."""
+    worker = [str(REPO / "tests" / "train" / "vllm_weight_push_worker.py"), str(tiny_assets)]
+    command = (
+        torchrun(2, *worker, "tp2") if variant == "tp2" else worker + (["lora"] if variant == "lora" else [])
+    )
     proc = run_cli(
-        [str(REPO / "tests" / "train" / "vllm_weight_push_worker.py"), str(tiny_assets)],
+        command,
         timeout=900,
         extra_env={"PYTHONPATH": str(REPO / "operator"), "VLLM_CPU_KVCACHE_SPACE": "1"},
         python=_vllm_python(),
@@ -71,11 +78,44 @@ def test_ppo_on_vllm_pushes_the_trainers_weights_after_a_step(tiny_assets: Path)
     assert moved > 100 * LOGPROB_TOLERANCE, "the step did not move the weights: the check would be vacuous"
     assert seen <= LOGPROB_TOLERANCE, (trainer, after)
     assert result["loaded"] == result["parameters"]
+    assert result["tensorParallelSize"] == result["worldSize"] == (2 if variant == "tp2" else 1)
+    assert (result["adapterParameters"] > 0) == (variant == "lora")
     assert result["generatedTokens"] > 0  # the step's rollout came from vLLM
     # Every completion stops at its first stop id (vLLM's stop_token_ids from the generation config).
     stops = set(result["stopIds"])
     for completion in result["completions"]:
         assert not stops & set(completion[:-1]), completion
+
+
+def test_grpo_on_vllm_trains_through_trls_colocated_engine(tiny_assets: Path, tmp_path: Path) -> None:
+    """The grpo stage program in the vLLM environment: TRL's colocated vLLM generates, TRL walks the
+    weights after each step and they go in through vLLM's reload path (the CPU build's)."""
+    from tests.train.conftest import stage_config, tiny_manifest
+
+    rule = {"name": "keywords", "keywords": ["good", "great", "nice", "happy"]}
+    spec = tiny_manifest(
+        algorithm="grpo", generation={"engine": "vllm"}, steps=2, batchSize=8, rewardRule=rule
+    )
+    spec = spec["spec"]
+    spec["baseModel"]["source"] = str(tiny_assets / "models" / "tiny-gpt2")
+    spec["dataset"]["prompts"]["source"] = str(tiny_assets / "datasets" / "tiny-task" / "prompts.jsonl")
+    config = tmp_path / "policy.json"
+    config.write_text(json.dumps(stage_config(str(tmp_path / "root"), spec)))
+    proc = run_cli(
+        ["-m", "rlhf_operator.workloads", "policy", "--config", str(config)],
+        timeout=900,
+        extra_env={
+            "PYTHONPATH": str(REPO / "operator"),
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "RLHF_TERMINATION_MESSAGE_PATH": str(tmp_path / "result"),
+        },
+        python=_vllm_python(),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tensors pushed through reload_weights" in proc.stdout  # vLLM generated, then took the weights
+    result = json.loads((tmp_path / "result").read_text())
+    assert result["metrics"]["policyStep"] == 2, result
+    assert (tmp_path / "root" / "policy" / "model" / "config.json").exists()
 
 
 def test_reward_scorer_token_batches_score_as_one_text_at_a_time(tiny_assets: Path) -> None:

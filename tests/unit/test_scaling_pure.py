@@ -63,6 +63,11 @@ def test_trl_fsdp_vllm_and_accumulation() -> None:
     # vLLM's CPU worker has no sleep mode.
     cpu = _args({"generation": {"engine": "vllm"}}, cuda=False)
     assert cpu["use_vllm"] and not cpu["vllm_enable_sleep_mode"]
+    assert cpu["vllm_tensor_parallel_size"] == 1
+    split = _args(
+        {"generation": {"engine": "vllm", "tensorParallelSize": 2}, "pod": {"resources": {"gpus": 4}}}
+    )
+    assert split["vllm_tensor_parallel_size"] == 2
 
 
 def test_trl_arguments_are_accepted_by_trl() -> None:

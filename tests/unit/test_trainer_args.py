@@ -64,7 +64,7 @@ def test_what_the_stages_set_themselves_is_reserved() -> None:
         gradient_accumulation_steps=None,
         activation_checkpointing=True,
         distributed=SimpleNamespace(strategy="fsdp", cpu_offload=False, timeout_seconds=1800),
-        generation=SimpleNamespace(engine="vllm"),
+        generation=SimpleNamespace(engine="vllm", tensor_parallel_size=1),
     )
     set_by_stage = trl_arguments(training, "bfloat16", world=1, cuda=True, lora=False, transformer_layers=[])
     schedule = schedule_arguments(PolicyStage(algorithm="grpo"), 1e-6)

@@ -43,6 +43,7 @@ RESERVED: dict[str, str] = {
     "use_vllm": "generation.engine",
     "vllm_mode": "generation.engine",
     "vllm_enable_sleep_mode": "generation.engine",
+    "vllm_tensor_parallel_size": "generation.tensorParallelSize",
     "report_to": "tracking",
     "run_name": "tracking",
     "logging_dir": "tracking",

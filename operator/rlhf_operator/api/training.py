@@ -80,10 +80,27 @@ class LoraSpec(ApiModel):
 
 
 class GenerationSpec(ApiModel):
+    cel_rules = (
+        CelRule(
+            "self.tensorParallelSize == 1 || self.engine == 'vllm'",
+            "`tensorParallelSize` must be 1 unless `engine` is vllm (the hf engine generates on the "
+            "trained policy as it is sharded)",
+            lambda g: g.tensor_parallel_size == 1 or g.engine == GenerationEngine.VLLM,
+        ),
+    )
+
     engine: GenerationEngine = Field(
         GenerationEngine.HF,
         description="hf (transformers generate, the policy gathered once per rollout) or vllm (vLLM "
         "colocated with the trainer; needs the trainer-vllm image).",
+    )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="vllm: GPUs one vLLM engine spans, inside a pod (a policy too large for one GPU's "
+        "share); each group of that many training processes generates their prompts together. Must "
+        "divide `pod.resources.gpus`.",
     )
 
 

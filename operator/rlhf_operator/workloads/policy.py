@@ -99,7 +99,7 @@ def run_ppo(ctx: StageContext) -> StageResult:
     adapter = lora.lora_settings(spec.stages.policy)
     # The vllm engine is checked before anything loads, so a missing one fails the stage at once. It
     # starts from the base model's files: a resumed run pushes its trained weights into it below.
-    engine_check = _vllm_starter(ctx, tokenizer, base, adapter)
+    engine_check = _vllm_starter(ctx, tokenizer, base)
     reward = make_reward(ctx)
     prompts = training_prompts(ctx)
     seed_everything(settings.seed)
@@ -169,7 +169,7 @@ def _critic_source(ctx: StageContext, tokenizer: Any, is_main: bool) -> str:
     return path
 
 
-def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) -> Any:
+def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str) -> Any:
     """None for the hf engine; for vllm, the engine checked now and a function that starts it."""
     if str(ctx.typed_spec.stages.policy.generation.engine) != "vllm":
         return None
@@ -177,12 +177,6 @@ def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) 
     from rlhf_operator.workloads.modeling import resolve_model_path, stop_token_ids
     from rlhf_operator.workloads.vllm_engine import VllmSettings, check_engine
 
-    if adapter is not None:
-        raise StageConfigError(
-            "generation.engine vllm does not take LoRA adapters with ppo yet (phase 2 of issue 21 "
-            "pushes the merged weights); unset stages.policy.lora or set generation.engine: hf.",
-            "RolloutEngineUnsupported",
-        )
     model_dir = resolve_model_path(source, "the policy")
     check_engine(vllm_rollout.architectures(model_dir))
     spec = ctx.typed_spec
@@ -194,6 +188,7 @@ def _vllm_starter(ctx: StageContext, tokenizer: Any, source: str, adapter: Any) 
                 4096, int(getattr(lm.config, "max_position_embeddings", 0) or lm.config.n_positions)
             ),
             dtype=str(spec.base_model.dtype or "auto"),
+            tensor_parallel_size=spec.stages.policy.generation.tensor_parallel_size,
             seed=ctx.seed,
         )
         return vllm_rollout.start(model_dir, tokenizer, stop_token_ids(tokenizer, model_dir), settings)

@@ -11,6 +11,7 @@ with torch.distributed.checkpoint) instead of gathered on rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rlhf_operator.workloads.errors import StageConfigError
@@ -58,6 +59,20 @@ def layer_classes(model_path: str) -> list[str]:
     return list(getattr(cls, "_no_split_modules", None) or [])
 
 
+#: TrainingArguments fields transformers renamed (new name: old name). The trainer-vllm image runs
+#: the transformers vLLM supports (5.17), which knows only the old names.
+RENAMED_FIELDS = {"activation_checkpointing": "gradient_checkpointing"}
+
+
+def known_names(config_class: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` under the names this transformers' `config_class` has."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {
+        RENAMED_FIELDS[key] if key not in names and RENAMED_FIELDS.get(key) in names else key: value
+        for key, value in arguments.items()
+    }
+
+
 def trl_config(config_class: Any, arguments: dict[str, Any], trainer_args: dict[str, Any], where: str) -> Any:
     """`config_class(**arguments, **trainer_args)`: the spec's own settings and its `trainerArgs`.
 
@@ -71,6 +86,7 @@ def trl_config(config_class: Any, arguments: dict[str, Any], trainer_args: dict[
         )
     if trainer_args:
         print(f"{where}.trainerArgs passed to {config_class.__name__}: {trainer_args}", flush=True)
+    arguments = known_names(config_class, arguments)
     try:
         return config_class(**arguments, **trainer_args)
     except (TypeError, ValueError) as exc:

@@ -100,7 +100,11 @@ def trl_arguments(
     )
     out["use_vllm"] = str(policy.generation.engine) == "vllm"
     if out["use_vllm"]:
-        out.update(vllm_mode="colocate", vllm_enable_sleep_mode=cuda)
+        out.update(
+            vllm_mode="colocate",
+            vllm_enable_sleep_mode=cuda,
+            vllm_tensor_parallel_size=policy.generation.tensor_parallel_size,
+        )
     return out
 
 
@@ -242,6 +246,10 @@ def _train_trl(ctx: StageContext, algorithm: str, tracking: TrainerTracking) -> 
         callbacks=[Progress(), MirrorCheckpoints()],
         peft_config=peft_config(adapter, "CAUSAL_LM") if adapter else None,
     )
+    if getattr(trainer, "use_vllm", False) and not torch.cuda.is_available():
+        from rlhf_operator.workloads.vllm_engine import sync_trl_through_reload
+
+        sync_trl_through_reload(trainer.vllm_generation)
     if trainer.is_world_process_zero():
         if adapter is not None:
             trainable, total = trainable_fraction(trainer.model)

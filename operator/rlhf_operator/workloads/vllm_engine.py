@@ -10,7 +10,9 @@ order on every rank, so a rank never holds two full copies of the model.
 
 Sleep mode (weights and KV cache released while training, `LLM.sleep`/`wake_up`) is CUDA only:
 vLLM's CPU worker logs "sleep mode is not supported on CPU" and ignores it, so on CPU `sleep()`
-is a no-op. Tensor parallelism is passed through (`tensor_parallel_size`); on CPU it was not tried.
+is a no-op. Under torchrun the engine joins the trainer's processes (vLLM's `external_launcher`, as
+TRL's colocate mode): with `tensor_parallel_size` N, each N consecutive processes (one pod's GPUs)
+form one engine's tensor parallel group and generate their prompts together.
 
 vLLM pins its own torch and transformers (vLLM 0.31: torch 2.13, transformers < 5.18), so it runs
 in an environment of its own (hack/install-vllm-env.sh; the trainer-vllm image variant); the
@@ -103,6 +105,9 @@ class ColocatedVllm:
             dtype=settings.dtype,
             max_model_len=settings.max_model_len,
             tensor_parallel_size=settings.tensor_parallel_size,
+            # Under torchrun vLLM joins the trainer's process group instead of starting its own
+            # workers: each training process is one rank of its engine's tensor parallel group.
+            distributed_executor_backend="external_launcher" if _launched() else None,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             seed=settings.seed,
             enable_sleep_mode=self.cuda,
@@ -128,20 +133,7 @@ class ColocatedVllm:
         checkpoint-format tensors and redoes the kernel-format processing (the CPU build repacks
         linear weights at load, so a plain `model.load_weights` cannot reload them)."""
         self.wake()
-        pushed: list[str] = []
-
-        def counted() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in weights:
-                pushed.append(name)
-                yield name, tensor
-
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": counted(), "is_checkpoint_format": True}
-        )
-        self.llm.collective_rpc(_refresh_cpu_gemm)
-        # Cached prefixes hold keys and values computed with the old weights.
-        self.llm.reset_prefix_cache()
-        return len(pushed)
+        return reload_weights(self.llm, weights)
 
     def generate(
         self,
@@ -186,6 +178,43 @@ class ColocatedVllm:
         del self.llm
 
 
+def reload_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
+    """(name, tensor) pairs into the engine's model through vLLM's `reload_weights`, on every worker;
+    returns how many were pushed."""
+    pushed: list[str] = []
+
+    def counted() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in weights:
+            pushed.append(name)
+            yield name, tensor
+
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted(), "is_checkpoint_format": True})
+    llm.collective_rpc(_refresh_cpu_gemm)
+    # Cached prefixes hold keys and values computed with the old weights.
+    llm.reset_prefix_cache()
+    return len(pushed)
+
+
+def sync_trl_through_reload(generation: Any) -> None:
+    """TRL's colocated engine (rloo, grpo) on vLLM's CPU build: TRL's `sync_weights` hands each
+    tensor to the model's `load_weights`, which cannot redo the CPU build's repacked linear weights
+    (AttributeError: 'Parameter' object has no attribute 'weight_loader'); the same tensors, walked
+    by TRL (its PEFT merge and FSDP gathers), go through `reload_weights` instead. CUDA keeps TRL's."""
+
+    pushes: list[int] = []
+
+    def sync_weights() -> None:
+        pushes.append(reload_weights(generation.llm, generation._iter_named_params()))
+        if len(pushes) == 1 and generation.accelerator.is_main_process:
+            print(f"vllm engine (TRL colocate): {pushes[0]} tensors pushed through reload_weights", flush=True)
+
+    generation.sync_weights = sync_weights
+
+
+def _launched() -> bool:
+    return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
 def _refresh_cpu_gemm(worker: Any) -> int:
     """Rebuilds the CPU GEMM kernels of layers that keep their weight (the embedding, and the LM
     head tied to it): vLLM 0.31's CPU reload leaves their packed copy stale, so a tied LM head would
@@ -205,20 +234,70 @@ def _refresh_cpu_gemm(worker: Any) -> int:
 
 
 def policy_weights(lm: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """The LM's parameters as full tensors under their Hugging Face names (a tied weight once).
+    """The LM's parameters as full tensors under their Hugging Face names (a tied weight once);
+    with a LoRA adapter, each adapted layer's merged weight (base + scale * B @ A) instead.
 
     Under FSDP2 each `full_tensor()` is a collective: every rank must iterate this in the same
-    order (named_parameters is), whether or not its engine loads the result.
+    order (named_parameters is), whether or not its engine loads the result. A LoRA layer's base
+    weight and its A and B are held until all three are here (PEFT registers them one after the
+    other), so one layer's parts are the most this holds beyond the tensor being pushed.
     """
+    adapted = {name: module for name, module in lm.named_modules() if _is_lora_layer(module)}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in lm.named_parameters():
-        if "lora_" in name:
-            raise StageConfigError(
-                "generation.engine vllm does not take LoRA adapters yet (the merged weights are pushed "
-                "in phase 2 of issue 21); set stages.policy.generation.engine: hf.",
-                "RolloutEngineUnsupported",
-            )
-        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-        hf_name = name
-        for prefix in WRAPPER_PREFIXES:
-            hf_name = hf_name.replace(prefix, "")
-        yield hf_name, (full.detach().to(dtype) if dtype is not None else full.detach())
+        full = (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach()
+        layer, part = _lora_part(name, adapted)
+        if layer is None:
+            yield hf_name(name), (full.to(dtype) if dtype is not None else full)
+            continue
+        if part == "base_layer.bias":
+            yield hf_name(f"{layer}.bias"), (full.to(dtype) if dtype is not None else full)
+            continue
+        held = parts.setdefault(layer, {})
+        held[part] = full
+        if len(held) == 3:
+            del parts[layer]
+            merged = merged_weight(adapted[layer], held["base_layer.weight"], held["lora_A"], held["lora_B"])
+            yield hf_name(f"{layer}.weight"), merged.to(dtype or held["base_layer.weight"].dtype)
+
+
+def merged_weight(
+    layer: nn.Module, base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor
+) -> torch.Tensor:
+    """PEFT's merge of one layer, on full tensors: base + scaling * B @ A (transposed for GPT-2's
+    Conv1D, whose weight is stored in x out), in fp32 so a bf16 base does not lose the update."""
+    adapter = str(layer.active_adapters[0])  # type: ignore[index]
+    scaling: dict[str, float] = layer.scaling  # type: ignore[assignment]
+    delta: torch.Tensor = (lora_b.float() @ lora_a.float()) * float(scaling[adapter])
+    if getattr(layer, "fan_in_fan_out", False):
+        delta = delta.T
+    return base.float() + delta
+
+
+def hf_name(name: str) -> str:
+    """A parameter's name in the model's own checkpoint: without PEFT's and the wrappers' prefixes."""
+    name = name.removeprefix("base_model.model.")
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _is_lora_layer(module: nn.Module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "base_layer") and hasattr(module, "scaling")
+
+
+def _lora_part(name: str, adapted: dict[str, nn.Module]) -> tuple[str | None, str]:
+    """(the LoRA layer a parameter belongs to, which part of it) or (None, name) for any other."""
+    for marker in (".base_layer.", ".lora_A.", ".lora_B."):
+        layer, found, rest = name.partition(marker)
+        if found and layer in adapted:
+            part = marker.strip(".")
+            return layer, f"{part}.{rest}" if part == "base_layer" else part
+    if "lora_" in name:  # an adapter on an embedding (lora_embedding_A/B) or another kind
+        raise StageConfigError(
+            f"generation.engine vllm cannot push {name}: only LoRA on linear layers is merged into "
+            "vLLM; leave embeddings out of stages.policy.lora.targetModules or set "
+            "stages.policy.generation.engine: hf.",
+            "RolloutEngineUnsupported",
+        )
+    return None, name

@@ -5,7 +5,9 @@ completions per prompt (each prompt seeded by (seed, step, its global index), so
 not depend on how prompts are split over processes) and stops at every stop id of the generation
 config; the result is laid out as the hf engine's (left-padded prompts, responses padded with EOS
 to `responseLength`), so the log-prob, value and reward code after it is the same. After each
-optimizer step `sync` pushes the trainer's weights into vLLM (a collective under fsdp).
+optimizer step `sync` pushes the trainer's weights into vLLM (a collective under fsdp). With
+`generation.tensorParallelSize` N, each N consecutive processes share one engine: they pool their
+prompts, generate them together and each keeps its own rows.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from rlhf_operator.workloads import chat_format
 from rlhf_operator.workloads.chat_format import Prompt
+from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.vllm_engine import ColocatedVllm, VllmSettings, check_engine, policy_weights
 
 _M32 = 0xFFFFFFFF
@@ -36,14 +40,57 @@ def architectures(model_dir: str) -> list[str]:
     return [str(a) for a in config.get("architectures") or []]
 
 
+def tensor_parallel_group(size: int) -> Any:
+    """The process group of this process's tensor parallel engine (None for size 1): each `size`
+    consecutive ranks, which torchrun places in one pod. Every process must call this."""
+    if size == 1:
+        return None
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world % size:
+        raise StageConfigError(
+            f"generation.tensorParallelSize {size} must divide the policy's processes ({world}); set "
+            "it to a divisor of stages.policy.pod.resources.gpus.",
+            "RolloutEngineUnsupported",
+        )
+    group, _ = dist.new_subgroups_by_enumeration(
+        [list(range(first, first + size)) for first in range(0, world, size)]
+    )
+    return group
+
+
 class VllmRollout:
     def __init__(
-        self, engine: ColocatedVllm, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int]
+        self,
+        engine: ColocatedVllm,
+        tokenizer: PreTrainedTokenizerBase,
+        stop_ids: list[int],
+        tp_group: Any = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
+        self.tp_group = tp_group
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
+
+    def _sample(self, step: int, indexed: list[tuple[int, list[int]]], settings: Any) -> list[list[int]]:
+        """This process's completions, prompt-major. A tensor parallel group generates every member's
+        prompts at once (each rank of the engine must see the same batch) and each keeps its own."""
+        everyone = [indexed]
+        if self.tp_group is not None:
+            everyone = [[] for _ in range(dist.get_world_size(self.tp_group))]
+            dist.all_gather_object(everyone, indexed, group=self.tp_group)
+        batch = [item for part in everyone for item in part]
+        completions = self.engine.generate(
+            [prompt for _, prompt in batch],
+            n=settings.num_generations,
+            max_tokens=settings.response_length,
+            temperature=settings.temperature,
+            stop_ids=self.stop_ids,
+            seeds=[prompt_seed(settings.seed, step, i) for i, _ in batch],
+        )
+        me = dist.get_rank(self.tp_group) if self.tp_group is not None else 0
+        first = sum(len(part) for part in everyone[:me]) * settings.num_generations
+        return completions[first : first + len(indexed) * settings.num_generations]
 
     def generate(
         self, step: int, indexed: list[tuple[int, Prompt]], settings: Any, device: torch.device
@@ -51,13 +98,8 @@ class VllmRollout:
         """(prompt + response ids, the prompts' attention mask, prompt width), as the hf engine's."""
         texts = chat_format.prompt_texts(self.tokenizer, [p for _, p in indexed])
         prompts: list[list[int]] = chat_format.encode(self.tokenizer, texts)["input_ids"]
-        completions = self.engine.generate(
-            prompts,
-            n=settings.num_generations,
-            max_tokens=settings.response_length,
-            temperature=settings.temperature,
-            stop_ids=self.stop_ids,
-            seeds=[prompt_seed(settings.seed, step, i) for i, _ in indexed],
+        completions = self._sample(
+            step, [(i, ids) for (i, _), ids in zip(indexed, prompts, strict=True)], settings
         )
         width = max(len(p) for p in prompts)
         rows, masks = [], []
@@ -85,4 +127,6 @@ def start(
 ) -> VllmRollout:
     """The engine on the policy's starting weights; StageConfigError (exit 78) when it cannot start."""
     check_engine(architectures(model_dir))
-    return VllmRollout(ColocatedVllm(settings, architectures(model_dir)), tokenizer, stop_ids)
+    tp_group = tensor_parallel_group(settings.tensor_parallel_size)
+    engine = ColocatedVllm(settings, architectures(model_dir))
+    return VllmRollout(engine, tokenizer, stop_ids, tp_group)

@@ -239,6 +239,13 @@ class PolicyStage(TrainingFields):
             lambda p: p.generation.engine != "vllm" or p.algorithm != Algorithm.DPO,
         ),
         CelRule(
+            "!has(self.generation) || (has(self.pod) && has(self.pod.resources) ? "
+            "self.pod.resources.gpus : 1) % self.generation.tensorParallelSize == 0",
+            "`generation.tensorParallelSize` must divide `pod.resources.gpus`: a vLLM engine's tensor "
+            "parallel group stays inside one pod",
+            lambda p: p.pod.resources.gpus % p.generation.tensor_parallel_size == 0,
+        ),
+        CelRule(
             "self.algorithm == 'ppo' || self.algorithm == 'dpo' || self.batchSize % self.numGenerations == 0",
             "`batchSize` must be a multiple of `numGenerations` for rloo and grpo",
             lambda p: p.algorithm in (Algorithm.PPO, Algorithm.DPO) or p.batch_size % p.num_generations == 0,
