@@ -24,7 +24,7 @@ import torch
 
 from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import ppo_models
-from rlhf_operator.workloads.distributed import exit_process, init_distributed, shutdown
+from rlhf_operator.workloads.distributed import init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
 from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
 from rlhf_operator.workloads.lora import LoraSettings
@@ -134,5 +134,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # A normal exit, not exit_process: vLLM's CPU build unlinks its tensor parallel group's shared
+    # memory (/dev/shm/*-cpushm_*) in the teardown; a segment left behind fails the next run.
     main()
-    exit_process(0)  # as the stage program does: the interpreter's teardown may abort (distributed.py)

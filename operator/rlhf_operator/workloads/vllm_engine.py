@@ -206,7 +206,9 @@ def sync_trl_through_reload(generation: Any) -> None:
     def sync_weights() -> None:
         pushes.append(reload_weights(generation.llm, generation._iter_named_params()))
         if len(pushes) == 1 and generation.accelerator.is_main_process:
-            print(f"vllm engine (TRL colocate): {pushes[0]} tensors pushed through reload_weights", flush=True)
+            print(
+                f"vllm engine (TRL colocate): {pushes[0]} tensors pushed through reload_weights", flush=True
+            )
 
     generation.sync_weights = sync_weights
 
