@@ -87,14 +87,19 @@ def test_ppo_on_vllm_pushes_the_trainers_weights_after_a_step(tiny_assets: Path,
         assert not stops & set(completion[:-1]), completion
 
 
-def test_grpo_on_vllm_trains_through_trls_colocated_engine(tiny_assets: Path, tmp_path: Path) -> None:
-    """The grpo stage program in the vLLM environment: TRL's colocated vLLM generates, TRL walks the
-    weights after each step and they go in through vLLM's reload path (the CPU build's)."""
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_the_policy_stage_trains_on_the_vllm_engine(
+    tiny_assets: Path, tmp_path: Path, algorithm: str
+) -> None:
+    """The policy stage program in the vLLM environment. ppo: our colocated engine (LoRA: the merged
+    weights pushed); grpo: TRL's colocated vLLM, TRL walking the weights after each step and they go
+    in through vLLM's reload path (the CPU build's)."""
     from tests.train.conftest import stage_config, tiny_manifest
 
     rule = {"name": "keywords", "keywords": ["good", "great", "nice", "happy"]}
+    lora: dict[str, Any] = {"lora": {"rank": 4, "alpha": 8}} if algorithm == "ppo" else {}
     spec = tiny_manifest(
-        algorithm="grpo", generation={"engine": "vllm"}, steps=2, batchSize=8, rewardRule=rule
+        algorithm=algorithm, generation={"engine": "vllm"}, steps=2, batchSize=8, rewardRule=rule, **lora
     )
     spec = spec["spec"]
     spec["baseModel"]["source"] = str(tiny_assets / "models" / "tiny-gpt2")
@@ -112,7 +117,9 @@ def test_grpo_on_vllm_trains_through_trls_colocated_engine(tiny_assets: Path, tm
         python=_vllm_python(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "tensors pushed through reload_weights" in proc.stdout  # vLLM generated, then took the weights
+    # vLLM generated, then took the trained weights.
+    pushed = "tensors pushed through reload_weights" if algorithm == "grpo" else "weights pushed into vLLM"
+    assert pushed in proc.stdout, proc.stdout[-3000:]
     result = json.loads((tmp_path / "result").read_text())
     assert result["metrics"]["policyStep"] == 2, result
     assert (tmp_path / "root" / "policy" / "model" / "config.json").exists()

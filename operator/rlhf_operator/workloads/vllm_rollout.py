@@ -70,6 +70,7 @@ class VllmRollout:
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
         self.tp_group = tp_group
+        self.pushes = 0
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
 
     def _sample(self, step: int, indexed: list[tuple[int, list[int]]], settings: Any) -> list[list[int]]:
@@ -119,7 +120,11 @@ class VllmRollout:
 
     def sync(self, lm: nn.Module, dtype: torch.dtype | None = None) -> int:
         """The trainer's current weights into vLLM; every process calls it (fsdp gathers)."""
-        return self.engine.push_weights(policy_weights(lm, dtype))
+        pushed = self.engine.push_weights(policy_weights(lm, dtype))
+        self.pushes += 1
+        if self.pushes == 1 and (not dist.is_initialized() or dist.get_rank() == 0):
+            print(f"rollout engine vllm: {pushed} weights pushed into vLLM after the step", flush=True)
+        return pushed
 
 
 def start(
