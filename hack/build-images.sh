@@ -96,8 +96,9 @@ for image in $images; do
   size=$(podman image inspect --format '{{.Size}}' "localhost/rlhf-operator/$image:$tag")
   log "$image: built in $((SECONDS - start))s, $((size / 1000000)) MB"
 done
-# Each worker/trainer build is ~6.5 GB, and the earlier builds of these tags are left dangling: remove
-# them (with the layer cache they hold) so repeated builds do not fill the disk; on a nearly full disk
-# the real node's kubelet reports DiskPressure and taints itself, and nothing schedules. The next
-# build of a changed image then reinstalls its venv from the uv cache (~2-3 min).
+# Each worker/trainer build is ~6.5 GB (trainer-vllm 7.3 GB), and the earlier builds of these tags are
+# left dangling: remove them (with the layer cache they hold) so repeated builds do not fill the disk;
+# on a nearly full disk the real node's kubelet reports DiskPressure and taints itself, and nothing
+# schedules. The next build of a changed image then reinstalls its venv from the uv cache (~2-3 min;
+# trainer-vllm's vLLM layer only when its lock or install script changed, ~6 min).
 buildah rmi --prune >/dev/null 2>&1 || true
