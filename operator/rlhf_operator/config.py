@@ -46,6 +46,11 @@ class OperatorConfig(BaseModel):
     image_trainer: str = Field(
         f"{DEFAULT_IMAGE_REPOSITORY}/trainer:{__version__}", description="Image of the GPU stages."
     )
+    image_trainer_vllm: str = Field(
+        f"{DEFAULT_IMAGE_REPOSITORY}/trainer-vllm:{__version__}",
+        description="Image of the policy stage when it generates with vLLM (`generation.engine: vllm`): "
+        "the trainer's programs in vLLM's environment (its own torch and transformers).",
+    )
     image_pull_policy: str = Field("IfNotPresent", pattern="^(Always|IfNotPresent|Never)$")
     stage_service_account: str | None = Field(
         None, description="Service account of stage pods that name none (e.g. one with IRSA for S3)."

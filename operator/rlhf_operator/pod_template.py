@@ -14,6 +14,7 @@ from rlhf_operator.api.stage_config import (
     CONFIG_PATH,
     REWARD_TLS_DIR_ENV,
 )
+from rlhf_operator.api.training import GenerationEngine
 from rlhf_operator.api.v1alpha1 import (
     GpuResources,
     PodSettings,
@@ -171,6 +172,18 @@ def _token_env(spec: RLHFJobSpec, stage: StageKey) -> list[Manifest]:
     return [{"name": n, "valueFrom": {"secretKeyRef": {"name": s, "key": k}}} for n, s, k in wanted]
 
 
+def stage_image(spec: RLHFJobSpec, stage: StageKey, config: OperatorConfig) -> str:
+    """The stage's image: its `pod.image` when set; for a policy generating with vLLM the trainer-vllm
+    image (vLLM pins its own torch and transformers, so it lives in an image of its own); otherwise
+    its role's. The reward model, the reward server and the CPU stages never need vLLM."""
+    image = pod_settings(spec, stage).image
+    if image:
+        return image
+    if stage is StageName.POLICY and spec.stages.policy.generation.engine == GenerationEngine.VLLM:
+        return config.image_trainer_vllm
+    return config.image(STAGES[stage].role)
+
+
 def pod_spec(
     job: JobIdentity,
     spec: RLHFJobSpec,
@@ -207,7 +220,7 @@ def pod_spec(
             env.append({"name": REWARD_TLS_DIR_ENV, "value": TLS_MOUNT})
     container: Manifest = {
         "name": CONTAINER,
-        "image": settings.image or config.image(role),
+        "image": stage_image(spec, stage, config),
         "imagePullPolicy": config.image_pull_policy,
         "command": command,
         "env": env,

@@ -27,7 +27,7 @@ from tests.conftest import Kube
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = "dev"
-IMAGES = ("operator", "worker", "trainer")
+IMAGES = ("operator", "worker", "trainer", "trainer-vllm")
 UID = 65532
 
 
@@ -93,6 +93,53 @@ def test_worker_stage_program_writes_only_inside_its_mounts(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr[-3000:]
     assert (data / "models" / "tiny-gpt2" / "config.json").exists()
     assert (data / "datasets" / "tiny-task" / "prompts.jsonl").exists()
+
+
+#: Run inside trainer-vllm: the vllm engine's start-up check, then the colocated engine generating
+#: from the tiny GPT-2 as the policy stage runs it (rlhf_operator.workloads.vllm_engine).
+VLLM_CHECK = """
+import json, sys, time
+from pathlib import Path
+from transformers import AutoTokenizer
+from rlhf_operator.workloads.vllm_engine import ColocatedVllm, VllmSettings, check_engine
+
+model = sys.argv[1]
+architectures = json.loads(Path(model, "config.json").read_text())["architectures"]
+vllm = check_engine(architectures)
+started = time.perf_counter()
+engine = ColocatedVllm(VllmSettings(model=model, max_model_len=64, dtype="float32"), architectures)
+prompt = AutoTokenizer.from_pretrained(model)("the cat sat on", add_special_tokens=False)["input_ids"]
+completions = engine.generate([prompt], n=2, max_tokens=6, temperature=1.0, stop_ids=[], seeds=[0])
+print("RESULT " + json.dumps({"vllm": vllm.__version__, "completions": completions,
+                              "seconds": round(time.perf_counter() - started, 1)}))
+"""
+
+
+def test_trainer_vllm_runs_the_stage_program_and_starts_vllm_on_the_tiny_model(tmp_path: Path) -> None:
+    """The image the operator gives a policy with `generation.engine: vllm`: its stage program runs,
+    and vLLM (the cpu variant, as `make images` builds it) starts on a read-only root with the model
+    mounted read-only, then generates."""
+    from rlhf_operator.tiny.assets import make_tiny_assets
+
+    usage = podman(*restricted(image("trainer-vllm"), "--help"), check=False)
+    assert usage.returncode == 0 and "policy" in usage.stdout, usage.stdout + usage.stderr
+    assets = tmp_path / "assets"
+    make_tiny_assets(assets)
+    for path in (assets, *assets.rglob("*")):
+        path.chmod(path.stat().st_mode | 0o555 if path.is_dir() else path.stat().st_mode | 0o444)
+    model = "/assets/models/tiny-gpt2"
+    result = podman(
+        *restricted("--volume", f"{assets}:/assets:ro", "--entrypoint", "python", image("trainer-vllm"),
+                    "-c", VLLM_CHECK, model),
+        check=False,
+        timeout=600,
+    )  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-5000:]
+    seen = json.loads(lines[-1].removeprefix("RESULT "))
+    print(f"trainer-vllm: {seen}")
+    assert seen["vllm"].startswith("0.31.0")
+    assert len(seen["completions"]) == 2 and all(0 < len(c) <= 6 for c in seen["completions"])
 
 
 def free_port() -> int:

