@@ -117,6 +117,6 @@ images-lint: venv ## hadolint the Dockerfiles under images/ (installs hadolint f
 images: node-packages ## build the four images locally: docker, or buildah without Docker (TAG=dev TORCH_SOURCE=pypi|cpu-index VLLM_VARIANT=cpu|cuda)
 	TAG=$(or $(TAG),dev) bash hack/build-images.sh
 
-push-images: ## build and push the three images: make push-images REGISTRY=<account>.dkr.ecr.<region>.amazonaws.com/rlhf-operator
+push-images: ## build and push the four images (trainer-vllm in its CUDA build): make push-images REGISTRY=<account>.dkr.ecr.<region>.amazonaws.com/rlhf-operator
 	@test -n "$(REGISTRY)" || { echo "usage: make push-images REGISTRY=... [TAG=...]" >&2; exit 2; }
 	bash hack/push-images.sh $(REGISTRY) $(TAG)
