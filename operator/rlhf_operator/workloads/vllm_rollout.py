@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from rlhf_operator.workloads import chat_format
 from rlhf_operator.workloads.chat_format import Prompt
 from rlhf_operator.workloads.errors import StageConfigError
-from rlhf_operator.workloads.vllm_engine import ColocatedVllm, VllmSettings, check_engine, policy_weights
+from rlhf_operator.workloads.vllm_engine import ColocatedVllm, VllmSettings, policy_weights
 
 _M32 = 0xFFFFFFFF
 
@@ -131,7 +131,6 @@ def start(
     model_dir: str, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int], settings: VllmSettings
 ) -> VllmRollout:
     """The engine on the policy's starting weights; StageConfigError (exit 78) when it cannot start."""
-    check_engine(architectures(model_dir))
     tp_group = tensor_parallel_group(settings.tensor_parallel_size)
-    engine = ColocatedVllm(settings, architectures(model_dir))
+    engine = ColocatedVllm(settings, architectures(model_dir))  # checks the engine can start first
     return VllmRollout(engine, tokenizer, stop_ids, tp_group)
