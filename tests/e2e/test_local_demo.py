@@ -235,7 +235,15 @@ def test_policy_on_two_nodes_restarts_as_a_group_and_its_fsdp_policy_wins(
             "get", "events", "-n", namespace, "--field-selector", "reason=GroupRestart", "-o", "json"
         ).stdout
     )["items"]
-    assert [e["type"] for e in events] == ["Warning"] and "pod 1 failed" in events[0]["message"], events
+    assert [e["type"] for e in events] == ["Warning"], events
+    # The event names the first failure the operator saw. Both pods end within a moment of the kill:
+    # pod 1 (SIGKILLed) or pod 0, whose rank lost its peer mid-collective; which one the API server
+    # hears of first is a race between two pods' status updates, so either is right, each with
+    # what it says.
+    assert re.search(
+        r"pod 1 failed|pod 0 failed: .*(remote worker|[Cc]onnection (closed|reset)|peer)",
+        events[0]["message"],
+    ), events[0]["message"]
     # Both pods were replaced: the two that finished are new ones.
     policy = policy_pods(cluster, namespace)
     by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in policy}
