@@ -243,6 +243,7 @@ def test_policy_on_two_nodes_restarts_as_a_group_and_its_fsdp_policy_wins(
     assert re.search(
         r"pod 1 failed|pod 0 failed: .*(remote worker|[Cc]onnection (closed|reset)|peer)",
         events[0]["message"],
+        re.S,
     ), events[0]["message"]
     # Both pods were replaced: the two that finished are new ones.
     policy = policy_pods(cluster, namespace)
