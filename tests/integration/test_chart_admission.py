@@ -37,12 +37,19 @@ def guarded(crd_installed: Kube) -> Iterator[str]:
         values, "-s", "templates/admission-policy.yaml", release=release, namespace=namespace
     )
     crd_installed.kubectl("apply", "-f", "-", input=manifest)
+    binding = f"binding '{release}-rlhf-operator-rlhfjobs'"
+
+    def in_force() -> bool:
+        """The API server loads policies asynchronously, and drops deleted ones the same way: an
+        earlier test's release (default values: bound in every namespace) can still refuse here for
+        a moment after its `helm uninstall`. In force: this policy refuses, and what it allows is
+        admitted (no other policy is refusing)."""
+        refused = _refused(crd_installed, namespace, _pod_setting("precompute", {"image": "evil/x:1"}))
+        allowed = _pod_setting("ranking", {"serviceAccountName": "trusted"})
+        return refused is not None and binding in refused and _apply(crd_installed, namespace, allowed)[0]
+
     try:
-        # The API server loads a new policy asynchronously: wait until it refuses, then it is in force.
-        crd_installed.wait_for(
-            lambda: _refused(crd_installed, namespace, _pod_setting("precompute", {"image": "evil/x:1"})),
-            timeout=60, what="the admission policy to be in force",
-        )  # fmt: skip
+        crd_installed.wait_for(in_force, timeout=60, what="the admission policy, alone, to be in force")
         yield namespace
     finally:
         crd_installed.kubectl("delete", "-f", "-", input=manifest, check=False)
