@@ -146,6 +146,8 @@ def run_ppo(ctx: StageContext) -> StageResult:
         if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work, info):
             storage.publish_dir(work, layout.policy_dir(root), {"steps": settings.steps, "algorithm": "ppo"})
     barrier(info)
+    if trainer.vllm is not None:
+        trainer.vllm.close()
     shutdown(info)
     return _result(ctx, settings.steps, stats)
 

@@ -175,7 +175,10 @@ class ColocatedVllm:
         return [float(scored[i][ids[i]].logprob) for i in range(len(prompt), len(ids))]
 
     def close(self) -> None:
-        del self.llm
+        """Shuts the engine down now, while the process group it joined is still there. vLLM's
+        teardown destroys its own groups, then the default one; left to the interpreter's exit, it
+        runs after ours has destroyed them and prints a traceback into a succeeded pod's log."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 def reload_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> int:

@@ -118,6 +118,11 @@ class VllmRollout:
         """vLLM releases its memory while the trainer trains (CUDA sleep mode)."""
         self.engine.sleep()
 
+    def close(self) -> None:
+        """Before `distributed.shutdown`: vLLM's teardown also destroys the default process group
+        (it joined it as an external launcher), after which `shutdown` has nothing left to do."""
+        self.engine.close()
+
     def sync(self, lm: nn.Module, dtype: torch.dtype | None = None) -> int:
         """The trainer's current weights into vLLM; every process calls it (fsdp gathers)."""
         pushed = self.engine.push_weights(policy_weights(lm, dtype))
