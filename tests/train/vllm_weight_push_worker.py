@@ -26,7 +26,7 @@ import torch
 
 from rlhf_operator.tiny.task import POSITIVE_WORDS, make_prompts
 from rlhf_operator.workloads import ppo_models
-from rlhf_operator.workloads.distributed import DistInfo, barrier, init_distributed, shutdown
+from rlhf_operator.workloads.distributed import init_distributed, shutdown
 from rlhf_operator.workloads.judges import keyword_rule
 from rlhf_operator.workloads.logprobs import position_ids, token_logprobs
 from rlhf_operator.workloads.lora import LoraSettings
@@ -107,7 +107,7 @@ def main() -> None:
         [prompt] * 8, n=4, max_tokens=16, temperature=1.0, stop_ids=stops, seeds=list(range(8))
     )
     if not info.is_main:
-        finish(info, trainer)
+        shutdown(info, trainer.vllm.close)  # as the policy stage ends
         return
     print(
         "RESULT "
@@ -132,14 +132,7 @@ def main() -> None:
         ),
         flush=True,
     )
-    finish(info, trainer)
-
-
-def finish(info: DistInfo, trainer: PPOTrainerLite) -> None:
-    """As the policy stage ends: every rank done, the engine shut down, then the process group."""
-    barrier(info)
-    trainer.vllm.close()
-    shutdown(info)
+    shutdown(info, trainer.vllm.close)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -93,10 +94,16 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.world_size > 1 and dist.is_initialized():
+def shutdown(info: DistInfo, before_destroy: Callable[[], None] | None = None) -> None:
+    """Every rank done, then `before_destroy` (what still uses the process group: a vLLM engine
+    that joined it shuts down here, and destroys the groups itself), then the process group."""
+    several = info.world_size > 1 and dist.is_initialized()
+    if several:
         # Every rank reaches here before any tears down: a rank that destroys its process group
         # while a peer is still writing (rank 0 writes the results) can make gloo abort the peer
         # ("terminate called without an active exception", seen on a loaded machine).
         dist.barrier()
+    if before_destroy is not None:
+        before_destroy()
+    if several and dist.is_initialized():
         dist.destroy_process_group()

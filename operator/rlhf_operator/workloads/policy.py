@@ -13,7 +13,7 @@ from rlhf_operator.api.v1alpha1 import Artifacts, Metrics
 from rlhf_operator.guardrails import GuardrailMonitor
 from rlhf_operator.workloads import checkpoint, layout, lora, storage
 from rlhf_operator.workloads.config import StageContext
-from rlhf_operator.workloads.distributed import barrier, init_distributed, shutdown
+from rlhf_operator.workloads.distributed import init_distributed, shutdown
 from rlhf_operator.workloads.errors import StageConfigError
 from rlhf_operator.workloads.guardrail_stop import GuardrailTrippedError, newest_before
 from rlhf_operator.workloads.modeling import load_tokenizer
@@ -145,10 +145,7 @@ def run_ppo(ctx: StageContext) -> StageResult:
     with tempfile.TemporaryDirectory(prefix="rlhf-policy-") as work:
         if ppo_models.save_plain(policy, plan.compute_dtype, tokenizer, work, info):
             storage.publish_dir(work, layout.policy_dir(root), {"steps": settings.steps, "algorithm": "ppo"})
-    barrier(info)
-    if trainer.vllm is not None:
-        trainer.vllm.close()
-    shutdown(info)
+    shutdown(info, trainer.vllm.close if trainer.vllm is not None else None)
     return _result(ctx, settings.steps, stats)
 
 

@@ -119,8 +119,8 @@ class VllmRollout:
         self.engine.sleep()
 
     def close(self) -> None:
-        """Before `distributed.shutdown`: vLLM's teardown also destroys the default process group
-        (it joined it as an external launcher), after which `shutdown` has nothing left to do."""
+        """`distributed.shutdown`'s `before_destroy`: vLLM's teardown destroys the process groups
+        it joined (as an external launcher) itself."""
         self.engine.close()
 
     def sync(self, lm: nn.Module, dtype: torch.dtype | None = None) -> int:
