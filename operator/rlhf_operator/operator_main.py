@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from prometheus_client import REGISTRY, start_http_server
 
-from rlhf_operator import handlers
+from rlhf_operator import handlers, kopf_namespaces
 from rlhf_operator.config import OperatorConfig
 from rlhf_operator.controller import Controller
 from rlhf_operator.job_metrics import JobSeriesCollector
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         start_http_server(config.metrics_port)
+    kopf_namespaces.install()
     # standalone: Kopf's peering is off (it pauses equal-priority peers; leader.py says why).
     kopf.run(
         standalone=True,
